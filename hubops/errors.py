@@ -1,0 +1,38 @@
+"""One flat error tree. Messages say what failed, on which host or object, and what to do."""
+from __future__ import annotations
+
+
+class HubopsError(Exception):
+    """Base of every error hubops raises on purpose."""
+
+
+class ParameterError(HubopsError):
+    """A parameter file is invalid. The message names the file and the key path."""
+
+
+class PreflightError(HubopsError):
+    """A host or engine is not fit for the deployment (unreachable, too old, ...)."""
+
+
+class ConflictError(HubopsError):
+    """An object exists with the name hubops wants but was not made by hubops for this deployment."""
+
+
+class DockerOpError(HubopsError):
+    """A Docker API call failed. The message names the host and the object."""
+
+
+class ImageBuildError(DockerOpError):
+    """An image build failed. The message carries the tail of the build log."""
+
+
+class TLSError(HubopsError):
+    """A certificate or key is unusable (does not match, expired, wrong name, ...)."""
+
+
+class VerifyError(HubopsError):
+    """The deployed hub did not behave as it should."""
+
+
+class StageFailed(HubopsError):
+    """A stage notebook failed while the chain runner executed it."""

@@ -1,0 +1,461 @@
+"""Typed deployment parameters, loaded from one YAML file and checked once, before any API call.
+
+Every error names the file and the key path (``parameters/lab.yaml: tls.files.cert: ...``) and
+says what to do. Defaults live here, not in the YAML. Secrets are referenced
+(``{env: NAME}`` or ``{file: PATH}``), never written in the YAML.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ParameterError
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+# JupyterHub user names that are also valid in Docker service names (the spawner's name template).
+USER_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Model):
+    """Where a secret comes from: an environment variable or a file. Never the value itself."""
+
+    env: Optional[str] = None
+    file: Optional[Path] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SecretRef":
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of {env: NAME} or {file: PATH}")
+        return self
+
+    def describe(self) -> str:
+        return f"env:{self.env}" if self.env else f"file:{self.file}"
+
+
+class HostTLS(_Model):
+    """Client certificates for an engine's tcp+TLS API (what `docker --tlsverify` uses)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+class Host(_Model):
+    """One Docker engine."""
+
+    name: str = Field(description="node name used by hubops (labels, records)")
+    url: str = Field(description="unix:///var/run/docker.sock, tcp://HOST:2376 or ssh://USER@HOST")
+    advertise_addr: Optional[str] = Field(None, description="address other nodes reach this one at")
+    tls: Optional[HostTLS] = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid host name: use lower-case letters, digits and '-'")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^(unix://|tcp://|ssh://)", v):
+            raise ValueError(
+                f"{v!r}: an engine URL starts with unix://, tcp:// or ssh:// "
+                "(for example tcp://10.0.0.5:2376 or unix:///var/run/docker.sock)"
+            )
+        return v
+
+    @field_validator("advertise_addr")
+    @classmethod
+    def _addr(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address: give the address other nodes reach this host at") from None
+        return v
+
+    @model_validator(mode="after")
+    def _tls_for_tcp(self) -> "Host":
+        if self.url.startswith("tcp://") and self.tls is None:
+            raise ValueError(
+                "a tcp:// engine needs tls: {ca, cert, key} (hubops never talks to an engine API without TLS)"
+            )
+        if not self.url.startswith("tcp://") and self.tls is not None:
+            raise ValueError("tls is only for tcp:// engines; remove it or use a tcp:// url")
+        return self
+
+
+class Hosts(_Model):
+    managers: list[Host]
+    workers: list[Host] = Field(default_factory=list)
+
+    @field_validator("managers")
+    @classmethod
+    def _some_manager(cls, v: list[Host]) -> list[Host]:
+        if not v:
+            raise ValueError("at least one manager is needed: the hub runs on a manager")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Hosts":
+        seen: dict[str, str] = {}
+        for h in self.all:
+            for key, value in (("name", h.name), ("url", h.url)):
+                if (key, value) in seen:
+                    raise ValueError(f"host {key} {value!r} appears twice; every host needs its own {key}")
+                seen[(key, value)] = h.name  # type: ignore[index]
+        return self
+
+    @property
+    def all(self) -> list[Host]:
+        return [*self.managers, *self.workers]
+
+
+class Swarm(_Model):
+    hub_node: Optional[str] = Field(None, description="the manager that runs the hub (default: the first)")
+    listen_port: int = Field(2377, ge=1, le=65535)
+
+
+class Network(_Model):
+    name: Optional[str] = Field(None, description="overlay network name (default hubops-DEPLOYMENT)")
+    subnet: str = "10.231.0.0/24"
+    endpoint_mode: Literal["dnsrr", "vip"] = "dnsrr"
+    encrypted: bool = False
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, v: str) -> str:
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError as e:
+            raise ValueError(f"{v!r} is not a subnet in CIDR form such as 10.231.0.0/24 ({e})") from None
+        if net.version != 4 or net.prefixlen > 29:
+            raise ValueError(f"{v!r}: give an IPv4 subnet of /29 or larger, such as 10.231.0.0/24")
+        return v
+
+
+class Hub(_Model):
+    public_name: str = Field("localhost", description="DNS name users reach the hub at")
+    https_port: int = Field(443, ge=1, le=65535)
+    extra_names: list[str] = Field(default_factory=list, description="more names on the certificate")
+    data_volume: Optional[str] = Field(None, description="hub database volume (default hubops-DEPLOYMENT-hub-data)")
+    start_timeout: int = Field(180, ge=10, description="seconds to wait for the hub to answer")
+    log_level: Literal["DEBUG", "INFO", "WARNING"] = "INFO"
+
+    @field_validator("public_name")
+    @classmethod
+    def _public_name(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", v):
+            raise ValueError(f"{v!r} is not a DNS name, such as hub.example.org")
+        return v.lower()
+
+
+class TLSFiles(_Model):
+    cert: Path = Field(description="PEM certificate chain (leaf first)")
+    key: Path = Field(description="PEM private key")
+    ca: Optional[Path] = Field(None, description="CA to verify the hub against (default: system roots)")
+
+
+class TLSSelfSigned(_Model):
+    days: int = Field(397, ge=1, le=3650)
+    renew_days: int = Field(30, ge=0)
+
+
+class TLS(_Model):
+    mode: Literal["self-signed", "files"] = "self-signed"
+    self_signed: TLSSelfSigned = Field(default_factory=TLSSelfSigned)
+    files: Optional[TLSFiles] = None
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> "TLS":
+        if self.mode == "files" and self.files is None:
+            raise ValueError("mode 'files' needs files: {cert: PATH, key: PATH}")
+        return self
+
+
+class GitHubAuth(_Model):
+    client_id: str
+    client_secret: SecretRef
+    allowed_organizations: list[str] = Field(default_factory=list)
+    enterprise_url: Optional[str] = Field(None, description="GitHub Enterprise base URL, e.g. https://github.example.org")
+
+
+class Auth(_Model):
+    mode: Literal["shared-password", "github"] = "shared-password"
+    userlist: Path = Field(description="file with one 'name' or 'name admin' per line")
+    github: Optional[GitHubAuth] = None
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> "Auth":
+        if self.mode == "github" and self.github is None:
+            raise ValueError("mode 'github' needs github: {client_id, client_secret: {env: NAME}}")
+        return self
+
+
+class Images(_Model):
+    base: str = "hubops-base:bookworm"
+    dir: Optional[Path] = Field(None, description="folder with hub/ and singleuser/ (default: the project's images/)")
+    extra_ca_bundle: Optional[Path] = Field(None, description="PEM bundle trusted by image builds (TLS-intercepting proxies)")
+
+
+class Spawner(_Model):
+    mem_limit: Optional[str] = Field(None, description="per user, e.g. 2G")
+    cpu_limit: Optional[float] = Field(None, gt=0)
+    start_timeout: int = Field(120, ge=10)
+    http_timeout: int = Field(60, ge=5)
+    placement: Literal["auto", "workers", "any"] = Field(
+        "auto", description="auto: on workers when there are any, else anywhere"
+    )
+    default_url: str = "/lab"
+
+
+class Verify(_Model):
+    user: str = "hubops-verify"
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not USER_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid user name (lower-case letters, digits, '.', '_', '-')")
+        return v
+
+
+class Params(_Model):
+    """The whole parameter file."""
+
+    deployment: str = Field(description="short name; prefixes and labels every object hubops creates")
+    operator_dir: Path = Field(
+        Path("~/.hubops"),
+        description="where operator credentials (passwords, API token, CA key) are kept, mode 0700; never outputs/",
+    )
+    hosts: Hosts
+    swarm: Swarm = Field(default_factory=Swarm)
+    network: Network = Field(default_factory=Network)
+    hub: Hub = Field(default_factory=Hub)
+    tls: TLS = Field(default_factory=TLS)
+    auth: Auth
+    images: Images = Field(default_factory=Images)
+    spawner: Spawner = Field(default_factory=Spawner)
+    verify: Verify = Field(default_factory=Verify)
+
+    @field_validator("deployment")
+    @classmethod
+    def _deployment(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"{v!r}: use 1-32 lower-case letters, digits and '-', e.g. 'research-hub'")
+        return v
+
+    @model_validator(mode="after")
+    def _hub_node_is_manager(self) -> "Params":
+        names = [m.name for m in self.hosts.managers]
+        if self.swarm.hub_node is not None and self.swarm.hub_node not in names:
+            raise ValueError(f"swarm.hub_node {self.swarm.hub_node!r} is not a manager; choose one of {names}")
+        multi = len(self.hosts.all) > 1
+        for h in self.hosts.all:
+            if multi and h.advertise_addr is None:
+                raise ValueError(
+                    f"host {h.name!r} needs advertise_addr: with several hosts every node must say "
+                    "which address the others reach it at"
+                )
+        return self
+
+    # -- derived names (one place, so every stage agrees) ------------------------------------
+    @property
+    def prefix(self) -> str:
+        return f"hubops-{self.deployment}"
+
+    @property
+    def network_name(self) -> str:
+        return self.network.name or self.prefix
+
+    @property
+    def hub_service(self) -> str:
+        return f"{self.prefix}-hub"
+
+    @property
+    def hub_volume(self) -> str:
+        return self.hub.data_volume or f"{self.prefix}-hub-data"
+
+    @property
+    def hub_host(self) -> Host:
+        name = self.swarm.hub_node or self.hosts.managers[0].name
+        return next(h for h in self.hosts.managers if h.name == name)
+
+    @property
+    def hub_node_label(self) -> str:
+        return f"hubops.{self.deployment}.hub"
+
+    @property
+    def hub_url(self) -> str:
+        port = "" if self.hub.https_port == 443 else f":{self.hub.https_port}"
+        return f"https://{self.hub.public_name}{port}"
+
+    @property
+    def cert_names(self) -> list[str]:
+        return list(dict.fromkeys([self.hub.public_name, *self.hub.extra_names]))
+
+    @property
+    def operator_path(self) -> Path:
+        """The deployment's operator folder (expanded; not created here)."""
+        return Path(os.path.expanduser(str(self.operator_dir))) / self.deployment
+
+
+class Loaded:
+    """Parameters plus what was read with them: the source file, its digest and the userlist."""
+
+    def __init__(self, params: Params, source: Path, digest: str, users: dict[str, bool]):
+        self.params = params
+        self.source = source
+        self.digest = digest
+        self.users = users  # name -> is admin
+
+    def __getattr__(self, name: str) -> Any:  # p.hub, p.prefix, ... read through to Params
+        return getattr(self.params, name)
+
+    @property
+    def admins(self) -> list[str]:
+        return sorted(u for u, a in self.users.items() if a)
+
+    @property
+    def allowed(self) -> list[str]:
+        return sorted(self.users)
+
+    def userlist_text(self) -> str:
+        """The userlist in canonical form (sorted, one entry per line)."""
+        return "".join(f"{u} admin\n" if a else f"{u}\n" for u, a in sorted(self.users.items()))
+
+    def resolve_secret(self, ref: SecretRef, key: str) -> str:
+        """The value of a referenced secret. Raises ParameterError naming the key; never logs the value."""
+        if ref.env is not None:
+            value = os.environ.get(ref.env)
+            if not value:
+                raise ParameterError(
+                    f"{self.source}: {key}: environment variable {ref.env} is not set or empty; "
+                    f"export it before running hubops"
+                )
+            return value.strip()
+        path = _relative(self.source, ref.file)  # type: ignore[arg-type]
+        try:
+            value = path.read_text().strip()
+        except OSError as e:
+            raise ParameterError(f"{self.source}: {key}: cannot read secret file {path}: {e.strerror}") from None
+        if not value:
+            raise ParameterError(f"{self.source}: {key}: secret file {path} is empty")
+        return value
+
+    def path(self, p: Path) -> Path:
+        """A path from the parameter file, resolved against the file's folder."""
+        return _relative(self.source, p)
+
+
+def _relative(source: Path, p: Path) -> Path:
+    p = Path(os.path.expanduser(str(p)))
+    return p if p.is_absolute() else (source.parent / p).resolve()
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _explain(err: dict) -> str:
+    kind = err["type"]
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        return "unknown key; remove it or check its spelling against parameters/production.example.yaml"
+    if kind == "missing":
+        return "required key is missing; add it"
+    if kind == "literal_error":
+        return f"{msg} (got {err.get('input')!r})"
+    return msg
+
+
+def parse_userlist(path: Path, source: Path) -> dict[str, bool]:
+    """Read a userlist: one ``name`` or ``name admin`` per line, ``#`` comments. name -> is admin."""
+    key = f"{source}: auth.userlist"
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ParameterError(f"{key}: cannot read {path}: {e.strerror}; create it with one 'name' or 'name admin' per line") from None
+    users: dict[str, bool] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) > 2 or (len(parts) == 2 and parts[1] != "admin"):
+            raise ParameterError(f"{key}: {path}:{n}: {raw.strip()!r}: a line is 'name' or 'name admin'")
+        name = parts[0].lower()
+        if not USER_RE.match(name):
+            raise ParameterError(f"{key}: {path}:{n}: {parts[0]!r} is not a valid user name")
+        if name in users:
+            raise ParameterError(f"{key}: {path}:{n}: {name!r} is listed twice; keep one line per user")
+        users[name] = len(parts) == 2
+    if not users:
+        raise ParameterError(f"{key}: {path} lists no users; add at least one 'name admin' line")
+    if not any(users.values()):
+        raise ParameterError(f"{key}: {path} has no admin; mark at least one user, e.g. '{next(iter(users))} admin'")
+    return users
+
+
+def load_params(params_file: str | os.PathLike) -> Loaded:
+    """Load and check a parameter file. Raises ParameterError listing every problem found."""
+    source = Path(params_file)
+    try:
+        raw_bytes = source.read_bytes()
+    except OSError as e:
+        raise ParameterError(f"{source}: cannot read the parameter file: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(raw_bytes)
+    except yaml.YAMLError as e:
+        raise ParameterError(f"{source}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ParameterError(f"{source}: the file must hold a mapping of keys (deployment, hosts, auth, ...)")
+    try:
+        params = Params.model_validate(data)
+    except ValidationError as e:
+        problems = [f"{source}: {_loc(err['loc'])}: {_explain(err)}" for err in e.errors()]
+        raise ParameterError("\n".join(problems)) from None
+    source = source.resolve()
+    loaded = Loaded(params, source, hashlib.sha256(raw_bytes).hexdigest(), {})
+    loaded.users = parse_userlist(loaded.path(params.auth.userlist), source)
+    _check_files(loaded)
+    return loaded
+
+
+def _check_files(p: Loaded) -> None:
+    """Files named in the parameters exist (read later, but refused now, before any change)."""
+    params = p.params
+    files: list[tuple[str, Optional[Path]]] = [("images.extra_ca_bundle", params.images.extra_ca_bundle)]
+    if params.tls.files:
+        files += [("tls.files.cert", params.tls.files.cert), ("tls.files.key", params.tls.files.key),
+                  ("tls.files.ca", params.tls.files.ca)]
+    for i, h in enumerate(params.hosts.all):
+        if h.tls:
+            group = "managers" if i < len(params.hosts.managers) else "workers"
+            idx = i if group == "managers" else i - len(params.hosts.managers)
+            files += [(f"hosts.{group}[{idx}].tls.{k}", getattr(h.tls, k)) for k in ("ca", "cert", "key")]
+    for key, f in files:
+        if f is not None and not p.path(f).is_file():
+            raise ParameterError(f"{p.source}: {key}: file {p.path(f)} does not exist; fix the path")
+    if params.auth.mode == "github":
+        p.resolve_secret(params.auth.github.client_secret, "auth.github.client_secret")  # type: ignore[union-attr]
