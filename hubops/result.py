@@ -16,7 +16,8 @@ class Item:
     """One object a step looked at.
 
     `action` is what was (or, in a dry run, would be) done: ``create``, ``update``,
-    ``remove``, or ``keep`` when the object was already right; `detail` says why.
+    ``remove``, ``keep`` when the object was already right, or ``check`` for something
+    verified that changed nothing; `detail` says why.
     """
 
     action: str
@@ -25,7 +26,7 @@ class Item:
 
     @property
     def changed(self) -> bool:
-        return self.action != "keep"
+        return self.action not in ("keep", "check")
 
 
 @dataclass
@@ -40,6 +41,10 @@ class Result:
     # -- building -----------------------------------------------------------------------
     def keep(self, target: str, detail: str = "") -> "Result":
         self.items.append(Item("keep", target, detail))
+        return self
+
+    def check(self, target: str, detail: str = "") -> "Result":
+        self.items.append(Item("check", target, detail))
         return self
 
     def change(self, action: str, target: str, detail: str = "") -> "Result":
@@ -90,7 +95,7 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-_COLOURS = {"keep": "#2e7d32", "create": "#1565c0", "update": "#ef6c00", "remove": "#c62828"}
+_COLOURS = {"check": "#2e7d32", "keep": "#2e7d32", "create": "#1565c0", "update": "#ef6c00", "remove": "#c62828"}
 
 
 def render_html(results: Iterable[Result]) -> str:

@@ -10,7 +10,7 @@ import datetime as dt
 import ipaddress
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -19,6 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hubops.errors import TLSError
+
+if TYPE_CHECKING:  # the stage part below uses them; the pure part needs none
+    from hubops.engine import Clients
+    from hubops.params import Loaded
+    from hubops.result import Result
 
 log = logging.getLogger("hubops")
 
@@ -31,10 +36,10 @@ _CN_MAX = 64  # X.520 upper bound on commonName; longer names go only into the S
 # -- helpers ------------------------------------------------------------------------------
 def _utcnow(now: dt.datetime | None = None) -> dt.datetime:
     if now is None:
-        return dt.datetime.now(dt.UTC)
+        return dt.datetime.now(dt.timezone.utc)
     if now.tzinfo is None:  # naive datetimes are taken to be UTC
-        return now.replace(tzinfo=dt.UTC)
-    return now.astimezone(dt.UTC)
+        return now.replace(tzinfo=dt.timezone.utc)
+    return now.astimezone(dt.timezone.utc)
 
 
 def _as_bytes(data: bytes | str) -> bytes:
@@ -435,3 +440,76 @@ def needs_reissue(
     if left <= min_days:
         return f"expires in {_fmt_days(left)}"
     return None
+
+
+# --------------------------------------------------------------------------------------
+# 40-tls: the stage. Certificate and key become Swarm secrets (versioned names); deploy
+# points the hub at the newest. Modes: self-signed (a local CA under the operator folder),
+# files (a certificate you already have). Another mode (ACME) adds one branch here.
+# --------------------------------------------------------------------------------------
+def trust_path(p: "Loaded") -> "str | bool":
+    """What clients verify the hub against: the deployment's CA file, or the system roots."""
+    if p.tls.mode == "self-signed":
+        return str(p.operator_path / "ca.pem")
+    if p.tls.files is not None and p.tls.files.ca is not None:
+        return str(p.path(p.tls.files.ca))
+    return True
+
+
+def ensure_tls(p: "Loaded", clients: "Clients", *, dry_run: bool = False) -> "Result":
+    """A certificate for the hub's public name, stored as Swarm secrets tls-cert and tls-key."""
+    from . import secrets
+    from .result import Result
+
+    r = Result("tls", dry_run=dry_run)
+    c = clients.manager
+    if p.tls.mode == "self-signed":
+        fullchain, key, ca_pem = _self_signed(p, r, dry_run)
+    else:
+        f = p.tls.files
+        cert_path, key_path = p.path(f.cert), p.path(f.key)
+        fullchain, key = cert_path.read_bytes(), key_path.read_bytes()
+        check_pair(fullchain, key, name=p.hub.public_name, source=str(cert_path))
+        ca_pem = p.path(f.ca).read_bytes() if f.ca else None
+        if ca_pem is not None:
+            chain_verifies(fullchain, ca_pem, p.hub.public_name, source=str(cert_path))
+        r.check(f"file {cert_path}", f"matches {key_path}, covers {p.hub.public_name}")
+    if fullchain is None:  # dry run with nothing issued yet
+        return r
+    info = cert_info(fullchain)
+    secrets.ensure_versioned(c, p, r, role="tls-cert", value=fullchain, stage="40-tls",
+                             what=f"certificate for {', '.join(info.names)}")
+    secrets.ensure_versioned(c, p, r, role="tls-key", value=key, stage="40-tls", what="its private key")
+    r.facts.update({"mode": p.tls.mode, **info.to_dict(), "expires_in_days": round(info.days_left(), 1),
+                    "clients_verify_with": trust_path(p)})
+    return r
+
+
+def _self_signed(p: "Loaded", r: "Result", dry_run: bool) -> tuple:
+    """The local CA (made once) and a server certificate from it (re-issued when due)."""
+    from . import operator
+
+    d = p.operator_path
+    ca_pem, ca_key = operator.read(p, "ca.pem"), operator.read(p, "ca-key.pem")
+    if ca_pem is None or ca_key is None:
+        r.change("create", f"CA {d}/ca.pem", f"local CA for deployment {p.deployment} (key kept beside it, 0600)")
+        if dry_run:
+            r.change("create", f"certificate for {', '.join(p.cert_names)}", "issued by the new CA")
+            return None, None, None
+        ca_pem, ca_key = make_ca(f"hubops {p.deployment} CA")
+        operator.folder(p)
+        operator.write_private(d / "ca-key.pem", ca_key)
+        operator.write_private(d / "ca.pem", ca_pem)
+    else:
+        r.keep(f"CA {d}/ca.pem", f"expires in {cert_info(ca_pem).days_left():.0f} days")
+    cert, key = operator.read(p, "tls-cert.pem"), operator.read(p, "tls-key.pem")
+    reason = needs_reissue(cert, names=p.cert_names, ca_pem=ca_pem, min_days=p.tls.self_signed.renew_days)
+    if reason is None and key is not None:
+        return cert, key, ca_pem
+    r.change("create", f"certificate for {', '.join(p.cert_names)}", reason or "its key is missing")
+    if dry_run:
+        return (cert, key, ca_pem) if cert is not None and key is not None else (None, None, None)
+    cert, key = issue_server_cert(ca_pem, ca_key, p.cert_names, days=p.tls.self_signed.days)
+    operator.write_private(d / "tls-key.pem", key)
+    operator.write_private(d / "tls-cert.pem", cert)
+    return cert, key, ca_pem

@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hubops import tls
 from hubops.errors import HubopsError, TLSError
 
-UTC = dt.UTC
+UTC = dt.timezone.utc
 
 
 # -- fixtures -----------------------------------------------------------------------------

@@ -1,0 +1,265 @@
+"""80-deploy: the hub as a Swarm service.
+
+Creates or updates the service ``hubops-DEPLOYMENT-hub``: the hub image, SwarmSpawner, the
+generated cookie secret, proxy token and crypt key (Swarm secrets, never on disk here),
+hubops's API token, TLS terminated at the proxy with the certificate from 40-tls, the
+userlist from 50-auth, a healthcheck, and an update config that rolls back by itself when the
+new hub fails its healthcheck. Waits until the hub answers over HTTPS, verified against the
+deployment's CA. Then removes secret and config versions that no service uses any more.
+Undo: `runbooks/ops/teardown`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
+import requests
+
+from . import hubconfig, images, labels as L, operator, secrets, tls
+from .engine import Clients, docker_op
+from .errors import DockerOpError, HubopsError
+from .params import Loaded
+from .result import Result
+
+log = logging.getLogger("hubops")
+STAGE = "80-deploy"
+SPEC_DIGEST = "hubops.spec-digest"
+NS = 1_000_000_000
+
+HEALTHCHECK = (
+    "import ssl, urllib.request; "
+    f"urllib.request.urlopen('https://127.0.0.1:{hubconfig.PROXY_PORT}/hub/health', "
+    "context=ssl._create_unverified_context(), timeout=4)"
+)
+
+
+def _secret_refs(c: docker.DockerClient, p: Loaded, r: Result) -> tuple[list, list[str]]:
+    """References to the newest version of every secret the hub needs (generating the generated ones)."""
+    refs, names = [], []
+    for role in hubconfig.secret_roles(p):
+        if role in ("cookie-secret", "crypt-key"):
+            secrets.ensure_generated(c, p, r, role=role, stage=STAGE, hex_value=True)
+        elif role == "proxy-token":
+            secrets.ensure_generated(c, p, r, role=role, stage=STAGE)
+        elif role == "api-token":
+            value, created = operator.kept_secret(p, "api-token", dry_run=r.dry_run)
+            secrets.ensure_versioned(c, p, r, role=role, value=value.encode(), stage=STAGE,
+                                     what="hubops's hub API token" + (" (generated)" if created else ""))
+        obj = secrets.current(c, p, role)
+        if obj is None:
+            if r.dry_run:
+                continue
+            raise HubopsError(
+                f"Swarm secret of role {role} for deployment {p.deployment} is missing: "
+                f"run the stage that makes it first ({'40-tls' if role.startswith('tls') else '50-auth'})"
+            )
+        names.append(obj.name)
+        refs.append(docker.types.SecretReference(obj.id, obj.name, filename=hubconfig.SECRET_FILES[role],
+                                                 uid="0", gid="0", mode=0o400))
+    return refs, names
+
+
+def _config_refs(c: docker.DockerClient, p: Loaded, r: Result, singleuser_image: str) -> tuple[list, list[str]]:
+    secrets.ensure_versioned(c, p, r, role="hub-config", kind="config", stage=STAGE,
+                             value=hubconfig.render(p, singleuser_image=singleuser_image).encode(),
+                             what="jupyterhub_config.py")
+    refs, names = [], []
+    for role, target in (("hub-config", hubconfig.CONFIG_PATH), ("userlist", hubconfig.USERLIST_PATH)):
+        obj = secrets.current(c, p, role, kind="config")
+        if obj is None:
+            if r.dry_run:
+                continue
+            raise HubopsError(f"Swarm config of role {role} is missing: run 50-auth first")
+        names.append(obj.name)
+        refs.append(docker.types.ConfigReference(obj.id, obj.name, filename=target, uid="0", gid="0", mode=0o444))
+    return refs, names
+
+
+def service_spec(p: Loaded, *, hub_image: str, secret_refs: list, config_refs: list) -> dict[str, Any]:
+    """Keyword arguments for `services.create` / `service.update` (pure: parameters in, spec out)."""
+    container = docker.types.ContainerSpec(
+        image=hub_image,
+        command=["jupyterhub", "-f", hubconfig.CONFIG_PATH],
+        env=[f"HUBOPS_DEPLOYMENT={p.deployment}"],
+        mounts=[
+            # The spawner drives the swarm through the manager's engine it runs on.
+            docker.types.Mount("/var/run/docker.sock", "/var/run/docker.sock", type="bind"),
+            docker.types.Mount(hubconfig.DATA_DIR, p.hub_volume, type="volume"),
+        ],
+        secrets=secret_refs,
+        configs=config_refs,
+        healthcheck=docker.types.Healthcheck(
+            test=["CMD", "python3", "-c", HEALTHCHECK],
+            interval=5 * NS, timeout=5 * NS, retries=3, start_period=60 * NS,
+        ),
+        labels=L.labels(p.deployment, STAGE, role="hub"),
+        stop_grace_period=20 * NS,
+    )
+    task = docker.types.TaskTemplate(
+        container_spec=container,
+        restart_policy=docker.types.RestartPolicy(condition="any", delay=5 * NS, max_attempts=0),
+        # The hub's database is on a local volume of the hub node: pin it there.
+        placement=docker.types.Placement(constraints=[f"node.labels.{p.hub_node_label}==true"]),
+        networks=[docker.types.NetworkAttachmentConfig(p.network_name)],
+        resources=docker.types.Resources(mem_reservation=256 * 2**20),
+    )
+    return {
+        "name": p.hub_service,
+        "task_template": task,
+        "endpoint_spec": docker.types.EndpointSpec(
+            mode=p.network.endpoint_mode,
+            ports={p.hub.https_port: (hubconfig.PROXY_PORT, "tcp", "host")},
+        ),
+        # stop-first: one hub at a time owns the SQLite database and the host port.
+        "update_config": docker.types.UpdateConfig(
+            parallelism=1, delay=0, failure_action="rollback", monitor=15 * NS, order="stop-first"
+        ),
+        "rollback_config": docker.types.RollbackConfig(parallelism=1, order="stop-first", monitor=15 * NS),
+        "mode": docker.types.ServiceMode("replicated", replicas=1),
+    }
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    """A digest of what hubops asks of the service; stored as a label to detect drift cheaply."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=lambda o: dict(o)).encode()).hexdigest()[:16]
+
+
+def _find_service(c: docker.DockerClient, p: Loaded):
+    with docker_op(f"look up service {p.hub_service}"):
+        return next((s for s in c.services.list(filters={"name": p.hub_service}) if s.name == p.hub_service), None)
+
+
+def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool = True) -> Result:
+    """Create or update the hub service, wait until it serves over HTTPS, prune old secret versions."""
+    r = Result("hub service", dry_run=dry_run)
+    c = clients.manager
+    refs = images.desired_refs(p, c)
+    sec_refs, sec_names = _secret_refs(c, p, r)
+    cfg_refs, cfg_names = _config_refs(c, p, r, refs["singleuser"])
+    spec = service_spec(p, hub_image=refs["hub"], secret_refs=sec_refs, config_refs=cfg_refs)
+    digest = spec_digest(spec)
+    spec["labels"] = {**L.labels(p.deployment, STAGE, role="hub"), SPEC_DIGEST: digest}
+    r.facts.update({"service": p.hub_service, "hub_image": refs["hub"], "singleuser_image": refs["singleuser"],
+                    "url": p.hub_url, "endpoint_mode": p.network.endpoint_mode, "spec_digest": digest})
+
+    svc = _find_service(c, p)
+    if svc is not None and not L.owned_by(svc.attrs["Spec"].get("Labels"), p.deployment):
+        raise HubopsError(
+            f"service {p.hub_service} exists but was not created by hubops for deployment {p.deployment}; "
+            "remove it or choose another deployment name"
+        )
+    if svc is None:
+        r.change("create", f"service {p.hub_service}", f"hub {refs['hub']} on {p.hub_host.name}, port {p.hub.https_port}")
+    elif svc.attrs["Spec"].get("Labels", {}).get(SPEC_DIGEST) != digest:
+        r.change("update", f"service {p.hub_service}", _what_changed(svc, refs["hub"], sec_names, cfg_names))
+    else:
+        r.keep(f"service {p.hub_service}", "spec unchanged")
+    if dry_run:
+        return r
+
+    if svc is None:
+        with docker_op(f"create service {p.hub_service}", p.hub_host.name):
+            c.services.create(**_create_kwargs(spec))
+    elif r.items[-1].changed:
+        with docker_op(f"update service {p.hub_service}", p.hub_host.name):
+            svc.reload()  # update() needs the current version index
+            svc.update(**_create_kwargs(spec))
+    if wait:
+        r.facts["answered_after_s"] = wait_until_serving(p, clients, changed=r.items[-1].changed)
+    secrets.prune_unused(c, p, r, keep=set(sec_names) | set(cfg_names))
+    return r
+
+
+def _create_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
+    """docker-py's services.create/update take the container spec's parts flat."""
+    task: docker.types.TaskTemplate = spec["task_template"]
+    cs = task["ContainerSpec"]
+    kw = {
+        "image": cs["Image"],
+        "name": spec["name"],
+        "command": cs["Command"],
+        "env": cs["Env"],
+        "mounts": cs["Mounts"],
+        "secrets": cs["Secrets"],
+        "configs": cs["Configs"],
+        "healthcheck": cs["HealthCheck"],
+        "container_labels": cs["Labels"],
+        "stop_grace_period": cs["StopGracePeriod"],
+        "restart_policy": task["RestartPolicy"],
+        "constraints": task["Placement"]["Constraints"],
+        "networks": task["Networks"],
+        "resources": task["Resources"],
+        "endpoint_spec": spec["endpoint_spec"],
+        "update_config": spec["update_config"],
+        "rollback_config": spec["rollback_config"],
+        "mode": spec["mode"],
+        "labels": spec["labels"],
+    }
+    return kw
+
+
+def _what_changed(svc, hub_image: str, sec_names: list[str], cfg_names: list[str]) -> str:
+    cs = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
+    out = []
+    if cs.get("Image", "").split("@")[0] != hub_image:
+        out.append(f"image {cs.get('Image', '').split('@')[0]} -> {hub_image}")
+    have_s = {s["SecretName"] for s in cs.get("Secrets") or []}
+    have_c = {s["ConfigName"] for s in cs.get("Configs") or []}
+    out += [f"secret -> {n}" for n in sec_names if n not in have_s]
+    out += [f"config -> {n}" for n in cfg_names if n not in have_c]
+    return "; ".join(out) or "service settings changed"
+
+
+def trust(p: Loaded):
+    """What `requests` should verify the hub's certificate against: the deployment's CA file."""
+    return tls.trust_path(p)
+
+
+def wait_until_serving(p: Loaded, clients: Clients, *, changed: bool) -> float:
+    """Block until the service has converged and /hub/health answers over verified HTTPS.
+
+    Raises DockerOpError when Swarm rolled the update back or the task keeps failing.
+    """
+    c = clients.manager
+    t0 = time.monotonic()
+    deadline = t0 + p.hub.start_timeout
+    verify = trust(p)
+    last = ""
+    while time.monotonic() < deadline:
+        svc = _find_service(c, p)
+        status = (svc.attrs.get("UpdateStatus") or {}) if svc else {}
+        state = status.get("State") or ""
+        if changed and state in ("rollback_completed", "rollback_paused", "paused"):
+            raise DockerOpError(
+                f"service {p.hub_service}: the update failed and Swarm {state.replace('_', ' ')} it "
+                f"({status.get('Message', '')}); the previous hub is serving. "
+                f"See `docker service ps {p.hub_service} --no-trunc`"
+            )
+        # After an update, wait for Swarm's verdict (the monitor period) before trusting the answer.
+        converged = not changed or state in ("", "completed")
+        tasks = svc.tasks(filters={"desired-state": "running"}) if svc else []
+        running = [t for t in tasks if t["Status"]["State"] == "running"]
+        if tasks and not running:
+            last = tasks[0]["Status"].get("Err") or tasks[0]["Status"]["State"]
+        if running and converged:
+            try:
+                resp = requests.get(f"{p.hub_url}/hub/health", verify=verify, timeout=5)
+                if resp.status_code == 200:
+                    return round(time.monotonic() - t0, 1)
+                last = f"HTTP {resp.status_code}"
+            except requests.exceptions.SSLError as e:
+                raise HubopsError(f"{p.hub_url}: the hub's certificate does not verify against {verify}: {e}") from e
+            except requests.RequestException as e:
+                last = e.__class__.__name__
+        time.sleep(1)
+    raise DockerOpError(
+        f"service {p.hub_service} did not answer at {p.hub_url}/hub/health within {p.hub.start_timeout} s "
+        f"(last: {last or 'no running task'}); see `docker service ps {p.hub_service} --no-trunc` and "
+        f"`docker service logs {p.hub_service}`"
+    )
