@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ParameterError
 
+PROJECT = Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 # JupyterHub user names that are also valid in Docker service names (the spawner's name template).
 USER_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
@@ -420,6 +421,9 @@ def parse_userlist(path: Path, source: Path) -> dict[str, bool]:
 def load_params(params_file: str | os.PathLike) -> Loaded:
     """Load and check a parameter file. Raises ParameterError listing every problem found."""
     source = Path(params_file)
+    if not source.is_absolute() and not source.exists() and (PROJECT / source).exists():
+        # Opened in JupyterLab the notebook runs in runbooks/: the default path is the project's.
+        source = PROJECT / source
     try:
         raw_bytes = source.read_bytes()
     except OSError as e:

@@ -13,10 +13,11 @@ import secrets as _random
 from typing import Literal
 
 import docker
+import docker.errors
 
 from . import labels as L
 from .engine import docker_op
-from .errors import ConflictError
+from .errors import ConflictError, DockerOpError
 from .params import Loaded
 from .result import Result
 
@@ -37,8 +38,13 @@ def versioned_name(p: Loaded, role: str, value: bytes) -> str:
 
 def versions(client: docker.DockerClient, p: Loaded, role: str, kind: Kind = "secret") -> list:
     """Every version of a role hubops made for this deployment, newest first."""
-    with docker_op(f"list {kind}s of role {role}"):
-        objs = _coll(client, kind).list(filters={"label": [*L.selector(p.deployment), f"{L.ROLE}={role}"]})
+    try:
+        with docker_op(f"list {kind}s of role {role}"):
+            objs = _coll(client, kind).list(filters={"label": [*L.selector(p.deployment), f"{L.ROLE}={role}"]})
+    except DockerOpError as e:
+        if _not_in_swarm(e):  # a plan before 20-swarm has run: nothing exists yet
+            return []
+        raise
     return sorted(objs, key=lambda o: o.attrs.get("CreatedAt", ""), reverse=True)
 
 
@@ -48,9 +54,19 @@ def current(client: docker.DockerClient, p: Loaded, role: str, kind: Kind = "sec
     return found[0] if found else None
 
 
+def _not_in_swarm(e: Exception) -> bool:
+    cause = e.__cause__
+    return isinstance(cause, docker.errors.APIError) and cause.status_code == 503
+
+
 def _exact(client: docker.DockerClient, kind: Kind, name: str):
-    with docker_op(f"look up {kind} {name}"):
-        return next((o for o in _coll(client, kind).list(filters={"name": name}) if o.name == name), None)
+    try:
+        with docker_op(f"look up {kind} {name}"):
+            return next((o for o in _coll(client, kind).list(filters={"name": name}) if o.name == name), None)
+    except DockerOpError as e:
+        if _not_in_swarm(e):
+            return None
+        raise
 
 
 def ensure_versioned(

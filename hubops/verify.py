@@ -80,9 +80,11 @@ class HubAPI:
         self.request("DELETE", f"/hub/api/users/{name}", ok=(204,))
 
 
-def verify_spawn(p: Loaded, clients: Clients) -> Result:
+def verify_spawn(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result:
     """Spawn, reach, stop and remove a test user's server through the deployed hub."""
-    r = Result("verify")
+    r = Result("verify", dry_run=dry_run)
+    if dry_run:
+        return r.check(f"{p.hub_url}", f"plan only: would spawn a server for {p.verify.user} and reach it")
     api = HubAPI(p)
     user = p.verify.user
     svc_name = f"{p.prefix}-user-{user}"

@@ -1,0 +1,154 @@
+"""The `hubops` command: runs the stage notebooks headlessly and reports where things are."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from . import runner
+from .errors import HubopsError, ParameterError
+from .params import load_params
+
+console = Console(stderr=True)
+DEFAULT_PARAMS = "parameters/local.yaml"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logger = logging.getLogger("hubops")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.addHandler(RichHandler(console=console, show_path=False, markup=False))
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+@click.version_option(package_name="hubops")
+def main(verbose: bool) -> None:
+    """hubops: JupyterHub on Docker Swarm, deployed and run by Jupyter runbooks."""
+    _setup_logging(verbose)
+
+
+def _on_stage(name: str, event: str, entry: dict) -> None:
+    if event == "start":
+        console.print(f"[bold]▶ {name}[/bold] …")
+        return
+    if event == "ok":
+        n = entry.get("changed", 0)
+        what = f"{n} change{'s' if n != 1 else ''}" if n else f"no change ({entry.get('kept', 0)} already right)"
+        console.print(f"  [green]✔ {name}[/green] {entry.get('duration_s')} s, {what}")
+        for c in entry.get("changes", [])[:12]:
+            console.print(f"     · {c}", markup=False, highlight=False)
+    else:
+        err = entry.get("error") or {}
+        console.print(f"  [red]✘ {name} failed[/red] in cell {err.get('cell')}: {err.get('ename')}")
+        console.print(f"     {err.get('evalue')}", markup=False, highlight=False)
+
+
+def _fail(e: Exception, code: int) -> None:
+    console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("-p", "--params", "params_file", default=DEFAULT_PARAMS, show_default=True,
+              type=click.Path(dir_okay=False), help="the deployment's parameter file")
+@click.option("--plan", is_flag=True, help="show what each stage would change; change nothing")
+@click.option("--resume", metavar="RUN-ID", help="continue a failed run from its failed stage")
+@click.option("--only", multiple=True, metavar="STAGE", help="run only these stages (e.g. --only 80-deploy)")
+@click.option("--timeout", default=runner.DEFAULT_TIMEOUT, show_default=True, help="seconds a cell may run")
+def deploy(params_file: str, plan: bool, resume: str | None, only: tuple[str, ...], timeout: int) -> None:
+    """Run the deploy chain (runbooks/00-… to 90-…) into outputs/RUN-ID/."""
+    try:
+        run = runner.run_chain(params_file, dry_run=plan, resume=resume, only=list(only) or None,
+                               timeout=timeout, on_stage=_on_stage)
+    except ParameterError as e:
+        _fail(e, 2)
+    except HubopsError as e:
+        _fail(e, 1)
+    m = run.manifest
+    console.print()
+    if m["status"] != "ok":
+        failed = next(s for s in m["stages"] if s["status"] == "failed")
+        console.print(f"[red]Run {run.id} stopped at {failed['name']}.[/red]")
+        console.print(f"  notebook: {run.dir / failed.get('notebook', '')}  (failing cell {failed['error'].get('cell')})")
+        console.print(f"  fix the cause, then: hubops deploy -p {params_file} --resume {run.id}")
+        console.print(f"  record: {run.dir}/index.html")
+        sys.exit(1)
+    p = load_params(params_file)
+    verb = "would change" if plan else "changed"
+    console.print(f"[green bold]{'Plan' if plan else 'Deployed'}[/green bold]: {m['changed']} {verb} in {m['duration_s']} s")
+    if not plan:
+        _print_access(p)
+    console.print(f"  record:    {run.dir}/  (report: {run.dir}/index.html)")
+
+
+def _print_access(p) -> None:
+    from .tls import trust_path
+
+    console.print(f"  hub:       {p.hub_url}/")
+    ca = trust_path(p)
+    if isinstance(ca, str):
+        console.print(f"  CA:        {ca}  (e.g. curl --cacert {ca} {p.hub_url}/hub/health)")
+    if p.auth.mode == "shared-password":
+        console.print(f"  log in as: any of {', '.join(p.allowed)}")
+        console.print(f"  password:  users: {p.operator_path}/user-password; admins ({', '.join(p.admins)}): "
+                      f"{p.operator_path}/admin-password  (files readable only by you)")
+    else:
+        console.print(f"  log in:    with GitHub, as one of {', '.join(p.allowed)}")
+
+
+@main.command("check")
+@click.option("-p", "--params", "params_file", default=DEFAULT_PARAMS, show_default=True)
+def check(params_file: str) -> None:
+    """Check a parameter file without touching any host."""
+    try:
+        p = load_params(params_file)
+    except ParameterError as e:
+        _fail(e, 2)
+    console.print(f"[green]{p.source}: valid[/green]: deployment {p.deployment}, "
+                  f"{len(p.hosts.managers)} manager(s), {len(p.hosts.workers)} worker(s), "
+                  f"{len(p.allowed)} users ({len(p.admins)} admins), hub at {p.hub_url}")
+
+
+@main.group()
+def record() -> None:
+    """Browse the runs under outputs/."""
+
+
+@record.command("list")
+def record_list() -> None:
+    """Runs with status, who, when, duration and parameter file."""
+    t = Table("run", "status", "who", "started", "seconds", "changes", "parameters")
+    for d in sorted(runner.OUTPUTS.glob("*/run.json")):
+        m = json.loads(d.read_text())
+        t.add_row(m["run_id"], m["status"], m["who"], m["started"], str(m.get("duration_s", "")),
+                  str(m.get("changed", "")), Path(m["params_file"]).name)
+    Console().print(t)
+
+
+@record.command("show")
+@click.argument("run_id")
+def record_show(run_id: str) -> None:
+    """Stages of one run, what each changed, where it failed."""
+    try:
+        run = runner.Run.load(run_id)
+    except HubopsError as e:
+        _fail(e, 1)
+    m = run.manifest
+    Console().print(f"{m['run_id']}: {m['status']} ({m['kind']}, {m.get('duration_s')} s, by {m['who']} on {m['machine']})")
+    for s in m["stages"]:
+        Console().print(f"  {s['name']:<14} {s['status']:<8} {s.get('duration_s', '')}")
+        for c in s.get("changes", []):
+            Console().print(f"      · {c}", markup=False, highlight=False)
+        if s.get("error"):
+            e = s["error"]
+            Console().print(f"      ✘ cell {e.get('cell')}: {e.get('ename')}: {e.get('evalue')}", markup=False, highlight=False)
+
+
+if __name__ == "__main__":
+    main()

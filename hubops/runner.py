@@ -1,0 +1,233 @@
+"""The chain runner: executes stage notebooks with papermill into outputs/RUN-ID/.
+
+Writes `run.json` after every stage (who, where, when, project version and git commit,
+parameter file digest, per-stage status, duration and changes, engine versions), stops at
+the first failing stage and says which cell failed, and can resume a run from that stage.
+"""
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import nbformat
+
+from .errors import HubopsError, ParameterError
+from .params import Loaded, load_params
+from .record import read_record
+
+log = logging.getLogger("hubops")
+
+PROJECT = Path(__file__).resolve().parent.parent
+RUNBOOKS = PROJECT / "runbooks"
+OUTPUTS = Path(os.environ.get("HUBOPS_OUTPUTS", PROJECT / "outputs"))
+DEFAULT_TIMEOUT = 1800  # seconds per cell; image builds are the long ones
+
+
+def deploy_stages() -> list[Path]:
+    """The deploy chain: runbooks/NN-*.ipynb in order."""
+    return sorted(RUNBOOKS.glob("[0-9][0-9]-*.ipynb"))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(PROJECT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    status: str  # ok | failed | skipped
+    notebook: Path
+    entry: dict[str, Any]
+
+
+class Run:
+    """One run directory and its manifest."""
+
+    def __init__(self, run_dir: Path, manifest: dict[str, Any]):
+        self.dir = run_dir
+        self.manifest = manifest
+
+    @property
+    def id(self) -> str:
+        return self.manifest["run_id"]
+
+    def save(self) -> None:
+        tmp = self.dir / "run.json.tmp"
+        tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
+        tmp.replace(self.dir / "run.json")
+
+    @classmethod
+    def load(cls, run_id: str) -> "Run":
+        d = OUTPUTS / run_id
+        try:
+            return cls(d, json.loads((d / "run.json").read_text()))
+        except OSError:
+            raise HubopsError(f"no run {run_id}: {d}/run.json does not exist (see `ls {OUTPUTS}`)") from None
+
+
+def new_run(p: Loaded, *, kind: str, stages: list[Path]) -> Run:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = f"{stamp}-{p.deployment}-{kind}"
+    d = OUTPUTS / run_id
+    d.mkdir(parents=True, exist_ok=False)
+    from . import __version__
+
+    manifest = {
+        "run_id": run_id,
+        "kind": kind,
+        "deployment": p.deployment,
+        "status": "running",
+        "who": getpass.getuser(),
+        "machine": platform.node(),
+        "started": _now(),
+        "finished": None,
+        "hubops_version": __version__,
+        "git_commit": _git_commit(),
+        "params_file": str(p.source),
+        "params_sha256": p.digest,
+        "engines": {},
+        "stages": [{"name": s.stem, "runbook": str(s.relative_to(PROJECT)), "status": "pending"} for s in stages],
+    }
+    run = Run(d, manifest)
+    run.save()
+    return run
+
+
+def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, timeout: int) -> StageOutcome:
+    """Run one stage notebook into the run directory and record its outcome in run.json."""
+    import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    entry = run.manifest["stages"][index]
+    src = PROJECT / entry["runbook"]
+    out = run.dir / f"{entry['name']}.ipynb"
+    entry.update(status="running", started=_now(), notebook=out.name)
+    entry.pop("error", None)
+    run.save()
+    t0 = time.monotonic()
+    error: Optional[dict[str, Any]] = None
+    try:
+        pm.execute_notebook(
+            str(src), str(out),
+            parameters={"params_file": str(params_file), "dry_run": dry_run},
+            kernel_name="python3",
+            cwd=str(PROJECT),
+            execution_timeout=timeout,
+            progress_bar=False,
+            log_output=False,
+            report_mode=False,
+        )
+    except pm.PapermillExecutionError as e:
+        error = {"cell": e.exec_count, "ename": e.ename, "evalue": e.evalue}
+    except CellTimeoutError as e:
+        # papermill does not mark a timed-out cell in the saved notebook: find it ourselves.
+        error = {"cell": _running_cell(out), "ename": "CellTimeoutError", "evalue": f"a cell ran longer than {timeout} s: {e}"}
+    except DeadKernelError as e:
+        error = {"cell": _running_cell(out), "ename": "DeadKernelError", "evalue": str(e)}
+    entry["duration_s"] = round(time.monotonic() - t0, 2)
+    entry["finished"] = _now()
+    nb = nbformat.read(out, as_version=4) if out.exists() else None
+    rec = read_record(nb) if nb is not None else None
+    if error is None and rec is None:
+        error = {"cell": None, "ename": "NoRecord", "evalue": "the stage finished without recording its results"}
+    if rec is not None:
+        entry["changed"] = rec["changed"]
+        entry["changes"] = rec["changes"]
+        entry["kept"] = len(rec["kept"])
+        if entry["name"].endswith("preflight"):
+            run.manifest["engines"] = {
+                host: {"engine": f.get("engine"), "api": f.get("api"), "os": f.get("os")}
+                for r in rec["results"] for host, f in r["facts"].items() if isinstance(f, dict) and "engine" in f
+            }
+    if error is not None:
+        entry["status"] = "failed"
+        entry["error"] = error
+    else:
+        entry["status"] = "ok"
+    if out.exists():
+        entry["notebook_sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
+    run.save()
+    return StageOutcome(entry["name"], entry["status"], out, entry)
+
+
+def _running_cell(path: Path) -> Optional[int]:
+    """The execution count of the cell papermill marked as running when it stopped."""
+    if not path.exists():
+        return None
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        pm_meta = cell.get("metadata", {}).get("papermill", {})
+        if pm_meta.get("status") == "running":
+            return cell.get("execution_count")
+    return None
+
+
+def run_chain(
+    params_file: str | os.PathLike,
+    *,
+    dry_run: bool = False,
+    resume: Optional[str] = None,
+    only: Optional[list[str]] = None,
+    timeout: int = DEFAULT_TIMEOUT,
+    on_stage: Callable[[str, str, dict], None] = lambda name, event, entry: None,
+) -> Run:
+    """Run the deploy chain (or resume a run). Returns the run; its manifest says how it went."""
+    p = load_params(params_file)  # refused here, before any notebook or API call
+    if resume:
+        run = Run.load(resume)
+        if run.manifest["params_sha256"] != p.digest:
+            raise ParameterError(
+                f"{p.source}: the parameter file changed since run {resume} began "
+                f"(sha256 {run.manifest['params_sha256'][:12]} then, {p.digest[:12]} now); start a new run instead"
+            )
+        dry_run = run.manifest["kind"] == "plan"
+        run.manifest["status"] = "running"
+        run.manifest.setdefault("resumed", []).append(_now())
+    else:
+        stages = deploy_stages()
+        if only:
+            stages = [s for s in stages if s.stem in only or s.stem[:2] in only]
+            if not stages:
+                raise HubopsError(f"no stage matches {only}; stages are {[s.stem for s in deploy_stages()]}")
+        run = new_run(p, kind="plan" if dry_run else "deploy", stages=stages)
+    run.save()
+    t0 = time.monotonic()
+    failed = False
+    for i, entry in enumerate(run.manifest["stages"]):
+        if entry["status"] == "ok":
+            continue
+        on_stage(entry["name"], "start", entry)
+        outcome = execute_stage(run, i, params_file=p.source, dry_run=dry_run, timeout=timeout)
+        on_stage(entry["name"], outcome.status, outcome.entry)
+        if outcome.status != "ok":
+            failed = True
+            break
+    run.manifest["status"] = "failed" if failed else "ok"
+    run.manifest["finished"] = _now()
+    run.manifest["duration_s"] = round(run.manifest.get("duration_s", 0) + time.monotonic() - t0, 2)
+    run.manifest["changed"] = sum(s.get("changed", 0) for s in run.manifest["stages"])
+    run.save()
+    from .report import write_report
+
+    write_report(run)
+    return run
