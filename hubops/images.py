@@ -164,6 +164,13 @@ def _trim_rootfs(root: Path, *, suite: str, mirror: str) -> None:
     if mirror.rstrip("/") == "http://deb.debian.org/debian":
         sources.append(f"deb http://deb.debian.org/debian-security {suite}-security main")
     (root / "etc/apt/sources.list").write_text("\n".join(sources) + "\n")
+    # As in Debian's official images: no .deb files left behind by apt in image layers.
+    (root / "etc/apt/apt.conf.d/docker-clean").write_text(
+        'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb '
+        '/var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };\n'
+        'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb '
+        '/var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };\n'
+        'Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";\n')
 
 
 def _umount_below(root: Path) -> None:

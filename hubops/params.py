@@ -253,6 +253,15 @@ class Params(_Model):
     spawner: Spawner = Field(default_factory=Spawner)
     verify: Verify = Field(default_factory=Verify)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        # A section whose keys are all commented out (`images:` alone) means "the defaults".
+        if isinstance(data, dict):
+            return {k: ({} if v is None and k in ("swarm", "network", "hub", "tls", "images", "spawner", "verify") else v)
+                    for k, v in data.items()}
+        return data
+
     @field_validator("deployment")
     @classmethod
     def _deployment(cls, v: str) -> str:

@@ -1,0 +1,235 @@
+"""hubops.images against the real engine: base image, hub and single-user builds, delivery.
+
+Images are content-addressed and kept between runs (a second run must be all "keep"), so
+these tests do not remove what they build; `hubops teardown --remove-images` does.
+"""
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+import docker
+import pytest
+
+from hubops import images as im
+
+pytestmark = pytest.mark.engine
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES_DIR = ROOT / "images"
+HOST_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+DEBIAN_ROOTS = Path("/usr/share/ca-certificates")
+DEPLOYMENT = "itest-images"
+KINDS = ("hub", "singleuser")
+
+# A throwaway self-signed certificate appended to the extra bundle. It exists nowhere else,
+# so finding any line of it in an image proves the bundle leaked. Fixed text: the bundle's
+# digest, and so the image tags, stay the same from run to run.
+MARKER_CERT = """\
+-----BEGIN CERTIFICATE-----
+MIIB1jCCAX2gAwIBAgIUJqrnjlWhmojTkrhRnCTdBgMTsZgwCgYIKoZIzj0EAwIw
+QDE+MDwGA1UEAww1aHVib3BzIHRlc3QgbWFya2VyIENBIC0gbXVzdCBuZXZlciBh
+cHBlYXIgaW4gYW4gaW1hZ2UwIBcNMjYxMTI2MDUwNTQzWhgPMjEyNjExMDIwNTA1
+NDNaMEAxPjA8BgNVBAMMNWh1Ym9wcyB0ZXN0IG1hcmtlciBDQSAtIG11c3QgbmV2
+ZXIgYXBwZWFyIGluIGFuIGltYWdlMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE
+C05uPcba/Ykmc86j3XaUEfi6dFeC+2KIcnceOiAOqKSSw//y/aQiF380zoMSrPBJ
+1HDbD2NqM6HUkhkcggFyN6NTMFEwHQYDVR0OBBYEFMLBrLo019gbRLhTPrUy2wFD
+s0WMMB8GA1UdIwQYMBaAFMLBrLo019gbRLhTPrUy2wFDs0WMMA8GA1UdEwEB/wQF
+MAMBAf8wCgYIKoZIzj0EAwIDRwAwRAIgdJtr2Ow3JbEpFmcOsr9qkK9BbMLgBz6/
+dTAl5eK6Ob8CIBZRl2kBCQUaEuRD1TPVzYIwO0j4GZVLeMYpG/aEWHpO
+-----END CERTIFICATE-----
+"""
+
+_PEM = re.compile(r"-----BEGIN CERTIFICATE-----\s*(.*?)\s*-----END CERTIFICATE-----", re.S)
+
+
+def _bodies(text: str) -> list[list[str]]:
+    """The base64 lines of every certificate in a PEM text."""
+    return [[ln.strip() for ln in m.group(1).splitlines() if ln.strip()] for m in _PEM.finditer(text)]
+
+
+def _leak_markers(bundle_text: str) -> dict[bytes, str]:
+    """Base64 lines that may only be in an image if the extra bundle leaked into it.
+
+    Certificates of the bundle that Debian's ca-certificates package also ships (and so
+    legitimately sit in the image's trust store) are left out; what remains is the
+    machine's own CAs (here the intercepting proxy's) and the marker. One line per
+    certificate, one that no other certificate of the bundle has.
+    """
+    debian = set()
+    for crt in DEBIAN_ROOTS.rglob("*.crt"):
+        debian.update("".join(b) for b in _bodies(crt.read_text(errors="replace")))
+    bodies = _bodies(bundle_text)
+    counts: dict[str, int] = {}
+    for b in bodies:
+        for ln in set(b):
+            counts[ln] = counts.get(ln, 0) + 1
+    markers: dict[bytes, str] = {}
+    for b in bodies:
+        if "".join(b) in debian:
+            continue
+        unique = [ln for ln in b[2:-1] if len(ln) == 64 and counts[ln] == 1]
+        assert unique, "a certificate of the extra bundle has no line of its own"
+        markers[unique[len(unique) // 2].encode()] = b[0][:24]
+    return markers
+
+
+class _StreamFile(io.RawIOBase):
+    """A file-like view of a generator of bytes, for tarfile's streaming mode."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = iter(chunks)
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def _scan_saved_image(client: docker.DockerClient, ref: str, needles: list[bytes]) -> list[str]:
+    """Names of the files of `ref`, in any layer or its config, containing any of `needles`.
+
+    Scans `docker save` output rather than a container export: a file added in one layer
+    and deleted in a later one is still shipped, and only the layers show it.
+    """
+    hits = []
+
+    def scan_member(tf: tarfile.TarFile, m: tarfile.TarInfo, where: str) -> None:
+        if any(s in m.name for s in ("extra-ca", "pip-ca")):
+            hits.append(f"{where}{m.name} (by name)")
+        if not m.isfile():
+            return
+        f = tf.extractfile(m)
+        if f is None:
+            return
+        if m.name.endswith("layer.tar"):
+            with tarfile.open(fileobj=f, mode="r|") as inner:
+                for im_ in inner:
+                    scan_member(inner, im_, f"{m.name}:/")
+            return
+        data = f.read()
+        if any(n in data for n in needles):
+            hits.append(f"{where}{m.name}")
+
+    raw = io.BufferedReader(_StreamFile(client.api.get_image(ref)), buffer_size=1 << 20)
+    with tarfile.open(fileobj=raw, mode="r|") as outer:
+        for m in outer:
+            scan_member(outer, m, "")
+    return hits
+
+
+def _run(client: docker.DockerClient, ref: str, cmd: list[str], user: str | None = None) -> str:
+    out = client.containers.run(ref, cmd, remove=True, user=user, stdout=True, stderr=True)
+    return out.decode().strip()
+
+
+# -- fixtures ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def extra_ca(tmp_path_factory) -> Path:
+    """The host's bundle (pip needs it to pass the proxy) plus the marker certificate."""
+    assert HOST_BUNDLE.is_file(), f"{HOST_BUNDLE} is missing: the build cannot reach PyPI"
+    path = tmp_path_factory.mktemp("ca") / "extra-ca.pem"
+    path.write_text(HOST_BUNDLE.read_text().rstrip("\n") + "\n" + MARKER_CERT)
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(docker_client):
+    return im.ensure_base_image(docker_client)
+
+
+@pytest.fixture(scope="module")
+def built(docker_client, base, extra_ca) -> dict:
+    out = {}
+    for kind in KINDS:
+        lines: list[str] = []
+        r = im.ensure_image_built(docker_client, kind, images_dir=IMAGES_DIR, extra_ca_bundle=extra_ca,
+                                  deployment=DEPLOYMENT, progress=lines.append)
+        out[kind] = (r, lines)
+    return out
+
+
+# -- tests ------------------------------------------------------------------------------
+def test_base_image_exists_and_second_call_keeps(docker_client, base):
+    img = docker_client.images.get(im.BASE_IMAGE)
+    assert base.facts["id"] == img.id
+    again = im.ensure_base_image(docker_client)
+    assert not again.changed and again.items[0].action == "keep"
+    assert again.facts["id"] == img.id
+    dry = im.ensure_base_image(docker_client, dry_run=True)
+    assert not dry.changed
+
+
+def test_images_build_with_digest_tags_and_labels(docker_client, built):
+    for kind, (r, lines) in built.items():
+        ref = r.facts["ref"]
+        assert re.fullmatch(rf"hubops-{kind}:[0-9a-f]{{12}}", ref)
+        img = docker_client.images.get(ref)
+        assert r.facts["id"] == img.id
+        assert img.labels["hubops.managed"] == "true"
+        assert img.labels["hubops.stage"] == "60-images"
+        assert img.labels["hubops.image-kind"] == kind
+        if r.changed:  # built in this run: the log went to the progress callback
+            assert any(ln.startswith("Step ") for ln in lines)
+
+
+def test_hub_image_runs_jupyterhub_and_proxy(docker_client, built):
+    ref = built["hub"][0].facts["ref"]
+    assert _run(docker_client, ref, ["jupyterhub", "--version"]).splitlines()[-1] == "5.5.4"
+    chp = _run(docker_client, ref, ["configurable-http-proxy", "--version"])
+    assert re.fullmatch(r"\d+\.\d+\.\d+", chp.splitlines()[-1]), chp
+    cfg = docker_client.images.get(ref).attrs["Config"]
+    assert cfg["WorkingDir"] == "/srv/jupyterhub"
+    assert cfg["Cmd"] == ["jupyterhub", "-f", "/srv/jupyterhub/jupyterhub_config.py"]
+    assert "8000/tcp" in cfg["ExposedPorts"]
+
+
+def test_singleuser_image_runs_as_jovyan(docker_client, built):
+    ref = built["singleuser"][0].facts["ref"]
+    assert _run(docker_client, ref, ["jupyterhub-singleuser", "--version"]).splitlines()[-1] == "5.5.4"
+    assert _run(docker_client, ref, ["sh", "-c", "id -u; id -un; echo $HOME; pwd"]).split() == [
+        "1000", "jovyan", "/home/jovyan", "/home/jovyan"]
+    assert docker_client.images.get(ref).attrs["Config"]["Cmd"] == ["jupyterhub-singleuser"]
+
+
+def test_second_build_keeps_without_rebuilding(docker_client, built, extra_ca):
+    for kind, (first, _) in built.items():
+        lines: list[str] = []
+        again = im.ensure_image_built(docker_client, kind, images_dir=IMAGES_DIR, extra_ca_bundle=extra_ca,
+                                      deployment=DEPLOYMENT, progress=lines.append)
+        assert [i.action for i in again.items] == ["keep"]
+        assert again.facts == {"ref": first.facts["ref"], "id": first.facts["id"]}
+        assert lines == []  # no build ran
+
+
+def test_extra_ca_bundle_never_reaches_final_image(docker_client, built, extra_ca):
+    markers = _leak_markers(extra_ca.read_text())
+    # at least the marker, plus here the intercepting proxy's CA
+    assert len(markers) >= 1
+    for kind, (r, _) in built.items():
+        ref = r.facts["ref"]
+        hits = _scan_saved_image(docker_client, ref, list(markers))
+        assert hits == [], f"extra CA material found in {ref}: {hits[:10]}"
+        env = docker_client.images.get(ref).attrs["Config"].get("Env") or []
+        assert not any(e.startswith(("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")) for e in env)
+
+
+def test_images_on_single_node_is_keep(docker_client, built):
+    refs = [r.facts["ref"] for r, _ in built.values()]
+    res = im.ensure_images_on_nodes({"local": docker_client}, refs, source=docker_client)
+    assert not res.changed
+    assert [i.action for i in res.items] == ["keep", "keep"]
+    assert res.facts["loads"] == 0
