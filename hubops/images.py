@@ -17,9 +17,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 
 import docker
 import docker.errors
@@ -101,7 +101,7 @@ def _try_pull(client: docker.DockerClient, ref: str, timeout: float):
     def pull() -> None:
         try:
             outcome["image"] = client.images.pull(repo, tag=tag)
-        except Exception as e:  # any failure means "no registry": fall back to debootstrap
+        except Exception as e:  # noqa: BLE001 - any failure means "no registry": debootstrap
             outcome["error"] = e
 
     t = threading.Thread(target=pull, name=f"hubops-pull-{ref}", daemon=True)
@@ -129,7 +129,8 @@ def _debootstrap_import(client: docker.DockerClient, *, name: str, suite: str, m
     try:
         cmd = [exe, "--variant=minbase", suite, str(root), mirror]
         log.info("bootstrapping %s: %s", name, " ".join(cmd))
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
         if proc.returncode != 0:
             tail = "\n".join(proc.stdout.splitlines()[-20:])
             raise HubopsError(
@@ -340,7 +341,8 @@ def ensure_images_on_nodes(
             else:
                 todo.setdefault(node, []).append(ref)
                 why = "missing" if have is None else f"has {have[:19]}, source has {wid[:19]}"
-                res.change("create", f"{node}: {ref}", f"load from source ({why})")
+                res.change("create" if have is None else "update", f"{node}: {ref}",
+                           f"load from source ({why})")
     res.facts.update(nodes=len(clients), images=len(refs),
                      loads=sum(len(v) for v in todo.values()))
     if dry_run or not todo:
@@ -431,3 +433,55 @@ def _split_ref(ref: str) -> tuple[str, str]:
 
 def _one_line(e: object) -> str:
     return " ".join(str(e).split())[:500]
+
+
+# --------------------------------------------------------------------------------------
+# 60-images: the stage, on the parameters. Images are built on the hub's manager (the
+# "source") and delivered from it to every other node.
+# --------------------------------------------------------------------------------------
+KINDS = ("hub", "singleuser")
+PROJECT_IMAGES = Path(__file__).resolve().parent.parent / "images"
+
+
+def images_dir(p) -> Path:
+    """The folder with hub/ and singleuser/ build contexts (parameter images.dir, else the project's)."""
+    return p.path(p.images.dir) if p.images.dir else PROJECT_IMAGES
+
+
+def _extra_ca(p) -> Path | None:
+    return p.path(p.images.extra_ca_bundle) if p.images.extra_ca_bundle else None
+
+
+def ensure_base(p, clients, *, dry_run: bool = False) -> Result:
+    """The Debian base image on the building engine (pulled, or bootstrapped with debootstrap)."""
+    return ensure_base_image(clients.manager, name=p.images.base, dry_run=dry_run)
+
+
+def ensure_built(p, clients, kind: str, *, dry_run: bool = False) -> Result:
+    """The `kind` image ("hub" or "singleuser") built on the building engine if its context changed."""
+    if dry_run and _image_or_none(clients.manager, p.images.base) is None:
+        return Result(f"{kind} image", dry_run=True).change("create", f"hubops-{kind}", "would build on the new base image")
+    return ensure_image_built(clients.manager, kind, images_dir=images_dir(p), base=p.images.base,
+                              extra_ca_bundle=_extra_ca(p), deployment=p.deployment, dry_run=dry_run)
+
+
+def desired_refs(p, client: docker.DockerClient) -> dict[str, str]:
+    """The tags the current build contexts give, e.g. {"hub": "hubops-hub:3f2a…", ...}."""
+    base = _image_or_none(client, p.images.base)
+    if base is None:
+        raise HubopsError(f"base image {p.images.base} is missing on {p.hub_host.name}: run 60-images first")
+    ca = _extra_ca(p)
+    ca_digest = hashlib.sha256(ca.read_bytes()).hexdigest() if ca and ca.read_bytes() else None
+    return {k: image_ref(k, images_dir=images_dir(p), base_id=base.id, extra_ca_digest=ca_digest) for k in KINDS}
+
+
+def ensure_delivered(p, clients, *, dry_run: bool = False) -> Result:
+    """Both images on every node, with the same image ID as on the building engine."""
+    source = clients.manager
+    if dry_run and _image_or_none(source, p.images.base) is None:
+        return Result("images on nodes", dry_run=True).change("create", "images on every node", "after they are built")
+    refs = list(desired_refs(p, source).values())
+    if dry_run and any(_image_or_none(source, r) is None for r in refs):
+        return Result("images on nodes", dry_run=True).change(
+            "create", "images on every node", f"{', '.join(refs)} once built")
+    return ensure_images_on_nodes(clients.all(), refs, source=source, dry_run=dry_run)

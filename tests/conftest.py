@@ -1,32 +1,9 @@
 """Shared fixtures: parameter files for throwaway deployments on the local engine."""
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
 import pytest
 
-PROJECT = Path(__file__).resolve().parent.parent
-
-
-def make_params(tmp: Path, deployment: str, *, port: int, subnet: str, extra: str = "",
-                users: str = "operator admin\nalice\n") -> Path:
-    """A parameter file like parameters/local.yaml, for its own deployment name, port and subnet,
-    with its operator folder in `tmp`."""
-    (tmp / "userlist").write_text(users)
-    f = tmp / f"{deployment}.yaml"
-    f.write_text(textwrap.dedent(f"""
-        deployment: {deployment}
-        operator_dir: {tmp / 'operator'}
-        hosts:
-          managers:
-            - {{name: local, url: "unix:///var/run/docker.sock", advertise_addr: 127.0.0.1}}
-        hub: {{public_name: localhost, https_port: {port}}}
-        network: {{subnet: {subnet}}}
-        auth: {{mode: shared-password, userlist: userlist}}
-        images: {{dir: {PROJECT / 'images'}}}
-    """) + textwrap.dedent(extra))
-    return f
+from tests.helpers import make_params
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ def docker_client() -> docker.DockerClient:
     try:
         client = docker.from_env(timeout=120)
         client.ping()
-    except Exception as e:  # any failure to reach the engine ends the run loudly
+    except Exception as e:  # noqa: BLE001 - any failure to reach the engine ends the run loudly
         pytest.fail(
             f"no Docker engine answers at {where} ({e}); integration tests need one: "
             "start dockerd (see ENVIRONMENT.md) or set DOCKER_HOST",

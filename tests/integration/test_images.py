@@ -8,8 +8,8 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import docker
 import pytest
@@ -43,7 +43,7 @@ dTAl5eK6Ob8CIBZRl2kBCQUaEuRD1TPVzYIwO0j4GZVLeMYpG/aEWHpO
 -----END CERTIFICATE-----
 """
 
-_PEM = re.compile(r"-----BEGIN CERTIFICATE-----\s*(.*?)\s*-----END CERTIFICATE-----", re.S)
+_PEM = re.compile(r"-----BEGIN CERTIFICATE-----\s*(.*?)\s*-----END CERTIFICATE-----", re.DOTALL)
 
 
 def _bodies(text: str) -> list[list[str]]:
@@ -219,7 +219,7 @@ def test_extra_ca_bundle_never_reaches_final_image(docker_client, built, extra_c
     markers = _leak_markers(extra_ca.read_text())
     # at least the marker, plus here the intercepting proxy's CA
     assert len(markers) >= 1
-    for kind, (r, _) in built.items():
+    for r, _ in built.values():
         ref = r.facts["ref"]
         hits = _scan_saved_image(docker_client, ref, list(markers))
         assert hits == [], f"extra CA material found in {ref}: {hits[:10]}"
@@ -233,3 +233,53 @@ def test_images_on_single_node_is_keep(docker_client, built):
     assert not res.changed
     assert [i.action for i in res.items] == ["keep", "keep"]
     assert res.facts["loads"] == 0
+
+
+def test_leak_scan_finds_a_copied_bundle(docker_client, base, extra_ca):
+    """Control: the scan above does see the bundle when an image does contain it."""
+    ctx = io.BytesIO()
+    with tarfile.open(fileobj=ctx, mode="w") as tf:
+        for name, data in (("Dockerfile", f"FROM {im.BASE_IMAGE}\nCOPY ca.pem /etc/leaked.pem\n".encode()),
+                           ("ca.pem", extra_ca.read_bytes())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    ctx.seek(0)
+    ref = "hubops-itest-leak:control"
+    img, _ = docker_client.images.build(fileobj=ctx, custom_context=True, tag=ref, rm=True,
+                                        labels={"hubops.managed": "true", "hubops.deployment": DEPLOYMENT})
+    try:
+        markers = _leak_markers(extra_ca.read_text())
+        hits = _scan_saved_image(docker_client, ref, list(markers))
+        assert any(h.endswith("etc/leaked.pem") for h in hits), hits
+    finally:
+        docker_client.images.remove(img.id, force=True)
+
+
+def test_failed_build_raises_with_kind_and_log_tail(docker_client, base, tmp_path):
+    ctx = tmp_path / "images" / "broken"
+    ctx.mkdir(parents=True)
+    (ctx / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nRUN echo about-to-fail && exit 3\n")
+    with pytest.raises(im.ImageBuildError) as exc:
+        im.ensure_image_built(docker_client, "broken", images_dir=tmp_path / "images", deployment=DEPLOYMENT)
+    msg = str(exc.value)
+    assert "building the broken image hubops-broken:" in msg
+    assert "returned a non-zero code: 3" in msg
+    assert "  | about-to-fail" in msg.splitlines()  # the RUN's own output is in the tail
+    assert not docker_client.images.list(name="hubops-broken")
+
+
+def test_missing_debootstrap_is_a_clear_error(docker_client, monkeypatch):
+    monkeypatch.setattr(im.shutil, "which", lambda name: None)
+    monkeypatch.setattr(im.os.path, "exists", lambda path: False)
+    with pytest.raises(im.HubopsError, match=r"install debootstrap: apt-get install debootstrap"):
+        im.ensure_base_image(docker_client, name="hubops-itest-nobase:none", pull_ref=None)
+
+
+def test_failing_debootstrap_reports_its_output(docker_client):
+    # nothing listens on port 9 of loopback: debootstrap cannot fetch the Release file
+    with pytest.raises(im.HubopsError, match=r"debootstrap of bookworm from http://127.0.0.1:9/debian failed") as exc:
+        im.ensure_base_image(docker_client, name="hubops-itest-nobase:none", pull_ref=None,
+                             mirror="http://127.0.0.1:9/debian")
+    assert "Last output" in str(exc.value)
+    assert not docker_client.images.list(name="hubops-itest-nobase")

@@ -1,0 +1,173 @@
+"""The whole deploy chain on the local default (a single-node Swarm on this engine), run the way
+a user runs it: the `hubops deploy` command. One deployment is shared by the tests in this file
+and torn down at the end.
+
+- the cold deploy runs all ten stages; 90-verify spawned a server and reached it through the proxy;
+- the hub serves HTTPS verified against the deployment's CA, and the generated admin password
+  logs in through the real login form;
+- a second deploy changes nothing, and the hub answers throughout;
+- no secret (passwords, API token, private keys, as text or base64) appears under the run's folder;
+- teardown leaves no object labelled for the deployment.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from hubops import teardown
+from hubops.engine import Clients
+from hubops.params import load_params
+from tests.helpers import make_params
+
+pytestmark = [pytest.mark.engine, pytest.mark.e2e]
+PROJECT = Path(__file__).resolve().parents[2]
+DEPLOYMENT = "e2e"
+
+
+def hubops_cli(*args: str, outputs: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HUBOPS_OUTPUTS": str(outputs)}
+    return subprocess.run([sys.executable, "-m", "hubops.cli", *args], cwd=PROJECT, env=env,
+                          capture_output=True, text=True, timeout=3600)
+
+
+def runs(outputs: Path) -> list[dict]:
+    return [json.loads(f.read_text()) for f in sorted(outputs.glob("*/run.json"))]
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    params = make_params(tmp, DEPLOYMENT, port=8444, subnet="10.232.0.0/24")
+    outputs = tmp / "outputs"
+    t0 = time.monotonic()
+    cold = hubops_cli("deploy", "-p", str(params), outputs=outputs)
+    cold_s = time.monotonic() - t0
+    print(f"\ncold deploy: {cold_s:.1f} s\n{cold.stderr[-3000:]}")
+    p = load_params(params)
+    yield {"params": params, "outputs": outputs, "cold": cold, "cold_s": cold_s, "p": p}
+    clients = Clients(p)
+    teardown.teardown(p, clients, remove_volumes=True)
+    client = docker.from_env()
+    left = [f"{kind} {o.name}" for kind, coll in (("service", client.services), ("secret", client.secrets),
+                                                   ("config", client.configs), ("network", client.networks),
+                                                   ("volume", client.volumes))
+            for o in coll.list(filters={"label": f"hubops.deployment={DEPLOYMENT}"})]
+    assert not left, f"teardown left {left}"
+
+
+def test_cold_deploy_runs_every_stage(deployed):
+    cold = deployed["cold"]
+    assert cold.returncode == 0, cold.stderr[-4000:]
+    [run] = runs(deployed["outputs"])
+    assert run["status"] == "ok" and run["kind"] == "deploy"
+    assert [s["name"] for s in run["stages"]] == ["00-preflight", "10-hosts", "20-swarm", "30-network", "40-tls",
+                                                  "50-auth", "60-images", "70-storage", "80-deploy", "90-verify"]
+    assert all(s["status"] == "ok" and s["duration_s"] > 0 for s in run["stages"])
+    assert run["engines"]["local"]["engine"], run["engines"]
+    assert run["params_sha256"] == deployed["p"].digest
+    assert (deployed["outputs"] / run["run_id"] / "index.html").exists()
+    assert "hub:       https://localhost:8444/" in cold.stderr
+
+
+def test_verify_spawned_a_server_and_reached_it_through_the_proxy(deployed):
+    [run] = runs(deployed["outputs"])
+    nb = json.loads((deployed["outputs"] / run["run_id"] / "90-verify.ipynb").read_text())
+    outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+    record = next(o["data"]["application/vnd.hubops.record+json"] for o in outputs
+                  if "application/vnd.hubops.record+json" in o.get("data", {}))
+    checks = {i["target"]: i["detail"] for r in record["results"] for i in r["items"]}
+    assert "200 through the proxy" in checks["GET https://localhost:8444/user/hubops-verify/api/status"]
+    assert "spawned by SwarmSpawner" in checks["service hubops-e2e-user-hubops-verify"]
+    facts = record["results"][0]["facts"]
+    assert facts["server_node"] == "local" and facts["spawn_seconds"] > 0
+    # ... and removed afterwards.
+    assert not docker.from_env().services.list(filters={"name": "hubops-e2e-user-hubops-verify"})
+
+
+def test_hub_serves_https_and_the_generated_password_logs_in(deployed):
+    p = deployed["p"]
+    ca = str(p.operator_path / "ca.pem")
+    assert requests.get(f"{p.hub_url}/hub/health", verify=ca, timeout=10).status_code == 200
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{p.hub_url}/hub/health", timeout=10)  # not trusted without the CA
+    s = requests.Session()
+    s.verify = ca
+    s.get(f"{p.hub_url}/hub/login", timeout=10)
+    password = (p.operator_path / "admin-password").read_text().strip()
+    bad = s.post(f"{p.hub_url}/hub/login", data={"username": "operator", "password": "wrong-password",
+                                                 "_xsrf": s.cookies.get("_xsrf")}, timeout=10, allow_redirects=False)
+    assert bad.status_code == 403
+    ok = s.post(f"{p.hub_url}/hub/login", data={"username": "operator", "password": password,
+                                                "_xsrf": s.cookies.get("_xsrf")}, timeout=10, allow_redirects=False)
+    assert ok.status_code == 302, ok.text[:300]
+    # Cookie-authenticated API calls need the XSRF token header in JupyterHub 5.
+    me = s.get(f"{p.hub_url}/hub/api/user", headers={"X-XSRFToken": s.cookies.get("_xsrf")}, timeout=10)
+    assert me.status_code == 200 and me.json()["name"] == "operator" and me.json()["admin"] is True
+
+
+def test_second_deploy_changes_nothing_and_the_hub_keeps_serving(deployed):
+    p = deployed["p"]
+    ca = str(p.operator_path / "ca.pem")
+    failures: list[str] = []
+    answered = 0
+    stop = threading.Event()
+
+    def watch():
+        nonlocal answered
+        while not stop.is_set():
+            try:
+                r = requests.get(f"{p.hub_url}/hub/health", verify=ca, timeout=5)
+                if r.status_code != 200:
+                    failures.append(f"HTTP {r.status_code}")
+                answered += 1
+            except requests.RequestException as e:
+                failures.append(e.__class__.__name__)
+            time.sleep(0.5)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    t0 = time.monotonic()
+    try:
+        warm = hubops_cli("deploy", "-p", str(deployed["params"]), outputs=deployed["outputs"])
+    finally:
+        stop.set()
+        t.join()
+    warm_s = time.monotonic() - t0
+    print(f"\nwarm deploy: {warm_s:.1f} s (cold was {deployed['cold_s']:.1f} s)")
+    assert warm.returncode == 0, warm.stderr[-4000:]
+    run = runs(deployed["outputs"])[-1]
+    assert run["status"] == "ok" and run["changed"] == 0, [s.get("changes") for s in run["stages"]]
+    assert all(s["kept"] > 0 for s in run["stages"]), "every stage says what it found already right"
+    assert "0 changed" in warm.stderr
+    assert answered > 5 and not failures, failures
+
+
+def test_no_secret_under_the_run_folder(deployed):
+    p = deployed["p"]
+    values = []
+    for name in ("user-password", "admin-password", "api-token", "ca-key.pem", "tls-key.pem"):
+        text = (p.operator_path / name).read_text().strip()
+        values.append(text)
+        if name.endswith(".pem"):
+            # the key's base64 body lines, as they would appear in a leaked PEM
+            values += [line for line in text.splitlines() if line and not line.startswith("-----")]
+    needles = set()
+    for v in values:
+        needles.add(v.encode())
+        needles.add(base64.b64encode(v.encode()))
+    hits = []
+    for f in deployed["outputs"].rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            hits += [f"{f.name}" for n in needles if n in data]
+    assert not hits, f"secrets found in {hits}"
