@@ -39,7 +39,7 @@ def _on_stage(name: str, event: str, entry: dict) -> None:
         return
     if event == "ok":
         n = entry.get("changed", 0)
-        what = f"{n} change{'s' if n != 1 else ''}" if n else f"no change ({entry.get('kept', 0)} already right)"
+        what = f"{n} change{'s' if n != 1 else ''}" if n else f"no change ({entry.get('kept', 0)} checked or already right)"
         console.print(f"  [green]✔ {name}[/green] {entry.get('duration_s')} s, {what}")
         for c in entry.get("changes", [])[:12]:
             console.print(f"     · {c}", markup=False, highlight=False)

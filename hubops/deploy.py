@@ -107,7 +107,6 @@ def service_spec(p: Loaded, *, hub_image: str, secret_refs: list, config_refs: l
         # The hub's database is on a local volume of the hub node: pin it there.
         placement=docker.types.Placement(constraints=[f"node.labels.{p.hub_node_label}==true"]),
         networks=[docker.types.NetworkAttachmentConfig(p.network_name)],
-        resources=docker.types.Resources(mem_reservation=256 * 2**20),
     )
     return {
         "name": p.hub_service,
@@ -165,43 +164,15 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
 
     if svc is None:
         with docker_op(f"create service {p.hub_service}", p.hub_host.name):
-            c.services.create(**_create_kwargs(spec))
+            c.api.create_service(**spec)
     elif r.items[-1].changed:
         with docker_op(f"update service {p.hub_service}", p.hub_host.name):
-            svc.reload()  # update() needs the current version index
-            svc.update(**_create_kwargs(spec))
+            svc.reload()  # an update must name the current version index
+            c.api.update_service(svc.id, svc.version, **spec)
     if wait:
         r.facts["answered_after_s"] = wait_until_serving(p, clients, changed=r.items[-1].changed)
     secrets.prune_unused(c, p, r, keep=set(sec_names) | set(cfg_names))
     return r
-
-
-def _create_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
-    """docker-py's services.create/update take the container spec's parts flat."""
-    task: docker.types.TaskTemplate = spec["task_template"]
-    cs = task["ContainerSpec"]
-    kw = {
-        "image": cs["Image"],
-        "name": spec["name"],
-        "command": cs["Command"],
-        "env": cs["Env"],
-        "mounts": cs["Mounts"],
-        "secrets": cs["Secrets"],
-        "configs": cs["Configs"],
-        "healthcheck": cs["HealthCheck"],
-        "container_labels": cs["Labels"],
-        "stop_grace_period": cs["StopGracePeriod"],
-        "restart_policy": task["RestartPolicy"],
-        "constraints": task["Placement"]["Constraints"],
-        "networks": task["Networks"],
-        "resources": task["Resources"],
-        "endpoint_spec": spec["endpoint_spec"],
-        "update_config": spec["update_config"],
-        "rollback_config": spec["rollback_config"],
-        "mode": spec["mode"],
-        "labels": spec["labels"],
-    }
-    return kw
 
 
 def _what_changed(svc, hub_image: str, sec_names: list[str], cfg_names: list[str]) -> str:
@@ -216,11 +187,6 @@ def _what_changed(svc, hub_image: str, sec_names: list[str], cfg_names: list[str
     return "; ".join(out) or "service settings changed"
 
 
-def trust(p: Loaded):
-    """What `requests` should verify the hub's certificate against: the deployment's CA file."""
-    return tls.trust_path(p)
-
-
 def wait_until_serving(p: Loaded, clients: Clients, *, changed: bool) -> float:
     """Block until the service has converged and /hub/health answers over verified HTTPS.
 
@@ -229,7 +195,7 @@ def wait_until_serving(p: Loaded, clients: Clients, *, changed: bool) -> float:
     c = clients.manager
     t0 = time.monotonic()
     deadline = t0 + p.hub.start_timeout
-    verify = trust(p)
+    session = tls.hub_session(p)
     last = ""
     while time.monotonic() < deadline:
         svc = _find_service(c, p)
@@ -249,12 +215,12 @@ def wait_until_serving(p: Loaded, clients: Clients, *, changed: bool) -> float:
             last = tasks[0]["Status"].get("Err") or tasks[0]["Status"]["State"]
         if running and converged:
             try:
-                resp = requests.get(f"{p.hub_url}/hub/health", verify=verify, timeout=5)
+                resp = session.get(f"{p.hub_url}/hub/health", timeout=5)
                 if resp.status_code == 200:
                     return round(time.monotonic() - t0, 1)
                 last = f"HTTP {resp.status_code}"
             except requests.exceptions.SSLError as e:
-                raise HubopsError(f"{p.hub_url}: the hub's certificate does not verify against {verify}: {e}") from e
+                raise HubopsError(f"{p.hub_url}: the hub's certificate does not verify against {session.verify}: {e}") from e
             except requests.RequestException as e:
                 last = e.__class__.__name__
         time.sleep(1)

@@ -84,8 +84,12 @@ def render(p: Loaded, *, singleuser_image: str) -> str:
         f'c.JupyterHub.ssl_cert = str(SECRETS / {SECRET_FILES["tls-cert"]!r})',
         f'c.JupyterHub.ssl_key = str(SECRETS / {SECRET_FILES["tls-key"]!r})',
         f'c.JupyterHub.hub_bind_url = "http://0.0.0.0:{HUB_PORT}"',
-        # Users' servers reach the hub by its service name: with dnsrr it resolves to the task.
-        f'c.JupyterHub.hub_connect_url = "http://{p.hub_service}:{HUB_PORT}"',
+        # The proxy runs in the hub's container and reaches the hub on loopback. It must not use
+        # the service name: Swarm publishes a task's name in DNS only once it is healthy, and the
+        # healthcheck itself goes through the proxy.
+        f'c.JupyterHub.hub_connect_url = "http://127.0.0.1:{HUB_PORT}"',
+        # Users' servers reach the hub by its service name on the overlay network.
+        f'c.Spawner.hub_connect_url = "http://{p.hub_service}:{HUB_PORT}"',
         f'c.JupyterHub.db_url = "sqlite:///{DATA_DIR}/jupyterhub.sqlite"',
         f"c.JupyterHub.log_level = {p.hub.log_level!r}",
         # Users' servers are Swarm services that outlive a hub restart (upgrade, renewal).

@@ -12,6 +12,7 @@ import collections
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -35,6 +36,7 @@ BASE_IMAGE = "hubops-base:bookworm"
 # The build context gets the optional extra CA bundle under this name (empty when none).
 EXTRA_CA_NAME = "extra-ca.pem"
 _TAIL_LINES = 30
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 # --------------------------------------------------------------------------------------
@@ -281,7 +283,7 @@ def _build(client: docker.DockerClient, kind: str, *, ref: str, ctx: Path, base:
                 if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
                     image_id = chunk["aux"]["ID"]
                 text = chunk.get("stream") or chunk.get("status") or ""
-                for line in text.splitlines():
+                for line in _ANSI.sub("", text).splitlines():
                     if not line.strip():
                         continue
                     tail.append(line)
@@ -448,8 +450,21 @@ def images_dir(p) -> Path:
     return p.path(p.images.dir) if p.images.dir else PROJECT_IMAGES
 
 
+CA_ENV = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+
+
 def _extra_ca(p) -> Path | None:
-    return p.path(p.images.extra_ca_bundle) if p.images.extra_ca_bundle else None
+    """The CA bundle image builds trust: images.extra_ca_bundle, else (with images.trust_host_ca)
+    the bundle this machine's own pip trusts, so that a build behind the same TLS-intercepting
+    proxy reaches PyPI as the operator's pip does."""
+    if p.images.extra_ca_bundle:
+        return p.path(p.images.extra_ca_bundle)
+    if p.images.trust_host_ca:
+        for var in CA_ENV:
+            value = os.environ.get(var)
+            if value and Path(value).is_file():
+                return Path(value)
+    return None
 
 
 def ensure_base(p, clients, *, dry_run: bool = False) -> Result:
@@ -461,8 +476,10 @@ def ensure_built(p, clients, kind: str, *, dry_run: bool = False) -> Result:
     """The `kind` image ("hub" or "singleuser") built on the building engine if its context changed."""
     if dry_run and _image_or_none(clients.manager, p.images.base) is None:
         return Result(f"{kind} image", dry_run=True).change("create", f"hubops-{kind}", "would build on the new base image")
-    return ensure_image_built(clients.manager, kind, images_dir=images_dir(p), base=p.images.base,
-                              extra_ca_bundle=_extra_ca(p), deployment=p.deployment, dry_run=dry_run)
+    r = ensure_image_built(clients.manager, kind, images_dir=images_dir(p), base=p.images.base,
+                           extra_ca_bundle=_extra_ca(p), deployment=p.deployment, dry_run=dry_run)
+    r.facts["build_trusts"] = str(_extra_ca(p) or "the base image's CA certificates only")
+    return r
 
 
 def desired_refs(p, client: docker.DockerClient) -> dict[str, str]:

@@ -211,6 +211,9 @@ class Images(_Model):
     base: str = "hubops-base:bookworm"
     dir: Optional[Path] = Field(None, description="folder with hub/ and singleuser/ (default: the project's images/)")
     extra_ca_bundle: Optional[Path] = Field(None, description="PEM bundle trusted by image builds (TLS-intercepting proxies)")
+    trust_host_ca: bool = Field(
+        True, description="without extra_ca_bundle, let builds trust the bundle named by PIP_CERT, "
+        "REQUESTS_CA_BUNDLE or SSL_CERT_FILE on this machine, as its own pip does")
 
 
 class Spawner(_Model):

@@ -136,6 +136,8 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
             progress_bar=False,
             log_output=False,
             report_mode=False,
+            # The kernel's own start-up chatter (e.g. "running over TCP") is not the stage's output.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except pm.PapermillExecutionError as e:
         error = {"cell": e.exec_count, "ename": e.ename, "evalue": e.evalue}

@@ -456,6 +456,18 @@ def trust_path(p: "Loaded") -> "str | bool":
     return True
 
 
+def hub_session(p: "Loaded"):
+    """A requests session for talking to the hub: verified against the deployment's CA, and
+    deaf to the environment (REQUESTS_CA_BUNDLE would silently replace that CA, and a proxy
+    variable would send hub traffic elsewhere)."""
+    import requests
+
+    s = requests.Session()
+    s.trust_env = False
+    s.verify = trust_path(p)
+    return s
+
+
 def ensure_tls(p: "Loaded", clients: "Clients", *, dry_run: bool = False) -> "Result":
     """A certificate for the hub's public name, stored as Swarm secrets tls-cert and tls-key."""
     from . import secrets

@@ -33,9 +33,8 @@ class HubAPI:
                 "(the token is generated there and kept in the operator folder)"
             )
         self.base = p.hub_url
-        self.s = requests.Session()
+        self.s = tls.hub_session(p)
         self.s.headers["Authorization"] = f"token {token.decode().strip()}"
-        self.s.verify = tls.trust_path(p)
         self.timeout = timeout
 
     def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kw: Any) -> requests.Response:
@@ -87,7 +86,6 @@ def verify_spawn(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Resul
         return r.check(f"{p.hub_url}", f"plan only: would spawn a server for {p.verify.user} and reach it")
     api = HubAPI(p)
     user = p.verify.user
-    svc_name = f"{p.prefix}-user-{user}"
     stop_timeout = p.spawner.start_timeout
 
     info = api.request("GET", "/hub/api/").json()
@@ -106,6 +104,11 @@ def verify_spawn(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Resul
         api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202))
         api.wait_server(user, ready=True, timeout=p.spawner.start_timeout + 30)
         spawn_s = time.monotonic() - t0
+        # The spawner escapes user names in service names: ask the hub which service it made.
+        state = ((api.user(user) or {}).get("servers") or {}).get("", {}).get("state") or {}
+        svc_name = state.get("object_name") or ""
+        if not svc_name:
+            raise VerifyError(f"the hub does not say which service runs {user}'s server (server state: {sorted(state)})")
         node, svc_labels = _where(clients, svc_name)
         if not L.owned_by(svc_labels, p.deployment):
             raise VerifyError(f"service {svc_name} lacks hubops's labels: the spawner is not configured by hubops")

@@ -55,7 +55,8 @@ def test_local_default_config(secret_files, tmp_path, monkeypatch):
     # Single node: no workers, so users' servers may run anywhere.
     assert c.SwarmSpawner.extra_placement_spec == {"constraints": []}
     assert c.SwarmSpawner.extra_create_kwargs["labels"]["hubops.deployment"] == "local"
-    assert c.JupyterHub.hub_connect_url == "http://hubops-local-hub:8081"
+    assert c.JupyterHub.hub_connect_url == "http://127.0.0.1:8081"  # the proxy, same container
+    assert c.Spawner.hub_connect_url == "http://hubops-local-hub:8081"  # users' servers
     assert c.JupyterHub.bind_url == "https://:8000"
     assert c.JupyterHub.ssl_cert == str(d / "hubops-tls-cert")
     assert c.JupyterHub.cleanup_servers is False
