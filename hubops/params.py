@@ -228,7 +228,8 @@ class Spawner(_Model):
 
 
 class Verify(_Model):
-    user: str = "hubops-verify"
+    # Letters and digits only: DockerSpawner escapes anything else in service names.
+    user: str = "hubopsverify"
 
     @field_validator("user")
     @classmethod
