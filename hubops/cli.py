@@ -66,6 +66,10 @@ def deploy(params_file: str, plan: bool, resume: str | None, only: tuple[str, ..
     try:
         run = runner.run_chain(params_file, dry_run=plan, resume=resume, only=list(only) or None,
                                timeout=timeout, on_stage=_on_stage)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]: the run's record says which stage was running; "
+                      "continue it with --resume RUN-ID (see `hubops record list`)")
+        sys.exit(130)
     except ParameterError as e:
         _fail(e, 2)
     except HubopsError as e:
@@ -73,7 +77,7 @@ def deploy(params_file: str, plan: bool, resume: str | None, only: tuple[str, ..
     m = run.manifest
     console.print()
     if m["status"] != "ok":
-        failed = next(s for s in m["stages"] if s["status"] == "failed")
+        failed = next(s for s in m["stages"] if s["status"] in ("failed", "interrupted"))
         console.print(f"[red]Run {run.id} stopped at {failed['name']}.[/red]")
         console.print(f"  notebook: {run.dir / failed.get('notebook', '')}  (failing cell {failed['error'].get('cell')})")
         console.print(f"  fix the cause, then: hubops deploy -p {params_file} --resume {run.id}")

@@ -138,7 +138,13 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
     """Create or update the hub service, wait until it serves over HTTPS, prune old secret versions."""
     r = Result("hub service", dry_run=dry_run)
     c = clients.manager
-    refs = images.desired_refs(p, c)
+    try:
+        refs = images.desired_refs(p, c)
+    except HubopsError:
+        if not dry_run:
+            raise
+        # A plan before any image exists: 60-images would build them first.
+        refs = {k: f"hubops-{k}:<built by 60-images>" for k in images.KINDS}
     sec_refs, sec_names = _secret_refs(c, p, r)
     cfg_refs, cfg_names = _config_refs(c, p, r, refs["singleuser"])
     spec = service_spec(p, hub_image=refs["hub"], secret_refs=sec_refs, config_refs=cfg_refs)

@@ -85,6 +85,14 @@ class Run:
             raise HubopsError(f"no run {run_id}: {d}/run.json does not exist (see `ls {OUTPUTS}`)") from None
 
 
+def _rel(path: Path) -> str:
+    """A runbook's path as recorded: relative to the project when it is in it."""
+    try:
+        return str(path.relative_to(PROJECT))
+    except ValueError:
+        return str(path)
+
+
 def new_run(p: Loaded, *, kind: str, stages: list[Path]) -> Run:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_id = f"{stamp}-{p.deployment}-{kind}"
@@ -106,7 +114,7 @@ def new_run(p: Loaded, *, kind: str, stages: list[Path]) -> Run:
         "params_file": str(p.source),
         "params_sha256": p.digest,
         "engines": {},
-        "stages": [{"name": s.stem, "runbook": str(s.relative_to(PROJECT)), "status": "pending"} for s in stages],
+        "stages": [{"name": s.stem, "runbook": _rel(s), "status": "pending"} for s in stages],
     }
     run = Run(d, manifest)
     run.save()
@@ -143,9 +151,11 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
         error = {"cell": e.exec_count, "ename": e.ename, "evalue": e.evalue}
     except CellTimeoutError as e:
         # papermill does not mark a timed-out cell in the saved notebook: find it ourselves.
-        error = {"cell": _running_cell(out), "ename": "CellTimeoutError", "evalue": f"a cell ran longer than {timeout} s: {e}"}
+        reason = f"the cell ran longer than the stage timeout ({timeout} s) and was stopped"
+        error = {"cell": _mark_stopped_cell(out, reason), "ename": "CellTimeoutError", "evalue": reason}
+        log.debug("timeout detail: %s", e)
     except DeadKernelError as e:
-        error = {"cell": _running_cell(out), "ename": "DeadKernelError", "evalue": str(e)}
+        error = {"cell": _mark_stopped_cell(out, f"the kernel died: {e}"), "ename": "DeadKernelError", "evalue": str(e)}
     entry["duration_s"] = round(time.monotonic() - t0, 2)
     entry["finished"] = _now()
     nb = nbformat.read(out, as_version=4) if out.exists() else None
@@ -172,16 +182,23 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
     return StageOutcome(entry["name"], entry["status"], out, entry)
 
 
-def _running_cell(path: Path) -> Optional[int]:
-    """The execution count of the cell papermill marked as running when it stopped."""
+def _mark_stopped_cell(path: Path, reason: str) -> Optional[int]:
+    """Find the cell a timed-out or dead kernel stopped in, mark it failed in the saved notebook
+    (papermill leaves it looking finished), and return its execution count."""
     if not path.exists():
         return None
     nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        pm_meta = cell.get("metadata", {}).get("papermill", {})
-        if pm_meta.get("status") == "running":
-            return cell.get("execution_count")
-    return None
+    executed = [c for c in nb.cells if c.cell_type == "code" and c.get("execution_count")]
+    if not executed:
+        return None
+    # The interrupted cell carries the KeyboardInterrupt nbclient sent; else it is the last one run.
+    cell = next((c for c in reversed(executed)
+                 if any(o.get("output_type") == "error" for o in c.get("outputs", []))), executed[-1])
+    cell.metadata.setdefault("papermill", {}).update(exception=True, status="failed")
+    cell.outputs.append(nbformat.v4.new_output("error", ename="StageStopped", evalue=reason, traceback=[reason]))
+    nb.metadata.setdefault("papermill", {})["exception"] = True
+    nbformat.write(nb, path)
+    return cell.execution_count
 
 
 def run_chain(
@@ -215,15 +232,27 @@ def run_chain(
     run.save()
     t0 = time.monotonic()
     failed = False
-    for i, entry in enumerate(run.manifest["stages"]):
-        if entry["status"] == "ok":
-            continue
-        on_stage(entry["name"], "start", entry)
-        outcome = execute_stage(run, i, params_file=p.source, dry_run=dry_run, timeout=timeout)
-        on_stage(entry["name"], outcome.status, outcome.entry)
-        if outcome.status != "ok":
-            failed = True
-            break
+    try:
+        for i, entry in enumerate(run.manifest["stages"]):
+            if entry["status"] == "ok":
+                continue
+            on_stage(entry["name"], "start", entry)
+            outcome = execute_stage(run, i, params_file=p.source, dry_run=dry_run, timeout=timeout)
+            on_stage(entry["name"], outcome.status, outcome.entry)
+            if outcome.status != "ok":
+                failed = True
+                break
+    except BaseException as e:  # Ctrl-C or a crash of the runner itself: the record must say so
+        for entry in run.manifest["stages"]:
+            if entry["status"] == "running":
+                entry["status"] = "interrupted"
+                entry["error"] = {"cell": None, "ename": type(e).__name__,
+                                  "evalue": "the run was interrupted while this stage ran; what it had applied is "
+                                            "in its notebook up to the last finished cell"}
+        run.manifest["status"] = "interrupted"
+        run.manifest["finished"] = _now()
+        run.save()
+        raise
     run.manifest["status"] = "failed" if failed else "ok"
     run.manifest["finished"] = _now()
     run.manifest["duration_s"] = round(run.manifest.get("duration_s", 0) + time.monotonic() - t0, 2)
