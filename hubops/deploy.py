@@ -89,7 +89,7 @@ def service_spec(p: Loaded, *, hub_image: str, secret_refs: list, config_refs: l
         env=[f"HUBOPS_DEPLOYMENT={p.deployment}"],
         mounts=[
             # The spawner drives the swarm through the manager's engine it runs on.
-            docker.types.Mount("/var/run/docker.sock", "/var/run/docker.sock", type="bind"),
+            docker.types.Mount("/var/run/docker.sock", p.hub_host.engine_socket, type="bind"),
             docker.types.Mount(hubconfig.DATA_DIR, p.hub_volume, type="volume"),
         ],
         secrets=secret_refs,
@@ -139,7 +139,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
     r = Result("hub service", dry_run=dry_run)
     c = clients.manager
     try:
-        refs = images.desired_refs(p, c)
+        refs = images.desired_refs(p, images.builder(p, clients))
     except HubopsError:
         if not dry_run:
             raise

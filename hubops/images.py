@@ -467,16 +467,29 @@ def _extra_ca(p) -> Path | None:
     return None
 
 
+_BUILDERS: dict[str, docker.DockerClient] = {}
+
+
+def builder(p, clients) -> docker.DockerClient:
+    """The engine images are built on: images.build_engine, else the hub's manager."""
+    url = p.images.build_engine
+    if not url:
+        return clients.manager
+    if url not in _BUILDERS:
+        _BUILDERS[url] = docker.DockerClient(base_url=url, timeout=120)
+    return _BUILDERS[url]
+
+
 def ensure_base(p, clients, *, dry_run: bool = False) -> Result:
     """The Debian base image on the building engine (pulled, or bootstrapped with debootstrap)."""
-    return ensure_base_image(clients.manager, name=p.images.base, dry_run=dry_run)
+    return ensure_base_image(builder(p, clients), name=p.images.base, dry_run=dry_run)
 
 
 def ensure_built(p, clients, kind: str, *, dry_run: bool = False) -> Result:
     """The `kind` image ("hub" or "singleuser") built on the building engine if its context changed."""
-    if dry_run and _image_or_none(clients.manager, p.images.base) is None:
+    if dry_run and _image_or_none(builder(p, clients), p.images.base) is None:
         return Result(f"{kind} image", dry_run=True).change("create", f"hubops-{kind}", "would build on the new base image")
-    r = ensure_image_built(clients.manager, kind, images_dir=images_dir(p), base=p.images.base,
+    r = ensure_image_built(builder(p, clients), kind, images_dir=images_dir(p), base=p.images.base,
                            extra_ca_bundle=_extra_ca(p), deployment=p.deployment, dry_run=dry_run)
     r.facts["build_trusts"] = str(_extra_ca(p) or "the base image's CA certificates only")
     return r
@@ -494,7 +507,7 @@ def desired_refs(p, client: docker.DockerClient) -> dict[str, str]:
 
 def ensure_delivered(p, clients, *, dry_run: bool = False) -> Result:
     """Both images on every node, with the same image ID as on the building engine."""
-    source = clients.manager
+    source = builder(p, clients)
     if dry_run and _image_or_none(source, p.images.base) is None:
         return Result("images on nodes", dry_run=True).change("create", "images on every node", "after they are built")
     refs = list(desired_refs(p, source).values())

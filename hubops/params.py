@@ -60,6 +60,10 @@ class Host(_Model):
     advertise_addr: Optional[str] = Field(None, description="address other nodes reach this one at")
     tls: Optional[HostTLS] = None
     labels: dict[str, str] = Field(default_factory=dict)
+    engine_socket: str = Field(
+        "/var/run/docker.sock",
+        description="the engine's unix socket on the host itself; the hub's container mounts it to drive the swarm",
+    )
 
     @field_validator("name")
     @classmethod
@@ -209,6 +213,9 @@ class Auth(_Model):
 
 class Images(_Model):
     base: str = "hubops-base:bookworm"
+    build_engine: Optional[str] = Field(
+        None, description="engine URL to build images on (default: the hub's manager); e.g. this machine's "
+        "unix:///var/run/docker.sock when the cluster's nodes cannot reach PyPI and Debian's mirrors")
     dir: Optional[Path] = Field(None, description="folder with hub/ and singleuser/ (default: the project's images/)")
     extra_ca_bundle: Optional[Path] = Field(None, description="PEM bundle trusted by image builds (TLS-intercepting proxies)")
     trust_host_ca: bool = Field(
