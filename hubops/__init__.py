@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from . import auth, deploy, hosts, images, network, preflight, storage, swarm, tls, verify  # noqa: F401
+from . import auth, deploy, hosts, images, network, nodes, preflight, storage, swarm, teardown, tls, verify  # noqa: F401
 from .engine import Clients
 from .errors import (  # noqa: F401
     ConflictError,

@@ -15,6 +15,8 @@ from .params import Loaded
 CONFIG_PATH = "/srv/jupyterhub/jupyterhub_config.py"
 USERLIST_PATH = "/srv/jupyterhub/userlist"
 DATA_DIR = "/srv/jupyterhub/data"
+# Notices for users, shown on the hub's pages (day-2 runbooks write it: e.g. "your server moves").
+ANNOUNCEMENTS = f"{DATA_DIR}/hubops-announcements.json"
 HUB_PORT = 8081
 PROXY_PORT = 8000
 API_SERVICE = "hubops"
@@ -78,6 +80,17 @@ def render(p: Loaded, *, singleuser_image: str) -> str:
         "        users[parts[0]] = parts[1:] == ['admin']",
         "c.Authenticator.allowed_users = set(users)",
         "c.Authenticator.admin_users = {u for u, admin in users.items() if admin}",
+        "",
+        "# --- notices from hubops's day-2 runbooks, per user ('*' for everyone), on hub pages -----",
+        "import json",
+        f'ANNOUNCEMENTS = Path(os.environ.get("HUBOPS_ANNOUNCEMENTS", {ANNOUNCEMENTS!r}))',
+        "def announcement(user):",
+        "    try:",
+        "        notes = json.loads(ANNOUNCEMENTS.read_text())",
+        "    except (OSError, ValueError):",
+        "        return ''",
+        "    return notes.get(getattr(user, 'name', None) or '', '') or notes.get('*', '')",
+        "c.JupyterHub.template_vars = {'announcement': announcement}",
         "",
         "# --- network: HTTPS at the proxy, the hub API on the overlay network -----------------",
         f'c.JupyterHub.bind_url = "https://:{PROXY_PORT}"',

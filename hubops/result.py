@@ -77,11 +77,35 @@ class Result:
             action = f"would {i.action}" if self.dry_run and i.changed else i.action
             lines.append(f"  {action:<14} {i.target}" + (f"  ({i.detail})" if i.detail else ""))
         for k, v in self.facts.items():
-            lines.append(f"  {k}: {v}")
+            if _is_rows(v):
+                lines.append(f"  {k}:")
+                lines += ["    " + line for line in text_table(v)]
+            else:
+                lines.append(f"  {k}: {v}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         return render_html([self])
+
+
+def _is_rows(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(r, dict) for r in value)
+
+
+def text_table(rows: list[dict]) -> list[str]:
+    """Rows of dicts as aligned plain-text lines (for logs and the CLI)."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[str(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*cols), *(fmt.format(*row) for row in cells)]
+
+
+def html_table(rows: list[dict]) -> str:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _plain(value: Any) -> Any:
@@ -115,7 +139,9 @@ def render_html(results: Iterable[Result]) -> str:
             facts.append(
                 f"<tr><th colspan=2 style='text-align:left'>{html.escape(r.step)}</th></tr>"
                 + "".join(
-                    f"<tr><td>{html.escape(str(k))}</td><td><code>{html.escape(str(v))}</code></td></tr>"
+                    f"<tr><td>{html.escape(str(k))}</td><td>"
+                    + (html_table(v) if _is_rows(v) else f"<code>{html.escape(str(v))}</code>")
+                    + "</td></tr>"
                     for k, v in _plain(r.facts).items()
                 )
             )

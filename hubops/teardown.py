@@ -30,6 +30,7 @@ def teardown(p: Loaded, clients: Clients, *, remove_volumes: bool = False, remov
     r = Result("teardown", dry_run=dry_run)
     c = clients.manager
     sel = {"label": L.selector(p.deployment)}
+    _stop_servers_through_hub(p, r, dry_run, timeout)
     if _in_swarm(c):
         with docker_op("list services"):
             services = c.services.list(filters=sel)
@@ -86,6 +87,28 @@ def teardown(p: Loaded, clients: Clients, *, remove_volumes: bool = False, remov
         else:
             r.keep("swarm", "not created by hubops for this deployment: left in place")
     return r
+
+
+def _stop_servers_through_hub(p: Loaded, r: Result, dry_run: bool, timeout: float) -> None:
+    """Ask the hub to stop every user's server first: Jupyter gets SIGTERM and time to save,
+    and the hub's database records the servers as stopped. Skipped when the hub does not answer."""
+    from .verify import HubAPI  # the hub API client lives with the verification that needs it most
+
+    try:
+        api = HubAPI(p, timeout=5)
+        users = api.request("GET", "/hub/api/users").json()
+    except Exception as e:  # no hub, no token, hub down: services are removed below anyway
+        r.keep("users' servers through the hub", f"hub not reachable ({e.__class__.__name__}); services removed directly")
+        return
+    running = [u["name"] for u in users if u.get("servers")]
+    for name in running:
+        r.change("remove", f"server of {name}", "stopped through the hub (the server can save)")
+    if dry_run:
+        return
+    for name in running:
+        api.request("DELETE", f"/hub/api/users/{name}/server", ok=(202, 204))
+    for name in running:
+        api.wait_server(name, ready=False, timeout=timeout)
 
 
 def _remove_retrying(obj, attempts: int = 20) -> None:
