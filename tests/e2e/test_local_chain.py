@@ -49,26 +49,46 @@ def deployed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     params = make_params(tmp, DEPLOYMENT, port=8444, subnet="10.232.0.0/24")
     outputs = tmp / "outputs"
+    plan = hubops_cli("deploy", "-p", str(params), "--plan", outputs=outputs)
+    after_plan = labelled_objects()
+    operator_after_plan = sorted(f.name for f in (tmp / "operator").rglob("*") if f.is_file())
     t0 = time.monotonic()
     cold = hubops_cli("deploy", "-p", str(params), outputs=outputs)
     cold_s = time.monotonic() - t0
     print(f"\ncold deploy: {cold_s:.1f} s\n{cold.stderr[-3000:]}")
     p = load_params(params)
-    yield {"params": params, "outputs": outputs, "cold": cold, "cold_s": cold_s, "p": p}
+    yield {"params": params, "outputs": outputs, "cold": cold, "cold_s": cold_s, "p": p,
+           "plan": plan, "after_plan": after_plan, "operator_after_plan": operator_after_plan}
     clients = Clients(p)
     teardown.teardown(p, clients, remove_volumes=True)
-    client = docker.from_env()
-    left = [f"{kind} {o.name}" for kind, coll in (("service", client.services), ("secret", client.secrets),
-                                                   ("config", client.configs), ("network", client.networks),
-                                                   ("volume", client.volumes))
-            for o in coll.list(filters={"label": f"hubops.deployment={DEPLOYMENT}"})]
+    left = labelled_objects()
     assert not left, f"teardown left {left}"
+
+
+def labelled_objects() -> list[str]:
+    client = docker.from_env()
+    if client.info()["Swarm"]["LocalNodeState"] != "active":
+        return [f"volume {v.name}" for v in client.volumes.list(filters={"label": f"hubops.deployment={DEPLOYMENT}"})]
+    return [f"{kind} {o.name}" for kind, coll in (("service", client.services), ("secret", client.secrets),
+                                                  ("config", client.configs), ("network", client.networks),
+                                                  ("volume", client.volumes))
+            for o in coll.list(filters={"label": f"hubops.deployment={DEPLOYMENT}"})]
+
+
+def test_plan_first_changes_nothing(deployed):
+    plan = deployed["plan"]
+    assert plan.returncode == 0, plan.stderr[-4000:]
+    run = runs(deployed["outputs"])[0]
+    assert run["kind"] == "plan" and run["status"] == "ok"
+    assert run["changed"] > 0, "a plan on a new deployment predicts changes"
+    assert deployed["after_plan"] == [], f"the plan changed the cluster: {deployed['after_plan']}"
+    assert deployed["operator_after_plan"] == [], "a plan writes no credentials either"
 
 
 def test_cold_deploy_runs_every_stage(deployed):
     cold = deployed["cold"]
     assert cold.returncode == 0, cold.stderr[-4000:]
-    [run] = runs(deployed["outputs"])
+    run = runs(deployed["outputs"])[1]
     assert run["status"] == "ok" and run["kind"] == "deploy"
     assert [s["name"] for s in run["stages"]] == ["00-preflight", "10-hosts", "20-swarm", "30-network", "40-tls",
                                                   "50-auth", "60-images", "70-storage", "80-deploy", "90-verify"]
@@ -80,7 +100,7 @@ def test_cold_deploy_runs_every_stage(deployed):
 
 
 def test_verify_spawned_a_server_and_reached_it_through_the_proxy(deployed):
-    [run] = runs(deployed["outputs"])
+    run = runs(deployed["outputs"])[1]
     nb = json.loads((deployed["outputs"] / run["run_id"] / "90-verify.ipynb").read_text())
     outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
     record = next(o["data"]["application/vnd.hubops.record+json"] for o in outputs
@@ -116,6 +136,16 @@ def test_hub_serves_https_and_the_generated_password_logs_in(deployed):
     # Cookie-authenticated API calls need the XSRF token header in JupyterHub 5.
     me = s.get(f"{p.hub_url}/hub/api/user", headers={"X-XSRFToken": s.cookies.get("_xsrf")}, timeout=10)
     assert me.status_code == 200 and me.json()["name"] == "operator" and me.json()["admin"] is True
+
+    # Day-2 runbooks warn users through the hub: a notice on their hub pages, for them only.
+    from hubops import nodes
+
+    clients = Clients(p)
+    nodes.announce(p, clients, {"operator": "Maintenance notice 7f3a: your server moves"})
+    assert "Maintenance notice 7f3a" in s.get(f"{p.hub_url}/hub/home", timeout=10).text
+    nodes.announce(p, clients, {"alice": "Maintenance notice 7f3a"})
+    assert "Maintenance notice 7f3a" not in s.get(f"{p.hub_url}/hub/home", timeout=10).text
+    nodes.announce(p, clients, {})
 
 
 def test_second_deploy_changes_nothing_and_the_hub_keeps_serving(deployed):
