@@ -11,6 +11,7 @@ plan: engine install    ## show what deploy would change
 	$(VENV)/bin/hubops deploy -p $(PARAMS) --plan
 
 test: engine install    ## unit, integration (real engine) and end-to-end tests
+	@bash scripts/ensure-test-tools.sh
 	$(VENV)/bin/pytest tests
 
 engine:

@@ -20,9 +20,15 @@ DEFAULT_PARAMS = "parameters/local.yaml"
 
 
 def _setup_logging(verbose: bool) -> None:
+    from .redact import RedactingFilter, env_secrets, session_redactor
+
     logger = logging.getLogger("hubops")
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logger.addHandler(RichHandler(console=console, show_path=False, markup=False))
+    handler = RichHandler(console=console, show_path=False, markup=False)
+    # The session redactor learns each deployment's secrets as the runner reads them.
+    session_redactor().add_all(env_secrets())
+    handler.addFilter(RedactingFilter(session_redactor()))
+    logger.addHandler(handler)
 
 
 @click.group()
@@ -126,13 +132,50 @@ def record() -> None:
 
 @record.command("list")
 def record_list() -> None:
-    """Runs with status, who, when, duration and parameter file."""
-    t = Table("run", "status", "who", "started", "seconds", "changes", "parameters")
+    """Runs with status, who, when, duration, parameter file and whether the record verifies."""
+    from .ledger import verify_run
+
+    t = Table("run", "status", "who", "started", "seconds", "changes", "parameters", "record")
     for d in sorted(runner.OUTPUTS.glob("*/run.json")):
-        m = json.loads(d.read_text())
-        t.add_row(m["run_id"], m["status"], m["who"], m["started"], str(m.get("duration_s", "")),
-                  str(m.get("changed", "")), Path(m["params_file"]).name)
+        v = verify_run(d.parent)
+        try:
+            m = json.loads(d.read_text())
+            t.add_row(m["run_id"], m["status"], m["who"], m["started"], str(m.get("duration_s", "")),
+                      str(m.get("changed", "")), Path(m["params_file"]).name, _verdict_word(v))
+        except (ValueError, KeyError, TypeError):
+            t.add_row(d.parent.name, "?", "", "", "", "", "", _verdict_word(v))
     Console().print(t)
+
+
+def _verdict_word(v) -> str:
+    if v.ok:
+        return "intact"
+    return "unsealed" if v.first.kind == "unsealed" else f"NOT INTACT ({v.first.kind})"
+
+
+def _run_dir(run_id: str) -> Path:
+    d = runner.OUTPUTS / run_id
+    if not (d / "run.json").exists():
+        _fail(HubopsError(f"no run {run_id}: {d}/run.json does not exist (see `hubops record list`)"), 1)
+    return d
+
+
+@record.command("verify")
+@click.argument("run_id")
+def record_verify(run_id: str) -> None:
+    """Check a run's record against its hash chain: exit 0 when intact, 1 on any problem.
+
+    Names the first stage whose notebook or entry was changed, removed or reordered, and any
+    notebook in the run folder that the record does not list."""
+    from .ledger import verify_run
+
+    v = verify_run(_run_dir(run_id))
+    out = Console()
+    style = "green" if v.ok else "red"
+    out.print(f"{v.run_id}: [{style}]{v.verdict}[/{style}]", highlight=False)
+    for p in v.problems[1:]:
+        out.print(f"  · {p}", markup=False, highlight=False)
+    sys.exit(0 if v.ok else 1)
 
 
 @record.command("show")
@@ -143,8 +186,12 @@ def record_show(run_id: str) -> None:
         run = runner.Run.load(run_id)
     except HubopsError as e:
         _fail(e, 1)
+    from .ledger import verify_run
+
     m = run.manifest
     Console().print(f"{m['run_id']}: {m['status']} ({m['kind']}, {m.get('duration_s')} s, by {m['who']} on {m['machine']})")
+    if m.get("kind") == "plan":
+        Console().print("  PLAN — nothing was changed; the changes below are what a deploy would make")
     for s in m["stages"]:
         Console().print(f"  {s['name']:<14} {s['status']:<8} {s.get('duration_s', '')}")
         for c in s.get("changes", []):
@@ -152,6 +199,82 @@ def record_show(run_id: str) -> None:
         if s.get("error"):
             e = s["error"]
             Console().print(f"      ✘ cell {e.get('cell')}: {e.get('ename')}: {e.get('evalue')}", markup=False, highlight=False)
+    v = verify_run(run.dir)
+    Console().print(f"  record: {v.verdict}", markup=False, highlight=False)
+    for p in v.problems[1:]:
+        Console().print(f"    · {p}", markup=False, highlight=False)
+
+
+@main.command("report")
+@click.argument("run_id")
+def report(run_id: str) -> None:
+    """Write a run's HTML report (outputs/RUN-ID/index.html and a page per stage) again."""
+    from .report import write_report
+
+    try:
+        run = runner.Run.load(run_id)
+    except HubopsError as e:
+        _fail(e, 1)
+    write_report(run)
+    console.print(f"report: {run.dir / 'index.html'}", highlight=False)
+
+
+@main.group()
+def lab() -> None:
+    """A lab: several Docker engines on this machine, one per network namespace (needs root)."""
+
+
+@lab.command("up")
+@click.option("--name", default="lab", show_default=True, help="lab name (bridge hl-NAME, nodes NAME-manager, NAME-node0, ...)")
+@click.option("--managers", default=1, show_default=True, type=click.IntRange(1, 20))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 100))
+@click.option("--subnet", default="10.77.0.0/24", show_default=True, help="the lab's own subnet; must overlap no route")
+@click.option("--overlay-subnet", default="10.240.0.0/24", show_default=True, help="the deployment's overlay subnet")
+@click.option("--params", "params_file", default="parameters/lab.yaml", show_default=True,
+              type=click.Path(dir_okay=False), help="parameter file to write for the lab")
+def lab_up_cmd(name: str, managers: int, workers: int, subnet: str, overlay_subnet: str, params_file: str) -> None:
+    """Bring up the lab (idempotent) and write its parameter file."""
+    from .lab import lab_up
+
+    try:
+        info = lab_up(name=name, managers=managers, workers=workers, subnet=subnet,
+                      overlay_subnet=overlay_subnet, params_out=Path(params_file))
+    except HubopsError as e:
+        _fail(e, 1)
+    click.echo(repr(info))
+    console.print(f"[green]lab {name} is up[/green]; parameters: {info.params_file}")
+    console.print(f"  deploy on it:  hubops deploy -p {params_file}")
+    console.print(f"  remove it:     hubops lab down --name {name}")
+
+
+@lab.command("down")
+@click.option("--name", default="lab", show_default=True)
+def lab_down_cmd(name: str) -> None:
+    """Stop the lab's engines and remove everything the lab made (not its parameter file)."""
+    from .lab import lab_down
+
+    try:
+        info = lab_down(name=name)
+    except HubopsError as e:
+        _fail(e, 1)
+    click.echo(repr(info))
+
+
+@lab.command("status")
+@click.option("--name", default="lab", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def lab_status_cmd(name: str, as_json: bool) -> None:
+    """Nodes of the lab: namespace, engine pid, TLS answer (version, name), Swarm state."""
+    from .lab import lab_status
+
+    try:
+        info = lab_status(name=name)
+    except HubopsError as e:
+        _fail(e, 1)
+    if as_json:
+        click.echo(json.dumps(info.to_dict(), indent=2))
+    else:
+        click.echo(repr(info))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,15 @@
 Writes `run.json` after every stage (who, where, when, project version and git commit,
 parameter file digest, per-stage status, duration and changes, engine versions), stops at
 the first failing stage and says which cell failed, and can resume a run from that stage.
+
+The record is kept trustworthy: after each stage the notebook and the stage's entry are
+redacted (no known secret value, in any usual encoding, stays in them; see `redact`), and every
+save seals the manifest's hash chain (see `ledger`), so a later edit shows up in
+`hubops record verify`.
 """
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import logging
 import os
@@ -21,9 +25,11 @@ from typing import Any, Callable, Optional
 
 import nbformat
 
+from . import ledger
 from .errors import HubopsError, ParameterError
 from .params import Loaded, load_params
 from .record import read_record
+from .redact import Redactor, known_secrets, session_redactor
 
 log = logging.getLogger("hubops")
 
@@ -72,6 +78,8 @@ class Run:
         return self.manifest["run_id"]
 
     def save(self) -> None:
+        """Write run.json, sealing the hash chain over its stage entries first."""
+        ledger.seal(self.manifest)
         tmp = self.dir / "run.json.tmp"
         tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
         tmp.replace(self.dir / "run.json")
@@ -83,6 +91,9 @@ class Run:
             return cls(d, json.loads((d / "run.json").read_text()))
         except OSError:
             raise HubopsError(f"no run {run_id}: {d}/run.json does not exist (see `ls {OUTPUTS}`)") from None
+        except ValueError as e:
+            raise HubopsError(f"run {run_id}: {d}/run.json is not valid JSON ({e}); "
+                              f"see `hubops record verify {run_id}`") from None
 
 
 def _rel(path: Path) -> str:
@@ -121,16 +132,45 @@ def new_run(p: Loaded, *, kind: str, stages: list[Path]) -> Run:
     return run
 
 
-def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, timeout: int) -> StageOutcome:
-    """Run one stage notebook into the run directory and record its outcome in run.json."""
+def redactor(p: Loaded) -> Redactor:
+    """A redactor for the deployment's secrets as they are now (a stage may just have created
+    some); what it learns is added to the process's redactor, which the CLI's log handler uses."""
+    r = Redactor(known_secrets(p))
+    session_redactor().merge(r)
+    r.merge(session_redactor())
+    return r
+
+
+def _seal_stage(run: Run, entry: dict[str, Any], out: Path, redact: Optional[Redactor]) -> None:
+    """Redact a finished (or stopped) stage's notebook and entry, then record the notebook's digest."""
+    if redact is not None:
+        try:
+            redact.redact_notebook(out)
+        except (OSError, ValueError) as e:  # never keep a notebook we could not clean
+            log.warning("could not redact %s (%s); removing it from the record", out.name, e)
+            out.unlink(missing_ok=True)
+        clean = redact.redact_obj({k: v for k, v in entry.items() if k not in ("prev_sha256", "entry_sha256")})
+        entry.update(clean)
+    if out.exists():
+        entry["notebook_sha256"] = ledger.notebook_digest(out)
+
+
+def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, timeout: int,
+                  redact: Optional[Redactor] = None, p: Optional[Loaded] = None) -> StageOutcome:
+    """Run one stage notebook into the run directory and record its outcome in run.json.
+
+    With `p`, the deployment's secrets are read again after the stage and redacted from its
+    notebook and entry; `redact` adds to them (or is used alone without `p`)."""
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     entry = run.manifest["stages"][index]
     src = PROJECT / entry["runbook"]
     out = run.dir / f"{entry['name']}.ipynb"
+    # A stage run again (resume) starts a fresh entry: nothing from the failed attempt is kept.
+    for stale in ("error", "notebook_sha256", "changed", "changes", "kept", "duration_s", "finished"):
+        entry.pop(stale, None)
     entry.update(status="running", started=_now(), notebook=out.name)
-    entry.pop("error", None)
     run.save()
     t0 = time.monotonic()
     error: Optional[dict[str, Any]] = None
@@ -158,6 +198,11 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
         error = {"cell": _mark_stopped_cell(out, f"the kernel died: {e}"), "ename": "DeadKernelError", "evalue": str(e)}
     entry["duration_s"] = round(time.monotonic() - t0, 2)
     entry["finished"] = _now()
+    if p is not None:  # the secrets as they are after the stage: it may have made new ones
+        fresh = redactor(p)
+        if redact is not None:
+            fresh.merge(redact)
+        redact = fresh
     nb = nbformat.read(out, as_version=4) if out.exists() else None
     rec = read_record(nb) if nb is not None else None
     if error is None and rec is None:
@@ -176,8 +221,7 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
         entry["error"] = error
     else:
         entry["status"] = "ok"
-    if out.exists():
-        entry["notebook_sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
+    _seal_stage(run, entry, out, redact)
     run.save()
     return StageOutcome(entry["name"], entry["status"], out, entry)
 
@@ -214,6 +258,12 @@ def run_chain(
     p = load_params(params_file)  # refused here, before any notebook or API call
     if resume:
         run = Run.load(resume)
+        check = ledger.verify_run(run.dir)
+        if check.first is not None and check.first.kind == "unsealed":
+            log.warning("run %s has no hash chain (recorded by an older hubops); resuming seals it as it is now", resume)
+        elif not check.ok:
+            raise HubopsError(f"run {resume}'s record does not verify, so it cannot be resumed: {check.verdict}; "
+                              f"see `hubops record verify {resume}`, and start a new run")
         if run.manifest["params_sha256"] != p.digest:
             raise ParameterError(
                 f"{p.source}: the parameter file changed since run {resume} began "
@@ -237,21 +287,32 @@ def run_chain(
             if entry["status"] == "ok":
                 continue
             on_stage(entry["name"], "start", entry)
-            outcome = execute_stage(run, i, params_file=p.source, dry_run=dry_run, timeout=timeout)
+            outcome = execute_stage(run, i, params_file=p.source, dry_run=dry_run, timeout=timeout, p=p)
             on_stage(entry["name"], outcome.status, outcome.entry)
             if outcome.status != "ok":
                 failed = True
                 break
     except BaseException as e:  # Ctrl-C or a crash of the runner itself: the record must say so
+        try:
+            redact: Optional[Redactor] = redactor(p)
+        except Exception:  # noqa: BLE001 - fall back to what this process already knows
+            redact = session_redactor()
         for entry in run.manifest["stages"]:
             if entry["status"] == "running":
                 entry["status"] = "interrupted"
                 entry["error"] = {"cell": None, "ename": type(e).__name__,
                                   "evalue": "the run was interrupted while this stage ran; what it had applied is "
                                             "in its notebook up to the last finished cell"}
+                _seal_stage(run, entry, run.dir / entry.get("notebook", f"{entry['name']}.ipynb"), redact)
         run.manifest["status"] = "interrupted"
         run.manifest["finished"] = _now()
         run.save()
+        try:
+            from .report import write_report
+
+            write_report(run, redactor=redact)
+        except Exception as report_error:  # noqa: BLE001 - the interruption is what the caller must see
+            log.warning("could not write the report of the interrupted run: %s", report_error)
         raise
     run.manifest["status"] = "failed" if failed else "ok"
     run.manifest["finished"] = _now()
@@ -260,5 +321,5 @@ def run_chain(
     run.save()
     from .report import write_report
 
-    write_report(run)
+    write_report(run, redactor=redactor(p))
     return run

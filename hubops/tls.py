@@ -442,6 +442,70 @@ def needs_reissue(
     return None
 
 
+def issue_client_cert(
+    ca_cert_pem: bytes, ca_key_pem: bytes, common_name: str, *, days: int = 397
+) -> tuple[bytes, bytes]:
+    """A client certificate (EC P-256, extendedKeyUsage clientAuth) signed by the CA.
+
+    What a Docker engine started with `--tlsverify` asks its API clients for. Returns
+    (cert_pem, key_pem): the leaf alone (the engine already trusts the CA). The leaf never
+    outlives the CA.
+    """
+    ca = _load_certs(ca_cert_pem, "CA certificate")[0]
+    ca_key = _load_key(ca_key_pem, "CA key")
+    if _spki(ca_key.public_key()) != _spki(ca.public_key()):
+        raise TLSError(
+            f"CA {_cn(ca.subject)!r}: the CA key does not belong to the CA certificate; "
+            "pass the key that was made with it"
+        )
+    if not common_name or len(common_name) > _CN_MAX:
+        raise TLSError(f"client certificate common name {common_name!r}: give 1 to {_CN_MAX} characters")
+    if days <= 0:
+        raise TLSError(f"client certificate {common_name!r}: days must be positive, got {days}")
+    now = _utcnow()
+    if ca.not_valid_after_utc <= now:
+        raise TLSError(
+            f"CA {_cn(ca.subject)!r} expired on {ca.not_valid_after_utc:%Y-%m-%d}; "
+            "make a new CA and re-issue the client certificates"
+        )
+    not_after = min(now + dt.timedelta(days=days), ca.not_valid_after_utc)
+    try:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        )
+    except x509.ExtensionNotFound:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key())
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(max(now - _BACKDATE, ca.not_valid_before_utc))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(aki, critical=False)
+        .sign(ca_key, _sign_algorithm(ca_key))
+    )
+    log.info("issued client certificate %r by CA %r, valid until %s",
+             common_name, _cn(ca.subject), not_after.isoformat())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return leaf.public_bytes(serialization.Encoding.PEM), key_pem
+
+
 # --------------------------------------------------------------------------------------
 # 40-tls: the stage. Certificate and key become Swarm secrets (versioned names); deploy
 # points the hub at the newest. Modes: self-signed (a local CA under the operator folder),
