@@ -45,7 +45,8 @@ def _on_stage(name: str, event: str, entry: dict) -> None:
         return
     if event == "ok":
         n = entry.get("changed", 0)
-        what = f"{n} change{'s' if n != 1 else ''}" if n else f"no change ({entry.get('kept', 0)} checked or already right)"
+        plan = " (plan: nothing was changed)" if entry.get("dry_run") and n else ""
+        what = f"{n} change{'s' if n != 1 else ''}{plan}" if n else f"no change ({entry.get('kept', 0)} checked or already right)"
         console.print(f"  [green]✔ {name}[/green] {entry.get('duration_s')} s, {what}")
         for c in entry.get("changes", [])[:12]:
             console.print(f"     · {c}", markup=False, highlight=False)
@@ -110,6 +111,52 @@ def _print_access(p) -> None:
                       f"{p.operator_path}/admin-password  (files readable only by you)")
     else:
         console.print(f"  log in:    with GitHub, as one of {', '.join(p.allowed)}")
+
+
+def _parse_set(values: tuple[str, ...]) -> dict:
+    """--set KEY=VALUE pairs; values are read as YAML scalars (true, 30, text)."""
+    import yaml
+
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise click.BadParameter(f"{item!r}: use --set NAME=VALUE, e.g. --set node=lab-node0")
+        parsed = yaml.safe_load(value) if value else ""
+        if isinstance(parsed, (dict, list)):
+            raise click.BadParameter(f"{item!r}: runbook parameters are plain values")
+        out[key] = parsed
+    return out
+
+
+@main.command("ops")
+@click.argument("runbook", metavar="RUNBOOK")
+@click.option("-p", "--params", "params_file", default=DEFAULT_PARAMS, show_default=True,
+              type=click.Path(dir_okay=False), help="the deployment's parameter file")
+@click.option("--set", "settings", multiple=True, metavar="NAME=VALUE", help="a runbook parameter, e.g. node=lab-node0")
+@click.option("--plan", is_flag=True, help="show what the runbook would change; change nothing")
+@click.option("--timeout", default=runner.DEFAULT_TIMEOUT, show_default=True, help="seconds a cell may run")
+def ops(runbook: str, params_file: str, settings: tuple[str, ...], plan: bool, timeout: int) -> None:
+    """Run a day-2 runbook (runbooks/ops/RUNBOOK.ipynb): status, add-node, remove-node, teardown, ..."""
+    extra = _parse_set(settings)
+    forbidden = {"params_file", "dry_run"} & set(extra)
+    if forbidden:
+        raise click.BadParameter(f"{', '.join(sorted(forbidden))}: use -p / --plan instead")
+    try:
+        run = runner.run_chain(params_file, dry_run=plan, runbook=runbook, runbook_parameters=extra,
+                               timeout=timeout, on_stage=_on_stage)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]: the run's record says so (see `hubops record list`)")
+        sys.exit(130)
+    except ParameterError as e:
+        _fail(e, 2)
+    except HubopsError as e:
+        _fail(e, 1)
+    entry = run.manifest["stages"][0]
+    console.print(f"  record: {run.dir}/  (report: {run.dir}/index.html)")
+    if run.manifest["status"] != "ok":
+        console.print(f"  failing notebook: {run.dir / entry.get('notebook', '')} (cell {entry['error'].get('cell')})")
+        sys.exit(1)
 
 
 @main.command("check")

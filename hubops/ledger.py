@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 VERSION = 1
 HEADER_FIELDS = ("run_id", "kind", "deployment", "params_file", "params_sha256", "hubops_version",
-                 "git_commit", "started", "who", "machine")
+                 "git_commit", "started", "who", "machine", "runbook_parameters")
 _SEAL = ("entry_sha256",)  # the fields an entry's own digest does not cover
 
 

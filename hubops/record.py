@@ -20,7 +20,7 @@ class Record:
         self.results = results
 
     def to_dict(self) -> dict[str, Any]:
-        changes = [f"{i.action} {i.target}" + (f" ({i.detail})" if i.detail else "")
+        changes = [("would " if r.dry_run else "") + f"{i.action} {i.target}" + (f" ({i.detail})" if i.detail else "")
                    for r in self.results for i in r.changes]
         kept = [f"{i.target}: {i.detail}" for r in self.results for i in r.items if not i.changed]
         return {

@@ -39,6 +39,18 @@ OUTPUTS = Path(os.environ.get("HUBOPS_OUTPUTS", PROJECT / "outputs"))
 DEFAULT_TIMEOUT = 1800  # seconds per cell; image builds are the long ones
 
 
+def ops_runbooks() -> list[str]:
+    """The day-2 runbooks: runbooks/ops/NAME.ipynb."""
+    return sorted(f.stem for f in (RUNBOOKS / "ops").glob("*.ipynb"))
+
+
+def ops_runbook(name: str) -> Path:
+    path = RUNBOOKS / "ops" / f"{name}.ipynb"
+    if not path.is_file():
+        raise HubopsError(f"no runbook {name!r}; day-2 runbooks are {', '.join(ops_runbooks())}")
+    return path
+
+
 def deploy_stages() -> list[Path]:
     """The deploy chain: runbooks/NN-*.ipynb in order."""
     return sorted(RUNBOOKS.glob("[0-9][0-9]-*.ipynb"))
@@ -168,7 +180,7 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
     src = PROJECT / entry["runbook"]
     out = run.dir / f"{entry['name']}.ipynb"
     # A stage run again (resume) starts a fresh entry: nothing from the failed attempt is kept.
-    for stale in ("error", "notebook_sha256", "changed", "changes", "kept", "duration_s", "finished"):
+    for stale in ("error", "notebook_sha256", "changed", "changes", "dry_run", "kept", "duration_s", "finished"):
         entry.pop(stale, None)
     entry.update(status="running", started=_now(), notebook=out.name)
     run.save()
@@ -177,7 +189,8 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
     try:
         pm.execute_notebook(
             str(src), str(out),
-            parameters={"params_file": str(params_file), "dry_run": dry_run},
+            parameters={**run.manifest.get("runbook_parameters", {}), "params_file": str(params_file),
+                        "dry_run": dry_run},
             kernel_name="python3",
             cwd=str(PROJECT),
             execution_timeout=timeout,
@@ -210,6 +223,7 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
     if rec is not None:
         entry["changed"] = rec["changed"]
         entry["changes"] = rec["changes"]
+        entry["dry_run"] = rec["dry_run"]
         entry["kept"] = len(rec["kept"])
         if entry["name"].endswith("preflight"):
             run.manifest["engines"] = {
@@ -253,8 +267,11 @@ def run_chain(
     only: Optional[list[str]] = None,
     timeout: int = DEFAULT_TIMEOUT,
     on_stage: Callable[[str, str, dict], None] = lambda name, event, entry: None,
+    runbook: Optional[str] = None,
+    runbook_parameters: Optional[dict[str, Any]] = None,
 ) -> Run:
-    """Run the deploy chain (or resume a run). Returns the run; its manifest says how it went."""
+    """Run the deploy chain, or one day-2 runbook (`runbook="remove-node"`, with its parameters),
+    or resume a run. Returns the run; its manifest says how it went."""
     p = load_params(params_file)  # refused here, before any notebook or API call
     if resume:
         run = Run.load(resume)
@@ -272,6 +289,10 @@ def run_chain(
         dry_run = run.manifest["kind"] == "plan"
         run.manifest["status"] = "running"
         run.manifest.setdefault("resumed", []).append(_now())
+    elif runbook:
+        path = ops_runbook(runbook)
+        run = new_run(p, kind="plan" if dry_run else runbook, stages=[path])
+        run.manifest["runbook_parameters"] = dict(runbook_parameters or {})
     else:
         stages = deploy_stages()
         if only:

@@ -59,9 +59,13 @@ def deployed(tmp_path_factory):
     p = load_params(params)
     yield {"params": params, "outputs": outputs, "cold": cold, "cold_s": cold_s, "p": p,
            "plan": plan, "after_plan": after_plan, "operator_after_plan": operator_after_plan}
-    clients = Clients(p)
-    teardown.teardown(p, clients, remove_volumes=True)
+    # Tear down the way an operator does: the teardown runbook, confirmed, volumes included.
+    down = hubops_cli("ops", "teardown", "-p", str(params), "--set", "confirm=true", "--set", "remove_volumes=true",
+                      outputs=outputs)
     left = labelled_objects()
+    if down.returncode != 0 or left:  # still leave the machine clean for the next test
+        teardown.teardown(p, Clients(p), remove_volumes=True)
+    assert down.returncode == 0, down.stderr[-3000:]
     assert not left, f"teardown left {left}"
 
 
