@@ -30,9 +30,12 @@ def client_for(p: Loaded, host: Host, *, timeout: int = DEFAULT_TIMEOUT) -> dock
     if host.url.startswith("ssh://"):
         kwargs["use_ssh_client"] = True
     try:
-        return docker.DockerClient(**kwargs)
+        client = docker.DockerClient(**kwargs)
     except docker.errors.DockerException as e:
         raise PreflightError(f"host {host.name} ({host.url}): cannot connect to the Docker engine: {e}") from e
+    # The engine's own CA decides, not REQUESTS_CA_BUNDLE; and no HTTPS_PROXY may catch engine traffic.
+    client.api.trust_env = False
+    return client
 
 
 class Clients:
