@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from . import auth, deploy, hosts, images, network, nodes, preflight, storage, swarm, teardown, tls, verify  # noqa: F401
+from . import auth, deploy, hosts, images, network, nodes, preflight, renew, storage, swarm, teardown, tls, verify  # noqa: F401
+from . import backup, diagnose, upgrade  # noqa: F401  (day-2: backup and restore, diagnose, upgrade)
 from .engine import Clients
 from .errors import (  # noqa: F401
     ConflictError,

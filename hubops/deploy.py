@@ -91,6 +91,9 @@ def service_spec(p: Loaded, *, hub_image: str, secret_refs: list, config_refs: l
             # The spawner drives the swarm through the manager's engine it runs on.
             docker.types.Mount("/var/run/docker.sock", p.hub_host.engine_socket, type="bind"),
             docker.types.Mount(hubconfig.DATA_DIR, p.hub_volume, type="volume"),
+            # shared-path homes: the hub creates PATH/USER with the right owner before a server starts.
+            *([docker.types.Mount(p.storage.users.shared_path, p.storage.users.shared_path, type="bind")]
+              if p.storage.users.mode == "shared-path" else []),
         ],
         secrets=secret_refs,
         configs=config_refs,
@@ -134,8 +137,12 @@ def _find_service(c: docker.DockerClient, p: Loaded):
         return next((s for s in c.services.list(filters={"name": p.hub_service}) if s.name == p.hub_service), None)
 
 
-def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool = True) -> Result:
-    """Create or update the hub service, wait until it serves over HTTPS, prune old secret versions."""
+def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool = True,
+               hub_image: str | None = None) -> Result:
+    """Create or update the hub service, wait until it serves over HTTPS, prune old secret versions.
+
+    `hub_image` replaces the image built from images/hub (the upgrade runbook). Without `wait`,
+    nothing is pruned: a rollback may still need the previous versions."""
     r = Result("hub service", dry_run=dry_run)
     c = clients.manager
     try:
@@ -145,6 +152,8 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
             raise
         # A plan before any image exists: 60-images would build them first.
         refs = {k: f"hubops-{k}:<built by 60-images>" for k in images.KINDS}
+    if hub_image:
+        refs = {**refs, "hub": hub_image}
     sec_refs, sec_names = _secret_refs(c, p, r)
     cfg_refs, cfg_names = _config_refs(c, p, r, refs["singleuser"])
     spec = service_spec(p, hub_image=refs["hub"], secret_refs=sec_refs, config_refs=cfg_refs)
@@ -177,7 +186,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
             c.api.update_service(svc.id, svc.version, **spec)
     if wait:
         r.facts["answered_after_s"] = wait_until_serving(p, clients, changed=r.items[-1].changed)
-    secrets.prune_unused(c, p, r, keep=set(sec_names) | set(cfg_names))
+        secrets.prune_unused(c, p, r, keep=set(sec_names) | set(cfg_names))
     return r
 
 

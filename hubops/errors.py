@@ -34,5 +34,9 @@ class VerifyError(HubopsError):
     """The deployed hub did not behave as it should."""
 
 
+class BackupError(HubopsError):
+    """A backup cannot be made, or is refused for a restore (corrupt, partial, not a hub database)."""
+
+
 class StageFailed(HubopsError):
     """A stage notebook failed while the chain runner executed it."""

@@ -36,6 +36,9 @@ SECRET_FILES = {
 
 # What hubops's own service token may do: manage users and servers, reach them for checks.
 API_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:hub", "list:users", "read:users"]
+# What the idle culler may do, and no more: find servers and their activity, stop idle ones.
+CULLER_SERVICE = "idle-culler"
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 
 
 def secret_roles(p: Loaded) -> list[str]:
@@ -80,6 +83,9 @@ def render(p: Loaded, *, singleuser_image: str) -> str:
         "        users[parts[0]] = parts[1:] == ['admin']",
         "c.Authenticator.allowed_users = set(users)",
         "c.Authenticator.admin_users = {u for u, admin in users.items() if admin}",
+        # The userlist is the whole truth: a user taken off it cannot log in again, although
+        # the hub's database still knows them (JupyterHub 5 would otherwise keep them allowed).
+        "c.Authenticator.allow_existing_users = False",
         "",
         "# --- notices from hubops's day-2 runbooks, per user ('*' for everyone), on hub pages -----",
         "import json",
@@ -134,6 +140,8 @@ def render(p: Loaded, *, singleuser_image: str) -> str:
         f"c.Spawner.http_timeout = {p.spawner.http_timeout}",
         f"c.Spawner.default_url = {p.spawner.default_url!r}",
     ]
+    lines += user_storage_lines(p, user_labels)
+    lines += culler_lines(p)
     if p.spawner.mem_limit:
         lines.append(f"c.Spawner.mem_limit = {p.spawner.mem_limit!r}")
     if p.spawner.cpu_limit:
@@ -153,13 +161,169 @@ def render(p: Loaded, *, singleuser_image: str) -> str:
             f"c.GitHubOAuthenticator.client_id = {gh.client_id!r}",
             f'c.GitHubOAuthenticator.client_secret = secret({SECRET_FILES["github-client-secret"]!r})',
             f"c.GitHubOAuthenticator.oauth_callback_url = {callback!r}",
-            "c.GitHubOAuthenticator.enable_auth_state = True",
+            # No auth state: hubops hands users' GitHub tokens to nothing, so the hub does not keep
+            # them; and with it OAuthenticator 17 refuses to start servers for users it has no
+            # token for ("auth has expired"): those hubops's API creates, such as 90-verify's.
+            "c.GitHubOAuthenticator.enable_auth_state = False",
+            # OAuthenticator 16+: only the userlist (and the organizations below) let anyone in.
+            "c.GitHubOAuthenticator.allow_all = False",
+            "c.GitHubOAuthenticator.allow_existing_users = False",
         ]
         if gh.allowed_organizations:
-            lines.append(f"c.GitHubOAuthenticator.allowed_organizations = {set(gh.allowed_organizations)!r}")
-        if gh.enterprise_url:
-            base = gh.enterprise_url.rstrip("/")
             lines += [
-                f"c.GitHubOAuthenticator.github_url = {base!r}",
+                # sorted: the same parameters always render the same file (a set's order varies)
+                f"c.GitHubOAuthenticator.allowed_organizations = set({sorted(gh.allowed_organizations)!r})",
+                # Membership of organizations and teams is only visible with read:org.
+                "c.GitHubOAuthenticator.scope = ['read:org']",
             ]
+        if gh.enterprise_url:
+            # OAuthenticator derives authorize, token and API URLs from it (API at BASE/api/v3).
+            lines.append(f"c.GitHubOAuthenticator.github_url = {gh.enterprise_url.rstrip('/')!r}")
     return "\n".join(lines) + "\n"
+
+
+def culler_lines(p: Loaded) -> list[str]:
+    """jupyterhub-idle-culler as a hub-managed service, with only the scopes it needs."""
+    if not p.culler.enabled:
+        return ["", "# --- idle culler: disabled (culler.enabled: false) ---"]
+    cmd = ["-m", "jupyterhub_idle_culler", f"--timeout={p.culler.timeout}", f"--cull-every={p.culler.every}"]
+    return [
+        "",
+        f"# --- idle culler: servers idle for {p.culler.timeout} s are stopped (checked every {p.culler.every} s) ---",
+        "import sys",
+        f"c.JupyterHub.services.append({{'name': {CULLER_SERVICE!r}, "
+        f"'command': [sys.executable, {', '.join(map(repr, cmd))}]}})",
+        f"c.JupyterHub.load_roles.append({{'name': {CULLER_SERVICE!r}, 'description': 'stop idle servers',",
+        f"                                 'scopes': {CULLER_SCOPES!r}, 'services': [{CULLER_SERVICE!r}]}})",
+    ]
+
+
+# The spawner subclass shipped in the hub's config: SwarmSpawner ignores its own `mounts` for
+# volumes (it turns them into bind mounts), so each user's home mount is made here, per user.
+_SPAWNER = '''
+from docker.types import DriverConfig, Mount
+from dockerspawner import SwarmSpawner
+
+
+LIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
+
+
+class HubopsSpawner(SwarmSpawner):
+    """SwarmSpawner with a persistent home per user (hubops parameter storage.users)."""
+
+    # node-local: the ID of the node that holds the user's home volume. Kept in the spawner's
+    # state (get_state), and not cleared when the server stops, so later servers go there.
+    home_node = None
+
+    @property
+    def home_volume(self):
+        return HOME["prefix"] + "-home-" + self.escaped_name
+
+    @property
+    def home_path(self):
+        return HOME["path"].rstrip("/") + "/" + self.escaped_name
+
+    @property
+    def mounts(self):
+        mode = HOME["mode"]
+        if mode == "shared-path":
+            return [Mount(target=HOME["target"], source=self.home_path, type="bind")]
+        labels = dict(HOME["labels"], **{"hubops.user": self.user.name})
+        driver = None
+        if mode == "volume-driver":
+            opts = {k: v.replace("{username}", self.escaped_name) for k, v in HOME["driver_opts"].items()}
+            driver = DriverConfig(HOME["driver"], opts or None)
+        return [Mount(target=HOME["target"], source=self.home_volume, type="volume", labels=labels,
+                      driver_config=driver)]
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.home_node = state.get("home_node") or self.home_node
+
+    def get_state(self):
+        state = super().get_state()
+        if self.home_node:
+            state["home_node"] = self.home_node
+        return state
+
+    def prepare_home_dir(self):
+        """shared-path: PATH/USER exists, owned by the single-user image's user, before the server starts."""
+        import os
+
+        path, uid, gid = self.home_path, HOME["uid"], HOME["gid"]
+        try:
+            if not os.path.isdir(path):
+                os.mkdir(path, 0o700)
+                os.chown(path, uid, gid)
+                self.log.info("hubops: created home %s (owner %s:%s) for %s", path, uid, gid, self.user.name)
+            st = os.stat(path)
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                self.log.warning("hubops: home %s is owned by %s:%s, not %s:%s; the server may not write to it",
+                                 path, st.st_uid, st.st_gid, uid, gid)
+        except OSError as e:
+            raise RuntimeError(
+                f"hubops: cannot prepare the home {path} (owner {uid}:{gid}) of {self.user.name}: {e}. "
+                f"Is {HOME['path']} mounted on the hub's node and writable by root there "
+                "(NFS: export with no_root_squash, or create the directory beforehand with that owner)?"
+            ) from e
+
+    async def stop(self, now=False):
+        """Stop, then wait until the old container is gone: Swarm removes a service's tasks only once
+        their containers have stopped, and until then the service's DNS name still reaches the old
+        container, so an immediate restart could be judged "up" by it while both use the same home."""
+        import asyncio
+        import time
+
+        service_id, name = self.object_id, self.object_name
+        await super().stop(now=now)
+        if not service_id or not name:
+            return
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            tasks = await self.docker("tasks", filters={"name": name})
+            if not [t for t in tasks if t.get("ServiceID") == service_id and t["Status"]["State"] in LIVE]:
+                return
+            await asyncio.sleep(0.5)
+        self.log.warning("hubops: the old container of %s still runs 60 s after its service was removed", name)
+
+    async def start(self):
+        mode = HOME["mode"]
+        if mode == "shared-path":
+            self.prepare_home_dir()
+        elif mode == "node-local":
+            spec = dict(self.extra_placement_spec)
+            constraints = [c for c in spec.get("constraints") or [] if not c.startswith("node.id==")]
+            if self.home_node:
+                constraints.append("node.id==" + self.home_node)
+            self.extra_placement_spec = dict(spec, constraints=constraints)
+        result = await super().start()
+        if mode == "node-local" and not self.home_node:
+            task = await self.get_task()
+            self.home_node = (task or {}).get("NodeID") or None
+            self.log.info("hubops: home volume %s of %s is on node %s; later servers go there",
+                          self.home_volume, self.user.name, self.home_node)
+        return result
+
+
+c.JupyterHub.spawner_class = HubopsSpawner
+'''
+
+
+def user_storage_lines(p: Loaded, user_labels: dict[str, str]) -> list[str]:
+    """The spawner subclass that mounts each user's persistent home (storage.users)."""
+    us = p.storage.users
+    if us.mode == "none":
+        return ["", "# --- users' homes: not kept (storage.users.mode: none) ---"]
+    home = {
+        "mode": us.mode,
+        "target": us.target,
+        "path": us.shared_path,
+        "uid": us.uid,
+        "gid": us.gid,
+        "driver": us.driver or "",
+        "driver_opts": dict(us.driver_opts),
+        "prefix": p.prefix,
+        "labels": {**user_labels, L.ROLE: "user-home"},
+    }
+    return ["", f"# --- users' homes: storage.users.mode {us.mode} ---",
+            f"HOME = {home!r}", *_SPAWNER.strip("\n").splitlines()]

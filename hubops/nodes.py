@@ -95,6 +95,9 @@ def status(p: Loaded, clients: Clients) -> Result:
     r.facts["users by node"] = [{"node": k, "users": ", ".join(sorted(v))} for k, v in sorted(users.items())]
     quorum = managers_reachable > managers_total // 2
     r.facts["managers"] = f"{managers_reachable} of {managers_total} reachable: quorum {'kept' if quorum else 'LOST'}"
+    from .storage import describe_users
+
+    r.facts["users' storage"] = describe_users(p)
     r.facts["hub can move"] = (
         f"no: the hub database is on volume {p.hub_volume} on {p.hub_host.name}; if that node is lost, restore "
         "the database from a backup onto another manager"

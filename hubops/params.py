@@ -180,23 +180,110 @@ class TLSSelfSigned(_Model):
     renew_days: int = Field(30, ge=0)
 
 
+# Well-known ACME directories, accepted by name in tls.acme.directory_url.
+ACME_DIRECTORIES = {
+    "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
+    "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+EMAIL_RE = re.compile(r"^[^@\s]+@[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+class TLSAcme(_Model):
+    """A certificate from an ACME server (Let's Encrypt or any RFC 8555 CA)."""
+
+    directory_url: str = Field(description="ACME directory URL (https://...), or letsencrypt / letsencrypt-staging")
+    email: str = Field(description="contact address for the ACME account (expiry and policy notices)")
+    account_key: Optional[SecretRef] = Field(
+        None, description="an existing ACME account key (PEM); default: generated once, kept in the operator folder")
+    ca_bundle: Optional[Path] = Field(
+        None, description="PEM CAs that sign the ACME server's own HTTPS and the issued chain (test CAs such as Pebble's)")
+    renew_days: int = Field(30, ge=1, le=365, description="re-issue when fewer days than this are left")
+    challenge: str = Field("http-01", description="http-01: answered on port 80 of the hub's node")
+    public_addr: Optional[str] = Field(
+        None, description="the address the public name must resolve to (default: the hub host's advertise_addr), "
+        "e.g. a NAT's public address")
+
+    @field_validator("directory_url")
+    @classmethod
+    def _directory(cls, v: str) -> str:
+        v = ACME_DIRECTORIES.get(v, v)
+        if not re.match(r"^https://[^/\s]+", v):
+            raise ValueError(f"{v!r}: an ACME directory URL starts with https:// (or use "
+                             f"{' / '.join(ACME_DIRECTORIES)})")
+        return v
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        if not EMAIL_RE.match(v.strip()):
+            raise ValueError(f"{v!r} is not an e-mail address; the ACME account needs one, e.g. hub-admin@example.org")
+        return v.strip()
+
+    @field_validator("challenge")
+    @classmethod
+    def _challenge(cls, v: str) -> str:
+        if v == "dns-01":
+            # The extension point: a DNS provider's API would publish the TXT record here.
+            raise ValueError("dns-01 is not implemented yet (it needs a DNS provider's API); use http-01, "
+                             "which needs port 80 of the hub's node reachable from the ACME server")
+        if v != "http-01":
+            raise ValueError(f"{v!r}: the challenge is http-01")
+        return v
+
+    @field_validator("public_addr")
+    @classmethod
+    def _public_addr(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            try:
+                ipaddress.ip_address(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not an IP address") from None
+        return v
+
+
 class TLS(_Model):
-    mode: Literal["self-signed", "files"] = "self-signed"
+    mode: Literal["self-signed", "files", "acme"] = "self-signed"
     self_signed: TLSSelfSigned = Field(default_factory=TLSSelfSigned)
     files: Optional[TLSFiles] = None
+    acme: Optional[TLSAcme] = None
 
     @model_validator(mode="after")
     def _mode_needs(self) -> "TLS":
         if self.mode == "files" and self.files is None:
             raise ValueError("mode 'files' needs files: {cert: PATH, key: PATH}")
+        if self.mode == "acme" and self.acme is None:
+            raise ValueError("mode 'acme' needs acme: {directory_url: URL, email: ADDRESS}")
         return self
 
 
 class GitHubAuth(_Model):
     client_id: str
     client_secret: SecretRef
-    allowed_organizations: list[str] = Field(default_factory=list)
+    allowed_organizations: list[str] = Field(
+        default_factory=list, description="also let in members of these organizations ('org') or teams ('org:team')")
     enterprise_url: Optional[str] = Field(None, description="GitHub Enterprise base URL, e.g. https://github.example.org")
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the OAuth app's client ID is empty; copy it from the app's settings on GitHub")
+        return v.strip()
+
+    @field_validator("allowed_organizations")
+    @classmethod
+    def _orgs(cls, v: list[str]) -> list[str]:
+        for o in v:
+            if not re.match(r"^[A-Za-z0-9-]+(:[A-Za-z0-9_.-]+)?$", o):
+                raise ValueError(f"{o!r}: give an organization as 'org' or a team as 'org:team-slug'")
+        return v
+
+    @field_validator("enterprise_url")
+    @classmethod
+    def _enterprise(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"{v!r}: give the GitHub Enterprise base URL, e.g. https://github.example.org")
+        return v.rstrip("/") if v else v
 
 
 class Auth(_Model):
@@ -246,6 +333,69 @@ class Verify(_Model):
         return v
 
 
+class UserStorage(_Model):
+    """Where users' home directories live, so their files survive a server's stop and start."""
+
+    mode: Literal["none", "shared-path", "volume-driver", "node-local"] = Field(
+        "none", description="none: nothing kept; shared-path: PATH/USER on storage every node mounts at PATH; "
+        "volume-driver: a named volume per user through `driver`; node-local: a local volume per user, "
+        "the user's servers pinned to the node that holds it")
+    path: Optional[Path] = Field(
+        None, description="shared-path: a directory mounted at the same place on every node (NFS, cluster "
+        "filesystem); default /srv/hubops-users")
+    driver: Optional[str] = Field(None, description="volume-driver: the volume driver, e.g. local (with NFS options)")
+    driver_opts: dict[str, str] = Field(
+        default_factory=dict, description="volume-driver: driver options; {username} is replaced by the user's name")
+    target: str = Field("/home/jovyan", description="where the home appears in the user's container")
+    uid: int = Field(1000, ge=0, description="owner of a new home (the single-user image's user)")
+    gid: int = Field(100, ge=0, description="group of a new home")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: Optional[Path]) -> Optional[Path]:
+        if v is not None and (not v.is_absolute() or v == Path("/") or ".." in v.parts):
+            raise ValueError(f"{str(v)!r}: give an absolute directory other than /, e.g. /srv/hubops-users")
+        return v
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        if not v.startswith("/") or v == "/":
+            raise ValueError(f"{v!r}: give an absolute path in the container, e.g. /home/jovyan")
+        return v
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> "UserStorage":
+        if self.mode == "volume-driver" and not self.driver:
+            raise ValueError("mode 'volume-driver' needs driver: NAME (and driver_opts: {...})")
+        if self.mode != "volume-driver" and (self.driver or self.driver_opts):
+            raise ValueError("driver and driver_opts are for mode 'volume-driver'; remove them or change the mode")
+        if self.mode != "shared-path" and self.path is not None:
+            raise ValueError("path is for mode 'shared-path'; remove it or change the mode")
+        return self
+
+    @property
+    def shared_path(self) -> str:
+        return str(self.path or "/srv/hubops-users")
+
+
+class Storage(_Model):
+    users: UserStorage = Field(default_factory=UserStorage)
+
+
+class Backup(_Model):
+    dir: Optional[Path] = Field(
+        None, description="where backups go (default OPERATOR_DIR/DEPLOYMENT/backups); never under outputs/")
+
+
+class Culler(_Model):
+    """jupyterhub-idle-culler as a hub-managed service: stops servers idle longer than `timeout`."""
+
+    enabled: bool = True
+    timeout: int = Field(3600, ge=10, description="seconds without activity before a server is stopped")
+    every: int = Field(60, ge=5, description="seconds between two checks")
+
+
 class Params(_Model):
     """The whole parameter file."""
 
@@ -263,13 +413,17 @@ class Params(_Model):
     images: Images = Field(default_factory=Images)
     spawner: Spawner = Field(default_factory=Spawner)
     verify: Verify = Field(default_factory=Verify)
+    storage: Storage = Field(default_factory=Storage)
+    backup: Backup = Field(default_factory=Backup)
+    culler: Culler = Field(default_factory=Culler)
 
     @model_validator(mode="before")
     @classmethod
     def _empty_sections(cls, data: Any) -> Any:
         # A section whose keys are all commented out (`images:` alone) means "the defaults".
         if isinstance(data, dict):
-            return {k: ({} if v is None and k in ("swarm", "network", "hub", "tls", "images", "spawner", "verify") else v)
+            return {k: ({} if v is None and k in ("swarm", "network", "hub", "tls", "images", "spawner", "verify",
+                                                          "storage", "backup", "culler") else v)
                     for k, v in data.items()}
         return data
 
@@ -291,6 +445,23 @@ class Params(_Model):
                 raise ValueError(
                     f"host {h.name!r} needs advertise_addr: with several hosts every node must say "
                     "which address the others reach it at"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _acme_names(self) -> "Params":
+        if self.tls.mode != "acme":
+            return self
+        for n in [self.hub.public_name, *self.hub.extra_names]:
+            try:
+                ipaddress.ip_address(n.strip("[]"))
+                is_ip = True
+            except ValueError:
+                is_ip = False
+            if is_ip or "." not in n or n.endswith(".localhost") or n == "localhost":
+                raise ValueError(
+                    f"tls.mode acme: {n!r} cannot get an ACME certificate; set hub.public_name (and "
+                    "hub.extra_names) to DNS names that resolve to the hub's node, such as hub.example.org"
                 )
         return self
 
@@ -363,7 +534,7 @@ class Loaded:
         """The value of a referenced secret. Raises ParameterError naming the key; never logs the value."""
         if ref.env is not None:
             value = os.environ.get(ref.env)
-            if not value:
+            if not value or not value.strip():  # blank counts as unset: fail closed
                 raise ParameterError(
                     f"{self.source}: {key}: environment variable {ref.env} is not set or empty; "
                     f"export it before running hubops"
@@ -478,8 +649,15 @@ def _check_files(p: Loaded) -> None:
             group = "managers" if i < len(params.hosts.managers) else "workers"
             idx = i if group == "managers" else i - len(params.hosts.managers)
             files += [(f"hosts.{group}[{idx}].tls.{k}", getattr(h.tls, k)) for k in ("ca", "cert", "key")]
+    if params.tls.acme:
+        files += [("tls.acme.ca_bundle", params.tls.acme.ca_bundle)]
     for key, f in files:
         if f is not None and not p.path(f).is_file():
             raise ParameterError(f"{p.source}: {key}: file {p.path(f)} does not exist; fix the path")
+    if params.tls.mode == "acme" and params.tls.acme.account_key is not None:  # type: ignore[union-attr]
+        key = p.resolve_secret(params.tls.acme.account_key, "tls.acme.account_key")  # type: ignore[union-attr]
+        if "PRIVATE KEY-----" not in key:
+            raise ParameterError(f"{p.source}: tls.acme.account_key: not a PEM private key "
+                                 "(it starts with '-----BEGIN ... PRIVATE KEY-----')")
     if params.auth.mode == "github":
         p.resolve_secret(params.auth.github.client_secret, "auth.github.client_secret")  # type: ignore[union-attr]

@@ -237,7 +237,8 @@ def known_secrets(p: Any) -> list[str]:
         folder = Path(p.operator_path)
         if folder.is_dir():
             for f in sorted(folder.rglob("*")):
-                if f.is_file():
+                # backups/ (hubops.backup) holds the hub database and plain configuration, no secret.
+                if f.is_file() and f.relative_to(folder).parts[0] != "backups":
                     found += _read_secret_file(f)
     except Exception as e:  # noqa: BLE001 - redaction must not stop a run; say why it is partial
         log.warning("could not read the operator folder for redaction: %s", e)
@@ -250,6 +251,11 @@ def known_secrets(p: Any) -> list[str]:
         if p.tls.mode == "files" and p.tls.files is not None:
             found += _read_secret_file(p.path(p.tls.files.key))
     except Exception:  # noqa: BLE001
+        pass
+    try:
+        if p.tls.mode == "acme" and p.tls.acme.account_key is not None:
+            found.append(p.resolve_secret(p.tls.acme.account_key, "tls.acme.account_key"))
+    except Exception:  # noqa: BLE001 - not readable: then it cannot be in any output either
         pass
     found += env_secrets()
     return [v for v in dict.fromkeys(found) if v]

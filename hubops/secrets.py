@@ -133,11 +133,20 @@ def ensure_generated(
     return ensure_versioned(client, p, result, role=role, value=value, stage=stage, what=f"{role} (generated)")
 
 
+# Roles kept in Swarm although no service mounts them (only their newest version is kept):
+# the ACME account key is read by hubops itself when it renews.
+UNMOUNTED_ROLES = ("acme-account-key",)
+
+
 def prune_unused(client: docker.DockerClient, p: Loaded, result: Result, *, keep: set[str]) -> None:
     """Remove this deployment's old secret and config versions that no service references."""
     with docker_op("list services"):
         services = client.services.list()
     used: set[str] = set(keep)
+    for role in UNMOUNTED_ROLES:
+        newest = current(client, p, role)
+        if newest is not None:
+            used.add(newest.name)
     for s in services:
         cs = s.attrs["Spec"]["TaskTemplate"].get("ContainerSpec", {})
         used |= {r["SecretName"] for r in cs.get("Secrets") or []}

@@ -509,12 +509,14 @@ def issue_client_cert(
 # --------------------------------------------------------------------------------------
 # 40-tls: the stage. Certificate and key become Swarm secrets (versioned names); deploy
 # points the hub at the newest. Modes: self-signed (a local CA under the operator folder),
-# files (a certificate you already have). Another mode (ACME) adds one branch here.
+# files (a certificate you already have), acme (issued by an ACME server; hubops/acme_tls.py).
 # --------------------------------------------------------------------------------------
 def trust_path(p: "Loaded") -> "str | bool":
     """What clients verify the hub against: the deployment's CA file, or the system roots."""
     if p.tls.mode == "self-signed":
         return str(p.operator_path / "ca.pem")
+    if p.tls.mode == "acme":
+        return str(p.path(p.tls.acme.ca_bundle)) if p.tls.acme.ca_bundle is not None else True
     if p.tls.files is not None and p.tls.files.ca is not None:
         return str(p.path(p.tls.files.ca))
     return True
@@ -541,6 +543,10 @@ def ensure_tls(p: "Loaded", clients: "Clients", *, dry_run: bool = False) -> "Re
     c = clients.manager
     if p.tls.mode == "self-signed":
         fullchain, key, ca_pem = _self_signed(p, r, dry_run)
+    elif p.tls.mode == "acme":
+        from . import acme_tls  # ACME through certbot's `acme` library; see acme_tls.py
+
+        fullchain, key = acme_tls.ensure_certificate(p, clients, r, dry_run=dry_run)
     else:
         f = p.tls.files
         cert_path, key_path = p.path(f.cert), p.path(f.key)
@@ -558,6 +564,8 @@ def ensure_tls(p: "Loaded", clients: "Clients", *, dry_run: bool = False) -> "Re
     secrets.ensure_versioned(c, p, r, role="tls-key", value=key, stage="40-tls", what="its private key")
     r.facts.update({"mode": p.tls.mode, **info.to_dict(), "expires_in_days": round(info.days_left(), 1),
                     "clients_verify_with": trust_path(p)})
+    if p.tls.mode == "acme":
+        acme_tls.ensure_account_secret(p, c, r, stage="40-tls")
     return r
 
 

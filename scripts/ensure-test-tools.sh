@@ -11,3 +11,13 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "warning: /usr/bin/chromium is missing; the report's browser test will fail (apt-get install chromium)" >&2
   fi
 fi
+# Pebble, Let's Encrypt's ACME test server: the tests issue real certificates from it (tls.mode acme).
+if [ ! -x /usr/bin/pebble ] || [ ! -x /usr/bin/pebble-challtestsrv ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing pebble (ACME test server for the acme e2e test) ..."
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble >/dev/null
+  else
+    echo "warning: pebble is missing; the ACME e2e test will fail (apt-get install pebble)" >&2
+  fi
+fi
