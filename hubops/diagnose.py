@@ -59,8 +59,8 @@ SIGNATURES: tuple[Signature, ...] = (
               "Swarm finds no node that meets the task's constraints: the hub's node lost its label or is drained, "
               "or a node-local home's node is down, drained or gone",
               "bring the node back (`docker node update --availability active NODE`); for the hub, run 20-swarm "
-              "(labels); for a user pinned to a lost node, delete the user's server state (their files on that node "
-              "are gone with it) so the next server starts elsewhere"),
+              "(labels); a user pinned to a node that was removed from the swarm gets a new home elsewhere on the next "
+              "start (the files were on that node)"),
     Signature("port-in-use", r"port is already allocated|address already in use",
               "the hub's host port is taken by another process or deployment",
               "free the port on the hub's node, or set hub.https_port to another port and deploy"),

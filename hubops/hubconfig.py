@@ -267,6 +267,15 @@ class HubopsSpawner(SwarmSpawner):
                 "(NFS: export with no_root_squash, or create the directory beforehand with that owner)?"
             ) from e
 
+    async def node_exists(self, node_id):
+        from docker.errors import NotFound
+
+        try:
+            await self.docker("inspect_node", node_id)
+        except NotFound:
+            return False
+        return True
+
     async def stop(self, now=False):
         """Stop, then wait until the old container is gone: Swarm removes a service's tasks only once
         their containers have stopped, and until then the service's DNS name still reaches the old
@@ -291,6 +300,12 @@ class HubopsSpawner(SwarmSpawner):
         if mode == "shared-path":
             self.prepare_home_dir()
         elif mode == "node-local":
+            if self.home_node and not await self.node_exists(self.home_node):
+                # The node left the swarm (removed, or a restore onto another cluster): its volume is
+                # gone with it. Start anew on any node rather than wait forever for "no suitable node".
+                self.log.warning("hubops: the home of %s was on node %s, which is no longer in the swarm; "
+                                 "a new, empty home is made where the server starts", self.user.name, self.home_node)
+                self.home_node = None
             spec = dict(self.extra_placement_spec)
             constraints = [c for c in spec.get("constraints") or [] if not c.startswith("node.id==")]
             if self.home_node:

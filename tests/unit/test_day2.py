@@ -111,7 +111,15 @@ class SwarmSpawner(LoggingConfigurable):  # named as dockerspawner names it: con
     async def stop(self, now=False):
         self.tasks = [{"ServiceID": self.object_id, "Status": {"State": s}} for s in ("running", "running", "complete")]
 
-    async def docker(self, method, **kw):
+    nodes = {"node-abc", "w1"}
+
+    async def docker(self, method, *args, **kw):
+        if method == "inspect_node":
+            if args[0] not in self.nodes:
+                import docker.errors
+
+                raise docker.errors.NotFound(f"node {args[0]} not found")
+            return {"ID": args[0]}
         assert method == "tasks" and kw == {"filters": {"name": self.object_name}}
         return [self.tasks.pop(0)] if self.tasks else []
 
@@ -390,3 +398,11 @@ def test_stop_waits_until_the_old_container_is_gone(tmp_path, monkeypatch):
     asyncio.run(s.start())
     asyncio.run(s.stop())
     assert s.tasks == [], "polled the removed service's tasks until none was live"
+
+
+def test_node_local_pin_to_a_node_that_left_the_swarm_is_dropped(tmp_path, monkeypatch):
+    s = spawner(load_config(params(tmp_path, "storage: {users: {mode: node-local}}"), tmp_path, monkeypatch), "alice")
+    s.load_state({"home_node": "gone-node"})  # e.g. a database restored onto another cluster
+    asyncio.run(s.start())
+    assert s.started_with[0]["constraints"] == []  # anywhere, instead of "no suitable node" forever
+    assert s.get_state()["home_node"] == "node-abc"
