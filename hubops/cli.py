@@ -57,7 +57,8 @@ def _on_stage(name: str, event: str, entry: dict) -> None:
 
 
 def _fail(e: Exception, code: int) -> None:
-    console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+    # soft_wrap: paths and key paths stay whole, so they can be copied from the message.
+    console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

@@ -202,6 +202,16 @@ def _what_changed(svc, hub_image: str, sec_names: list[str], cfg_names: list[str
     return "; ".join(out) or "service settings changed"
 
 
+def _same_spec(task: dict, svc) -> bool:
+    """Whether a task runs the service's current image, secrets and configs."""
+    def key(cs: dict) -> tuple:
+        return (cs.get("Image", "").split("@")[0],
+                sorted(x["SecretName"] for x in cs.get("Secrets") or []),
+                sorted(x["ConfigName"] for x in cs.get("Configs") or []))
+
+    return key(task["Spec"]["ContainerSpec"]) == key(svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"])
+
+
 def wait_until_serving(p: Loaded, clients: Clients, *, changed: bool) -> float:
     """Block until the service has converged and /hub/health answers over verified HTTPS.
 
@@ -225,7 +235,9 @@ def wait_until_serving(p: Loaded, clients: Clients, *, changed: bool) -> float:
         # After an update, wait for Swarm's verdict (the monitor period) before trusting the answer.
         converged = not changed or state in ("", "completed")
         tasks = svc.tasks(filters={"desired-state": "running"}) if svc else []
-        running = [t for t in tasks if t["Status"]["State"] == "running"]
+        # Only a task made from the service's current spec counts: right after an update the old
+        # task still runs, and the previous update's "completed" may still be the status shown.
+        running = [t for t in tasks if t["Status"]["State"] == "running" and _same_spec(t, svc)]
         if tasks and not running:
             last = tasks[0]["Status"].get("Err") or tasks[0]["Status"]["State"]
         if running and converged:
@@ -238,7 +250,7 @@ def wait_until_serving(p: Loaded, clients: Clients, *, changed: bool) -> float:
                 raise HubopsError(f"{p.hub_url}: the hub's certificate does not verify against {session.verify}: {e}") from e
             except requests.RequestException as e:
                 last = e.__class__.__name__
-        time.sleep(1)
+        time.sleep(0.5)
     raise DockerOpError(
         f"service {p.hub_service} did not answer at {p.hub_url}/hub/health within {p.hub.start_timeout} s "
         f"(last: {last or 'no running task'}); see `docker service ps {p.hub_service} --no-trunc` and "

@@ -25,3 +25,18 @@ def make_params(tmp: Path, deployment: str, *, port: int, subnet: str, extra: st
         images: {{dir: {PROJECT / 'images'}}}
     """) + textwrap.dedent(extra))
     return f
+
+
+def fake_dockerspawner(monkeypatch) -> type:
+    """Install a stand-in `dockerspawner` module (the real one lives in the hub image) so that a
+    rendered jupyterhub_config.py, which subclasses SwarmSpawner, can be loaded here."""
+    import sys
+    import types
+
+    from traitlets.config import LoggingConfigurable
+
+    class SwarmSpawner(LoggingConfigurable):
+        pass
+
+    monkeypatch.setitem(sys.modules, "dockerspawner", types.SimpleNamespace(SwarmSpawner=SwarmSpawner))
+    return SwarmSpawner

@@ -79,6 +79,8 @@ class SwarmSpawner(LoggingConfigurable):  # named as dockerspawner names it: con
     image = Unicode(config=True)
     network_name = Unicode(config=True)
     tasks: list = []
+    http_timeout = 0.3
+    address = None  # where start() says the server is; None: a name that does not resolve here
 
     def __init__(self, user, **kw):
         super().__init__(**kw)
@@ -99,7 +101,11 @@ class SwarmSpawner(LoggingConfigurable):  # named as dockerspawner names it: con
     async def start(self):
         self.started_with.append(dict(self.extra_placement_spec))
         self.object_id = "svc1"
-        return ("hubops-day2u-user-" + self.user.name, 8888)
+        return self.address or ("hubops-day2u-user-" + self.user.name, 8888)
+
+    @property
+    def mounts(self):
+        return []
 
     async def get_task(self):
         return {"NodeID": "node-abc"}
@@ -166,9 +172,42 @@ def test_culler_disabled(tmp_path, monkeypatch):
     assert [s["name"] for s in cfg.JupyterHub.services] == ["hubops"]
 
 
-def test_no_storage_keeps_plain_swarmspawner(tmp_path, monkeypatch):
+def test_no_storage_still_uses_hubops_spawner_without_mounts(tmp_path, monkeypatch):
     cfg = load_config(params(tmp_path), tmp_path, monkeypatch)
-    assert cfg.JupyterHub.spawner_class == "dockerspawner.SwarmSpawner"
+    s = spawner(cfg, "alice")
+    assert s.mounts == []
+
+
+def test_start_returns_once_the_server_answers(tmp_path, monkeypatch):
+    """The spawner's own close check: start() returns as soon as the server answers HTTP."""
+    import asyncio
+    import http.server
+    import socket
+    import threading
+    import time
+
+    cfg = load_config(params(tmp_path), tmp_path, monkeypatch)
+    s = spawner(cfg, "alice")
+    s.http_timeout = 10
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    s.address = ("127.0.0.1", port)
+    server = http.server.HTTPServer
+    httpd = []
+
+    def late():  # the server starts listening 0.6 s after the spawn began
+        time.sleep(0.6)
+        httpd.append(server(("127.0.0.1", port), http.server.SimpleHTTPRequestHandler))
+        httpd[0].serve_forever()
+
+    threading.Thread(target=late, daemon=True).start()
+    t0 = time.monotonic()
+    assert asyncio.run(s.start()) == ("127.0.0.1", port)
+    took = time.monotonic() - t0
+    httpd[0].shutdown()
+    assert 0.6 <= took < 1.5, took
 
 
 def test_shared_path_home_is_a_bind_mount_created_with_its_owner(tmp_path, monkeypatch):

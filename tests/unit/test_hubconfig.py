@@ -10,11 +10,14 @@ from traitlets.config import Config
 
 from hubops import hubconfig
 from hubops.params import load_params
+from tests.helpers import fake_dockerspawner
 
 PROJECT = Path(__file__).resolve().parents[2]
 
 
 def load(source: str, secrets_dir: Path, userlist: Path, monkeypatch) -> Config:
+    global SwarmSpawner
+    SwarmSpawner = fake_dockerspawner(monkeypatch)
     monkeypatch.setenv("HUBOPS_SECRETS_DIR", str(secrets_dir))
     monkeypatch.setenv("HUBOPS_USERLIST", str(userlist))
     cfg = Config()
@@ -47,7 +50,8 @@ def test_local_default_config(secret_files, tmp_path, monkeypatch):
     ul = tmp_path / "userlist"
     ul.write_text(p.userlist_text())
     c = load(src, d, ul, monkeypatch)
-    assert c.JupyterHub.spawner_class == "dockerspawner.SwarmSpawner"
+    assert c.JupyterHub.spawner_class.__name__ == "HubopsSpawner"
+    assert issubclass(c.JupyterHub.spawner_class, SwarmSpawner)
     assert c.SwarmSpawner.image == "hubops-singleuser:abc"
     assert c.SwarmSpawner.network_name == "hubops-local"
     assert c.SwarmSpawner.extra_endpoint_spec == {"mode": "dnsrr"}
