@@ -228,13 +228,8 @@ def make_ca(common_name: str, *, days: int = 3650) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def issue_server_cert(
-    ca_cert_pem: bytes, ca_key_pem: bytes, names: list[str], *, days: int = 397
-) -> tuple[bytes, bytes]:
-    """A server certificate (EC P-256) for DNS names and IPs, signed by the CA.
-
-    Returns (fullchain_pem, key_pem), fullchain = leaf + CA. The leaf never outlives the CA.
-    """
+def _signing_ca(ca_cert_pem: bytes, ca_key_pem: bytes, what: str) -> tuple[x509.Certificate, Any]:
+    """The CA certificate and its key, checked to belong together and to be still valid."""
     ca = _load_certs(ca_cert_pem, "CA certificate")[0]
     ca_key = _load_key(ca_key_pem, "CA key")
     if _spki(ca_key.public_key()) != _spki(ca.public_key()):
@@ -242,6 +237,65 @@ def issue_server_cert(
             f"CA {_cn(ca.subject)!r}: the CA key does not belong to the CA certificate; "
             "pass the key that was made with it"
         )
+    if ca.not_valid_after_utc <= _utcnow():
+        raise TLSError(
+            f"CA {_cn(ca.subject)!r} expired on {ca.not_valid_after_utc:%Y-%m-%d}; "
+            f"make a new CA and re-issue the {what}s"
+        )
+    return ca, ca_key
+
+
+def _sign_leaf(ca: x509.Certificate, ca_key: Any, *, subject: x509.Name, usage: x509.ObjectIdentifier,
+               not_after: dt.datetime, san: x509.SubjectAlternativeName | None = None) -> tuple[bytes, bytes]:
+    """A leaf certificate (EC P-256 key) for one extended key usage, signed by the CA: (cert_pem, key_pem)."""
+    try:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        )
+    except x509.ExtensionNotFound:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key())
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(max(_utcnow() - _BACKDATE, ca.not_valid_before_utc))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    if san is not None:
+        # With an empty subject the SAN must be critical (RFC 5280 4.2.1.6).
+        builder = builder.add_extension(san, critical=not len(subject))
+    leaf = (
+        builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(aki, critical=False)
+        .sign(ca_key, _sign_algorithm(ca_key))
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return leaf.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def issue_server_cert(
+    ca_cert_pem: bytes, ca_key_pem: bytes, names: list[str], *, days: int = 397
+) -> tuple[bytes, bytes]:
+    """A server certificate (EC P-256) for DNS names and IPs, signed by the CA.
+
+    Returns (fullchain_pem, key_pem), fullchain = leaf + CA. The leaf never outlives the CA.
+    """
+    ca, ca_key = _signing_ca(ca_cert_pem, ca_key_pem, "server certificate")
     parsed: list[Any] = []
     for n in names:
         p = _parse_name(n) if isinstance(n, str) and n.strip() else None
@@ -253,18 +307,10 @@ def issue_server_cert(
         raise TLSError("server certificate: no names given; give at least one DNS name or IP")
     if days <= 0:
         raise TLSError(f"server certificate for {names!r}: days must be positive, got {days}")
-
-    now = _utcnow()
-    not_after = now + dt.timedelta(days=days)
-    if ca.not_valid_after_utc <= now:
-        raise TLSError(
-            f"CA {_cn(ca.subject)!r} expired on {ca.not_valid_after_utc:%Y-%m-%d}; "
-            "make a new CA and re-issue the server certificates"
-        )
+    not_after = _utcnow() + dt.timedelta(days=days)
     if not_after > ca.not_valid_after_utc:
         log.warning("server certificate for %s capped at the CA's expiry %s", parsed[0], ca.not_valid_after_utc)
         not_after = ca.not_valid_after_utc
-
     try:
         san = x509.SubjectAlternativeName(
             [x509.DNSName(p) if isinstance(p, str) else x509.IPAddress(p) for p in parsed]
@@ -272,49 +318,14 @@ def issue_server_cert(
     except ValueError as e:  # e.g. non-ASCII names, which must be given as A-labels
         raise TLSError(f"server certificate: invalid name in {names!r} ({e}); give ASCII (A-label) DNS names") from e
     cn = str(parsed[0])
-    # With an empty subject the SAN must be critical (RFC 5280 4.2.1.6).
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if len(cn) <= _CN_MAX else [])
-
-    try:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-            ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        )
-    except x509.ExtensionNotFound:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key())
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(max(now - _BACKDATE, ca.not_valid_before_utc))
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(san, critical=not len(subject))
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(aki, critical=False)
-        .sign(ca_key, _sign_algorithm(ca_key))
-    )
+    leaf_pem, key_pem = _sign_leaf(ca, ca_key, subject=subject, usage=ExtendedKeyUsageOID.SERVER_AUTH,
+                                   not_after=not_after, san=san)
     log.info(
         "issued server certificate for %s by CA %r, valid until %s",
         ", ".join(map(str, parsed)), _cn(ca.subject), not_after.isoformat(),
     )
-    fullchain = leaf.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return fullchain, key_pem
+    return leaf_pem + ca.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def cert_info(cert_pem: bytes, *, source: str = "certificate") -> CertInfo:
@@ -451,59 +462,17 @@ def issue_client_cert(
     (cert_pem, key_pem): the leaf alone (the engine already trusts the CA). The leaf never
     outlives the CA.
     """
-    ca = _load_certs(ca_cert_pem, "CA certificate")[0]
-    ca_key = _load_key(ca_key_pem, "CA key")
-    if _spki(ca_key.public_key()) != _spki(ca.public_key()):
-        raise TLSError(
-            f"CA {_cn(ca.subject)!r}: the CA key does not belong to the CA certificate; "
-            "pass the key that was made with it"
-        )
+    ca, ca_key = _signing_ca(ca_cert_pem, ca_key_pem, "client certificate")
     if not common_name or len(common_name) > _CN_MAX:
         raise TLSError(f"client certificate common name {common_name!r}: give 1 to {_CN_MAX} characters")
     if days <= 0:
         raise TLSError(f"client certificate {common_name!r}: days must be positive, got {days}")
-    now = _utcnow()
-    if ca.not_valid_after_utc <= now:
-        raise TLSError(
-            f"CA {_cn(ca.subject)!r} expired on {ca.not_valid_after_utc:%Y-%m-%d}; "
-            "make a new CA and re-issue the client certificates"
-        )
-    not_after = min(now + dt.timedelta(days=days), ca.not_valid_after_utc)
-    try:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-            ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        )
-    except x509.ExtensionNotFound:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key())
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(max(now - _BACKDATE, ca.not_valid_before_utc))
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(aki, critical=False)
-        .sign(ca_key, _sign_algorithm(ca_key))
-    )
+    not_after = min(_utcnow() + dt.timedelta(days=days), ca.not_valid_after_utc)
+    cert_pem, key_pem = _sign_leaf(ca, ca_key, subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
+                                   usage=ExtendedKeyUsageOID.CLIENT_AUTH, not_after=not_after)
     log.info("issued client certificate %r by CA %r, valid until %s",
              common_name, _cn(ca.subject), not_after.isoformat())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return leaf.public_bytes(serialization.Encoding.PEM), key_pem
+    return cert_pem, key_pem
 
 
 # --------------------------------------------------------------------------------------
