@@ -48,6 +48,11 @@ def cluster(tmp_path_factory):
     t0 = time.monotonic()
     lab.lab_up(name=NAME, managers=1, workers=2, subnet="10.79.0.0/24", params_out=params)
     print(f"\nlab up: {time.monotonic() - t0:.1f} s")
+    # Users' homes on storage every node mounts at the same place: on a lab, one host directory
+    # all engines share (as NFS-mounted hosts share /mnt/nfs in production).
+    homes = tmp / "homes"
+    homes.mkdir(mode=0o755)
+    params.write_text(params.read_text() + f"\nstorage:\n  users: {{mode: shared-path, path: {homes}}}\n")
     outputs = tmp / "outputs"
     try:
         t0 = time.monotonic()
@@ -117,10 +122,20 @@ def test_users_servers_land_on_workers_and_answer(cluster):
     cluster["where"] = where
 
 
+def write_file(api: HubAPI, user: str, name: str, text: str) -> None:
+    api.request("PUT", f"/user/{user}/api/contents/{name}", ok=(200, 201),
+                json={"type": "file", "format": "text", "content": text})
+
+
+def read_file(api: HubAPI, user: str, name: str) -> str:
+    return api.request("GET", f"/user/{user}/api/contents/{name}?content=1").json()["content"]
+
+
 def test_remove_node_moves_the_server_and_the_hub_keeps_serving(cluster):
     p = cluster["p"]
     clients, api = Clients(p), HubAPI(p)
     victim = cluster["where"]["alice"]
+    write_file(api, "alice", "notes.txt", "written on " + victim)
     r = cli("ops", "remove-node", "-p", str(cluster["params"]), "--set", f"node={victim}", outputs=cluster["outputs"])
     assert r.returncode == 0, r.stderr[-4000:]
     assert victim not in nodes_of(p, clients)
@@ -128,6 +143,8 @@ def test_remove_node_moves_the_server_and_the_hub_keeps_serving(cluster):
     moved_to = server_node(p, clients, api, "alice")
     assert moved_to != victim and moved_to.startswith(f"{NAME}-node")
     assert answers(api, "alice", timeout=90), "alice's server answers again after the move"
+    # shared-path storage: the file alice wrote on the removed worker is there on the other one.
+    assert read_file(api, "alice", "notes.txt") == "written on " + victim
     record = last_run(cluster["outputs"])
     assert record["kind"] == "remove-node" and record["status"] == "ok"
     cluster["removed"] = victim
