@@ -128,7 +128,8 @@ def _remove_retrying(obj, attempts: int = 20) -> None:
 def _wait_containers_gone(clients: Clients, p: Loaded, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = sum(len(clients[h.name].containers.list(all=True, filters={"label": L.selector(p.deployment)}))
+        # The low-level list: the high-level one inspects each container, which may vanish meanwhile.
+        left = sum(len(clients[h.name].api.containers(all=True, filters={"label": L.selector(p.deployment)}))
                    for h in p.hosts.all)
         if not left:
             return
