@@ -56,6 +56,21 @@ def _on_stage(name: str, event: str, entry: dict) -> None:
         console.print(f"     {err.get('evalue')}", markup=False, highlight=False)
 
 
+def _run_chain(params_file: str, **kw) -> "runner.Run":
+    """runner.run_chain with the CLI's progress lines and exit codes (2: parameters, 1: other errors)."""
+    try:
+        return runner.run_chain(params_file, on_stage=_on_stage, **kw)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]: the run's record says which stage was running "
+                      "(`hubops record list`); a deploy continues with --resume RUN-ID")
+        sys.exit(130)
+    except ParameterError as e:
+        _fail(e, 2)
+    except HubopsError as e:
+        _fail(e, 1)
+    raise AssertionError("unreachable")
+
+
 def _fail(e: Exception, code: int) -> None:
     # soft_wrap: paths and key paths stay whole, so they can be copied from the message.
     console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
@@ -71,17 +86,7 @@ def _fail(e: Exception, code: int) -> None:
 @click.option("--timeout", default=runner.DEFAULT_TIMEOUT, show_default=True, help="seconds a cell may run")
 def deploy(params_file: str, plan: bool, resume: str | None, only: tuple[str, ...], timeout: int) -> None:
     """Run the deploy chain (runbooks/00-… to 90-…) into outputs/RUN-ID/."""
-    try:
-        run = runner.run_chain(params_file, dry_run=plan, resume=resume, only=list(only) or None,
-                               timeout=timeout, on_stage=_on_stage)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]: the run's record says which stage was running; "
-                      "continue it with --resume RUN-ID (see `hubops record list`)")
-        sys.exit(130)
-    except ParameterError as e:
-        _fail(e, 2)
-    except HubopsError as e:
-        _fail(e, 1)
+    run = _run_chain(params_file, dry_run=plan, resume=resume, only=list(only) or None, timeout=timeout)
     m = run.manifest
     console.print()
     if m["status"] != "ok":
@@ -143,16 +148,7 @@ def ops(runbook: str, params_file: str, settings: tuple[str, ...], plan: bool, t
     forbidden = {"params_file", "dry_run"} & set(extra)
     if forbidden:
         raise click.BadParameter(f"{', '.join(sorted(forbidden))}: use -p / --plan instead")
-    try:
-        run = runner.run_chain(params_file, dry_run=plan, runbook=runbook, runbook_parameters=extra,
-                               timeout=timeout, on_stage=_on_stage)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]: the run's record says so (see `hubops record list`)")
-        sys.exit(130)
-    except ParameterError as e:
-        _fail(e, 2)
-    except HubopsError as e:
-        _fail(e, 1)
+    run = _run_chain(params_file, dry_run=plan, runbook=runbook, runbook_parameters=extra, timeout=timeout)
     entry = run.manifest["stages"][0]
     console.print(f"  record: {run.dir}/  (report: {run.dir}/index.html)")
     if run.manifest["status"] != "ok":
