@@ -279,6 +279,27 @@ class HubopsSpawner(SwarmSpawner):
             return False
         return True
 
+    async def create_object(self):
+        self._creating = True
+        try:
+            return await super().create_object()
+        finally:
+            self._creating = False
+
+    async def docker(self, method, *args, **kwargs):
+        """While the service is being created, SwarmSpawner asks for its task and sleeps a whole
+        second when there is none yet; Swarm makes it within milliseconds. Ask again sooner."""
+        import asyncio
+
+        result = await super().docker(method, *args, **kwargs)
+        if method == "tasks" and getattr(self, "_creating", False) and not result:
+            for _ in range(40):
+                await asyncio.sleep(0.05)
+                result = await super().docker(method, *args, **kwargs)
+                if result:
+                    break
+        return result
+
     async def start_object(self):
         """Wait for the service's task to run, checking every 0.1 s: SwarmSpawner waits 1 s, then
         1.5 times longer each time up to 11 s, which alone can double a spawn."""

@@ -178,6 +178,35 @@ def test_no_storage_still_uses_hubops_spawner_without_mounts(tmp_path, monkeypat
     assert s.mounts == []
 
 
+def test_a_new_service_s_task_is_asked_for_again_soon(tmp_path, monkeypatch):
+    """SwarmSpawner sleeps 1 s when a new service has no task yet; hubops's spawner asks again
+    every 0.05 s while it creates the service, and only then."""
+    import asyncio
+    import time
+
+    cfg = load_config(params(tmp_path), tmp_path, monkeypatch)
+    s = spawner(cfg, "alice")
+    calls = []
+
+    async def fake_docker(self, method, *args, **kw):
+        calls.append(method)
+        return [{"ID": "t1"}] if len(calls) >= 3 else []
+
+    monkeypatch.setattr(SwarmSpawner, "docker", fake_docker)
+
+    async def create_like_swarmspawner(self):  # what dockerspawner's create_object does
+        tasks = await self.docker("tasks", filters={"service": "x"})
+        return tasks
+
+    monkeypatch.setattr(SwarmSpawner, "create_object", create_like_swarmspawner, raising=False)
+    t0 = time.monotonic()
+    assert asyncio.run(s.create_object()) == [{"ID": "t1"}]
+    assert calls == ["tasks"] * 3 and time.monotonic() - t0 < 0.5
+    calls.clear()
+    assert asyncio.run(s.docker("tasks", filters={"service": "x"})) == []  # not creating: one call, no wait
+    assert calls == ["tasks"]
+
+
 def test_start_returns_once_the_server_answers(tmp_path, monkeypatch):
     """The spawner's own close check: start() returns as soon as the server answers HTTP."""
     import asyncio
