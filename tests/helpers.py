@@ -40,3 +40,14 @@ def fake_dockerspawner(monkeypatch) -> type:
 
     monkeypatch.setitem(sys.modules, "dockerspawner", types.SimpleNamespace(SwarmSpawner=SwarmSpawner))
     return SwarmSpawner
+
+
+def hubops_cli(*args: str, outputs: Path):
+    """Run the `hubops` command as a user does, with its records written under `outputs`."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HUBOPS_OUTPUTS": str(outputs)}
+    return subprocess.run([sys.executable, "-m", "hubops.cli", *args], cwd=PROJECT, env=env,
+                          capture_output=True, text=True, timeout=3600)

@@ -24,8 +24,6 @@ import json
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ from hubops.record import read_record
 from hubops.result import Result
 from hubops.verify import HubAPI
 from tests.peers import FakeGitHub, Pebble
+from tests.helpers import hubops_cli
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 PROJECT = Path(__file__).resolve().parents[2]
@@ -55,12 +54,6 @@ HOSTS_MARK = "# hubops tests/e2e/test_acme_github.py"
 CLIENT_ID = "hubops-e2e-client"
 USERS = "octoadmin admin\nalice\nbob\n"
 FIGURES: dict[str, float] = {}
-
-
-def hubops_cli(*args: str, outputs: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HUBOPS_OUTPUTS": str(outputs)}
-    return subprocess.run([sys.executable, "-m", "hubops.cli", *args], cwd=PROJECT, env=env,
-                          capture_output=True, text=True, timeout=3600)
 
 
 def runs(outputs: Path) -> list[dict]:

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +32,7 @@ from hubops.engine import Clients
 from hubops.params import load_params
 from hubops.record import read_record
 from hubops.verify import HubAPI
-from tests.helpers import make_params
+from tests.helpers import hubops_cli, make_params
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 PROJECT = Path(__file__).resolve().parents[2]
@@ -44,12 +41,6 @@ PORT = 8460
 SUBNET = "10.242.0.0/24"
 BROKEN = "hubops-day2-broken:test"
 NEXT = "hubops-day2-next:test"
-
-
-def hubops_cli(*args: str, outputs: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HUBOPS_OUTPUTS": str(outputs)}
-    return subprocess.run([sys.executable, "-m", "hubops.cli", *args], cwd=PROJECT, env=env,
-                          capture_output=True, text=True, timeout=3600)
 
 
 def last_run(outputs: Path) -> tuple[dict, dict | None]:

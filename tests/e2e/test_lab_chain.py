@@ -13,9 +13,6 @@ are shared by the tests in this file, in order:
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,16 +22,11 @@ from hubops import lab
 from hubops.engine import Clients
 from hubops.params import load_params
 from hubops.verify import HubAPI
+from tests.helpers import hubops_cli as cli
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 PROJECT = Path(__file__).resolve().parents[2]
 NAME = "e2elab"
-
-
-def cli(*args: str, outputs: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HUBOPS_OUTPUTS": str(outputs)}
-    return subprocess.run([sys.executable, "-m", "hubops.cli", *args], cwd=PROJECT, env=env,
-                          capture_output=True, text=True, timeout=3600)
 
 
 def last_run(outputs: Path) -> dict:

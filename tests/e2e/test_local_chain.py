@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,17 +24,11 @@ import requests
 from hubops import teardown
 from hubops.engine import Clients
 from hubops.params import load_params
-from tests.helpers import make_params
+from tests.helpers import hubops_cli, make_params
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 PROJECT = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "e2e"
-
-
-def hubops_cli(*args: str, outputs: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HUBOPS_OUTPUTS": str(outputs)}
-    return subprocess.run([sys.executable, "-m", "hubops.cli", *args], cwd=PROJECT, env=env,
-                          capture_output=True, text=True, timeout=3600)
 
 
 def runs(outputs: Path) -> list[dict]:
