@@ -1,9 +1,11 @@
 """Teardown: remove what hubops made for a deployment, by label, and nothing else.
 
-Removes the hub service and users' server services (orphans of a crashed hub included), then the
-deployment's secrets, configs and network, its node labels, and, only if asked, its volumes
-(the hub database) and images, and leaves the swarm if hubops created it. Objects without the
-deployment's labels are never touched.
+Removes the hub service and users' server services (orphans of a crashed hub included), hubops's
+own throwaway containers left on any node, then the deployment's secrets, configs and network, its
+node labels, and, only if asked, on every node: its volumes (`remove_volumes`: the hub database),
+users' home volumes (`remove_user_data`, a separate flag: users' files are kept unless asked) and
+images, and leaves the swarm if hubops created it. Objects without the deployment's labels are
+never touched.
 """
 from __future__ import annotations
 
@@ -24,9 +26,18 @@ def _in_swarm(c) -> bool:
     return c.info()["Swarm"]["LocalNodeState"] == "active" and c.info()["Swarm"].get("ControlAvailable", False)
 
 
-def teardown(p: Loaded, clients: Clients, *, remove_volumes: bool = False, remove_images: bool = False,
-             leave_swarm: bool = False, dry_run: bool = False, timeout: float = 120) -> Result:
-    """Remove the deployment's objects from the cluster."""
+USER_HOME = "user-home"
+
+
+def teardown(p: Loaded, clients: Clients, *, remove_volumes: bool = False, remove_user_data: bool = False,
+             remove_images: bool = False, leave_swarm: bool = False, dry_run: bool = False,
+             timeout: float = 120) -> Result:
+    """Remove the deployment's objects from the cluster.
+
+    `remove_volumes` removes the deployment's volumes except users' homes (the hub database);
+    `remove_user_data` removes users' home volumes (storage.users node-local or volume-driver),
+    on every node. Directories on a shared path (storage.users shared-path) are never removed:
+    that storage is not hubops's; the record says where they are."""
     r = Result("teardown", dry_run=dry_run)
     c = clients.manager
     sel = {"label": L.selector(p.deployment)}
@@ -46,6 +57,8 @@ def teardown(p: Loaded, clients: Clients, *, remove_volumes: bool = False, remov
                         pass
         if services and not dry_run:
             _wait_containers_gone(clients, p, timeout)
+    _remove_stray_containers(p, clients, r, dry_run)
+    if _in_swarm(c):
         for kind, coll in (("secret", c.secrets), ("config", c.configs), ("network", c.networks)):
             with docker_op(f"list {kind}s"):
                 objs = coll.list(filters=sel)
@@ -59,14 +72,22 @@ def teardown(p: Loaded, clients: Clients, *, remove_volumes: bool = False, remov
         _remove_node_labels(p, c, r, dry_run)
     for host in p.hosts.all:
         hc = clients[host.name]
-        if remove_volumes:
-            with docker_op("list volumes", host.name):
-                vols = hc.volumes.list(filters=sel)
-            for v in vols:
-                r.change("remove", f"volume {v.name} on {host.name}")
-                if not dry_run:
-                    with docker_op(f"remove volume {v.name}", host.name):
+        with docker_op("list volumes", host.name):
+            vols = hc.volumes.list(filters=sel)
+        for v in vols:
+            home = (v.attrs.get("Labels") or {}).get(L.ROLE) == USER_HOME
+            if not (remove_user_data if home else remove_volumes):
+                r.keep(f"volume {v.name} on {host.name}",
+                       "a user's home: kept (remove_user_data=True removes it)" if home
+                       else "kept (remove_volumes=True removes it)")
+                continue
+            r.change("remove", f"volume {v.name} on {host.name}", "a user's home" if home else "")
+            if not dry_run:
+                with docker_op(f"remove volume {v.name}", host.name):
+                    try:
                         v.remove()
+                    except docker.errors.NotFound:
+                        pass
         if remove_images:
             with docker_op("list images", host.name):
                 imgs = hc.images.list(filters={"label": [f"{L.MANAGED}=true"]})
@@ -75,7 +96,18 @@ def teardown(p: Loaded, clients: Clients, *, remove_volumes: bool = False, remov
                     r.change("remove", f"image {tag} on {host.name}")
                     if not dry_run:
                         with docker_op(f"remove image {tag}", host.name):
-                            hc.images.remove(tag, noprune=False)
+                            try:
+                                hc.images.remove(tag, noprune=False)
+                            except docker.errors.APIError as e:
+                                if e.status_code != 409:
+                                    raise
+                                # Used by a container hubops did not make (it removed its own).
+                                r.items.pop()
+                                r.keep(f"image {tag} on {host.name}", "in use by a container that is not "
+                                       f"hubops's: kept ({e.explanation or e})")
+    if p.storage.users.mode == "shared-path":
+        r.keep(f"users' homes under {p.storage.users.shared_path}",
+               "on shared storage that hubops does not own: never removed by teardown")
     if leave_swarm and _in_swarm(c):
         c.swarm.reload()
         if (c.swarm.attrs.get("Spec", {}).get("Labels") or {}).get(L.DEPLOYMENT) == p.deployment:
@@ -125,12 +157,32 @@ def _remove_retrying(obj, attempts: int = 20) -> None:
             time.sleep(0.5)
 
 
+def _remove_stray_containers(p: Loaded, clients: Clients, r: Result, dry_run: bool) -> None:
+    """hubops's own throwaway containers (storage probes, restore helpers) that a crash left on a
+    node: labelled for the deployment, not a Swarm task (tasks go with their services)."""
+    for host in p.hosts.all:
+        hc = clients[host.name]
+        with docker_op("list containers", host.name):
+            found = hc.api.containers(all=True, filters={"label": L.selector(p.deployment)})
+        for ctr in found:
+            if "com.docker.swarm.task.id" in (ctr.get("Labels") or {}):
+                continue
+            name = (ctr.get("Names") or ["/" + ctr["Id"][:12]])[0].lstrip("/")
+            r.change("remove", f"container {name} on {host.name}", (ctr.get("Labels") or {}).get(L.ROLE, ""))
+            if not dry_run:
+                with docker_op(f"remove container {name}", host.name):
+                    try:
+                        hc.api.remove_container(ctr["Id"], force=True, v=False)
+                    except docker.errors.NotFound:
+                        pass
+
+
 def _wait_containers_gone(clients: Clients, p: Loaded, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         # The low-level list: the high-level one inspects each container, which may vanish meanwhile.
-        left = sum(len(clients[h.name].api.containers(all=True, filters={"label": L.selector(p.deployment)}))
-                   for h in p.hosts.all)
+        left = sum(len(clients[h.name].api.containers(
+            all=True, filters={"label": [*L.selector(p.deployment), "com.docker.swarm.task.id"]})) for h in p.hosts.all)
         if not left:
             return
         time.sleep(0.5)
