@@ -143,7 +143,10 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 @click.option("--plan", is_flag=True, help="show what the runbook would change; change nothing")
 @click.option("--timeout", default=runner.DEFAULT_TIMEOUT, show_default=True, help="seconds a cell may run")
 def ops(runbook: str, params_file: str, settings: tuple[str, ...], plan: bool, timeout: int) -> None:
-    """Run a day-2 runbook (runbooks/ops/RUNBOOK.ipynb): status, add-node, remove-node, teardown, ..."""
+    """Run a day-2 runbook (runbooks/ops/RUNBOOK.ipynb): status, add-node, remove-node, teardown, ...
+
+    Exit status: 0 done; 1 failed (the record names the cell); 2 bad parameters; 3 rolled back
+    (upgrade: the new image failed, the hub serves on the previous one)."""
     extra = _parse_set(settings)
     forbidden = {"params_file", "dry_run"} & set(extra)
     if forbidden:
@@ -154,6 +157,28 @@ def ops(runbook: str, params_file: str, settings: tuple[str, ...], plan: bool, t
     if run.manifest["status"] != "ok":
         console.print(f"  failing notebook: {run.dir / entry.get('notebook', '')} (cell {entry['error'].get('cell')})")
         sys.exit(1)
+    if _rolled_back(run.dir / entry.get("notebook", "")):
+        console.print(f"[yellow]rolled back[/yellow]: the new image failed and Swarm put the previous one back; "
+                      f"the hub serves on it (exit status {ROLLED_BACK}; the record says why)")
+        sys.exit(ROLLED_BACK)
+
+
+# Exit status of a runbook that ran to its end but whose change was rolled back (an upgrade whose
+# new image failed): the hub serves, on the old image. 0 means the change took; 1 an error; 2 bad
+# parameters. Automation tells "upgraded" from "rolled back" by it.
+ROLLED_BACK = 3
+
+
+def _rolled_back(notebook: Path) -> bool:
+    """True when the executed runbook's record has a result whose verdict is "rolled back"."""
+    import nbformat
+
+    from .record import read_record
+
+    if not notebook.is_file():
+        return False
+    rec = read_record(nbformat.read(notebook, as_version=4)) or {}
+    return any((r.get("facts") or {}).get("verdict") == "rolled back" for r in rec.get("results", []))
 
 
 @main.command("check")

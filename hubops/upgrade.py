@@ -72,7 +72,8 @@ def _source_of(p: Loaded, clients: Clients, ref: str):
 
 def target_image(p: Loaded, clients: Clients, *, image: str = "", jupyterhub_version: str = "",
                  dry_run: bool = False) -> tuple[str, Result]:
-    """The image to roll out, built and delivered to every node if needed."""
+    """The image to roll out, built and delivered to the hub's node if needed (the hub service is
+    constrained to that node: its database volume is there; workers never run the hub)."""
     if image and jupyterhub_version:
         raise ParameterError("give either `image` or `jupyterhub_version`, not both")
     if jupyterhub_version:
@@ -86,7 +87,8 @@ def target_image(p: Loaded, clients: Clients, *, image: str = "", jupyterhub_ver
         ref = r.facts.get("ref") or "hubops-hub:<to be built>"
     if dry_run and images._image_or_none(images.builder(p, clients), ref) is None:
         return ref, r
-    delivered = images.ensure_images_on_nodes(clients.all(), [ref], source=_source_of(p, clients, ref), dry_run=dry_run)
+    hub_node = {p.hub_host.name: clients[p.hub_host.name]}
+    delivered = images.ensure_images_on_nodes(hub_node, [ref], source=_source_of(p, clients, ref), dry_run=dry_run)
     r.items += delivered.items
     return ref, r
 
@@ -137,9 +139,11 @@ def upgrade(p: Loaded, clients: Clients, *, image: str = "", jupyterhub_version:
             backup_first: bool = True, dry_run: bool = False) -> list[Result]:
     """Roll the hub service to a new image: backup, update, Swarm's verdict, health, record.
 
-    Changes on the cluster: the new image on every node; the hub restarts on it (stop-first:
-    the hub is down for the restart; users' servers keep running); if it fails its healthcheck,
-    Swarm puts the previous image back. Users' data and the database are untouched."""
+    Changes on the cluster: the new image on the hub's node (the only node the hub runs on); the
+    hub restarts on it (stop-first: the hub is down for the restart; users' servers keep running);
+    if it fails its healthcheck, Swarm puts the previous image back. Users' data and the database
+    are untouched. The verdict is in the facts: "upgraded" or "rolled back" (`hubops ops upgrade`
+    exits 3 for the latter)."""
     c = clients.manager
     svc = deploy._find_service(c, p)
     if svc is None:

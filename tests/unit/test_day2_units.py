@@ -438,6 +438,28 @@ def test_pin_jupyterhub():
         upgrade.pin_jupyterhub("alembic==1.0\n", "5.5.3")
 
 
+@pytest.mark.parametrize("verdict, rolled_back", [("rolled back", True), ("upgraded", False), ("unchanged", False)])
+def test_a_rolled_back_upgrade_is_told_apart_by_its_record(tmp_path, verdict, rolled_back):
+    """`hubops ops upgrade` exits 3 (cli.ROLLED_BACK) when the record's verdict is "rolled back"."""
+    import nbformat
+
+    from hubops import cli
+    from hubops.record import record
+    from hubops.result import Result
+
+    up = Result("upgrade")
+    up.facts["verdict"] = verdict
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("hubops.record('upgrade', upgraded)")
+    cell.outputs = [nbformat.v4.new_output("execute_result", data=record("upgrade", Result("backup"), up)._repr_mimebundle_(),
+                                           execution_count=1)]
+    nb.cells = [cell]
+    path = tmp_path / "upgrade.ipynb"
+    nbformat.write(nb, path)
+    assert cli._rolled_back(path) is rolled_back
+    assert cli.ROLLED_BACK not in (0, 1, 2) and cli._rolled_back(tmp_path / "missing.ipynb") is False
+
+
 def test_known_failure_signatures_are_named():
     found = diagnose.match([
         ("node lab-node1", "error creating vxlan interface: file exists"),
