@@ -2,8 +2,8 @@
 
 The hub API answers; a test user is created, its server spawned by SwarmSpawner as a Swarm
 service, reached through the proxy (``/user/NAME/api/status`` answers 200), then stopped and
-the user removed. Leaves nothing behind; a leftover from an interrupted earlier check is
-removed first.
+the user removed, with the home volume storage.users may have made for it. Leaves nothing behind;
+a leftover from an interrupted earlier check is removed first.
 """
 from __future__ import annotations
 
@@ -125,9 +125,39 @@ def verify_spawn(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Resul
         left = [s.name for s in clients.manager.services.list(filters={"name": svc_name}) if s.name == svc_name]
     if left:
         raise VerifyError(f"service {svc_name} is still there after the server was stopped: the spawner did not clean up")
-    r.check(f"user {user}", "server stopped, service removed, user deleted")
+    homes = _remove_home(p, clients, user)
+    r.check(f"user {user}", "server stopped, service removed, user deleted"
+            + (f", home volume removed ({', '.join(homes)})" if homes else ""))
     r.facts["users_in_hub"] = sorted(hub_users - {user})
     return r
+
+
+def _remove_home(p: Loaded, clients: Clients, user: str, timeout: float = 60) -> list[str]:
+    """Remove the test user's home volume (storage.users node-local or volume-driver make one on the
+    node the server ran on). Its container may still be going away: retry while it is in use."""
+    import docker.errors
+
+    removed = []
+    sel = [*L.selector(p.deployment), f"{L.ROLE}=user-home", f"hubops.user={user}"]
+    for host in p.hosts.all:
+        hc = clients[host.name]
+        with docker_op("list volumes", host.name):
+            vols = hc.volumes.list(filters={"label": sel})
+        for v in vols:
+            deadline = time.monotonic() + timeout
+            with docker_op(f"remove volume {v.name}", host.name):
+                while True:
+                    try:
+                        v.remove()
+                        break
+                    except docker.errors.NotFound:
+                        break
+                    except docker.errors.APIError as e:
+                        if e.status_code != 409 or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.5)
+            removed.append(f"{v.name} on {host.name}")
+    return removed
 
 
 def _where(clients: Clients, svc_name: str) -> tuple[str, dict]:
