@@ -51,3 +51,20 @@ def hubops_cli(*args: str, outputs: Path):
     env = {**os.environ, "HUBOPS_OUTPUTS": str(outputs)}
     return subprocess.run([sys.executable, "-m", "hubops.cli", *args], cwd=PROJECT, env=env,
                           capture_output=True, text=True, timeout=3600)
+
+
+def admin_session(p, user: str = "operator"):
+    """A requests session logged in to the hub as the userlist's admin `user` with the generated
+    admin password (cookie + XSRF header), for what only an admin may do (e.g. make another admin)."""
+    import requests
+
+    s = requests.Session()
+    s.trust_env = False
+    s.verify = str(p.operator_path / "ca.pem")
+    s.get(f"{p.hub_url}/hub/login", timeout=10)
+    pw = (p.operator_path / "admin-password").read_text().strip()
+    r = s.post(f"{p.hub_url}/hub/login", data={"username": user, "password": pw, "_xsrf": s.cookies.get("_xsrf")},
+               allow_redirects=False, timeout=10)
+    assert r.status_code == 302, r.text[:300]
+    s.headers["X-XSRFToken"] = s.cookies.get("_xsrf")
+    return s
