@@ -66,8 +66,9 @@ SIGNATURES: tuple[Signature, ...] = (
               "free the port on the hub's node, or set hub.https_port to another port and deploy"),
     Signature("image-missing", r"no such image|pull access denied|manifest unknown|repository does not exist|"
                                r"image .* not found",
-              "the node lacks the image (no registry is used: hubops delivers images to every node)",
-              "run 60-images (or add-node for a new node); for an upgrade image, load it on every node"),
+              "the node lacks the image (no registry is used: hubops delivers the single-user image to every "
+              "node, the hub image to the managers)",
+              "run 60-images (or add-node for a new node); for an upgrade image, load it on the hub's node"),
     Signature("swarm-object-missing", r"secret .* not found|config .* not found|network .* not found",
               "the service refers to a Swarm secret, config or network that was removed",
               "run `hubops deploy` again: it recreates them and points the hub at them"),

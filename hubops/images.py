@@ -1,5 +1,5 @@
 """Images: a Debian base, the hub and single-user images built from `images/<kind>/`, and
-their delivery to every node.
+their delivery to the nodes (the single-user image to every node, the hub image to managers).
 
 No registry is assumed. The base comes from a pull when a registry answers, else from
 `debootstrap`; the hub and single-user images are built on one engine (the "source") and
@@ -319,8 +319,10 @@ def ensure_images_on_nodes(
     source: docker.DockerClient,
     dry_run: bool = False,
     max_workers: int = 4,
+    per_node: dict[str, list[str]] | None = None,
 ) -> Result:
-    """Make sure every node has each image in `refs` with the same ID as on `source`.
+    """Make sure every node has each image in `refs` (or the refs `per_node` names for it) with
+    the same ID as on `source`.
 
     Changes on the nodes: streams each missing or different image from `source`
     (`docker save | docker load` through the API), several nodes at once. Nodes that already
@@ -337,6 +339,8 @@ def ensure_images_on_nodes(
     todo: dict[str, list[str]] = {}
     for node, c in clients.items():
         for ref, wid in want.items():
+            if per_node is not None and ref not in per_node.get(node, refs):
+                continue
             have = _id_or_error(c, node, ref)
             if have == wid:
                 res.keep(f"{node}: {ref}", "same image ID as on the source")
@@ -506,12 +510,18 @@ def desired_refs(p, client: docker.DockerClient) -> dict[str, str]:
 
 
 def ensure_delivered(p, clients, *, dry_run: bool = False) -> Result:
-    """Both images on every node, with the same image ID as on the building engine."""
+    """The images on the nodes that run them, with the same image ID as on the building engine:
+    the single-user image on every node (users' servers, 70-storage's probes), the hub image on
+    the managers only (the hub service runs on a manager; workers never run it)."""
     source = builder(p, clients)
     if dry_run and _image_or_none(source, p.images.base) is None:
         return Result("images on nodes", dry_run=True).change("create", "images on every node", "after they are built")
-    refs = list(desired_refs(p, source).values())
+    by_kind = desired_refs(p, source)
+    refs = list(by_kind.values())
     if dry_run and any(_image_or_none(source, r) is None for r in refs):
         return Result("images on nodes", dry_run=True).change(
             "create", "images on every node", f"{', '.join(refs)} once built")
-    return ensure_images_on_nodes(clients.all(), refs, source=source, dry_run=dry_run)
+    managers = {h.name for h in p.hosts.managers}
+    per_node = {h.name: [ref for kind, ref in by_kind.items() if kind != "hub" or h.name in managers]
+                for h in p.hosts.all}
+    return ensure_images_on_nodes(clients.all(), refs, source=source, dry_run=dry_run, per_node=per_node)
