@@ -85,7 +85,7 @@ def d2(tmp_path_factory):
     try:
         t0 = time.monotonic()
         res = hubops_cli("deploy", "-p", str(first), outputs=outputs)
-        timed("deploy on the lab (cold: images streamed to 3 nodes)", t0)
+        timed("deploy on the lab (cold: images streamed to the nodes)", t0)
         assert res.returncode == 0, res.stderr[-4000:]
         state["p"] = load_params(first)
         yield state
@@ -289,9 +289,10 @@ def test_a_broken_upgrade_rolls_back_by_itself_and_exits_3(d2):
     # The hub's program exits at once: Swarm sees the new task fail and rolls the service back.
     dockerfile = (f"FROM {old}\nRUN printf '#!/bin/sh\\necho broken hub image >&2\\nexit 3\\n' > /opt/venv/bin/jupyterhub\n"
                   "LABEL hubops.test=broken\n")
+    # Built on the hub's node itself, which has the current image: nothing needs streaming.
     t0 = time.monotonic()
-    docker.from_env().images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=BROKEN, rm=True, forcerm=True)
-    timed("broken image built", t0)
+    clients[p.hub_host.name].images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=BROKEN, rm=True, forcerm=True)
+    timed(f"broken image built on {p.hub_host.name}", t0)
     t0 = time.monotonic()
     res = hubops_cli("ops", "upgrade", "-p", str(d2["params"]), "--set", f"image={BROKEN}",
                      "--set", "backup_first=false", outputs=d2["outputs"])
@@ -309,8 +310,9 @@ def test_a_broken_upgrade_rolls_back_by_itself_and_exits_3(d2):
           f"{up['facts']['hub_back_after_s']} s")
     assert hub_image(p, clients) == old
     assert HubAPI(p).request("GET", "/hub/api/").json()["version"] == up["facts"]["serving_version"]
-    # The broken image went to the hub's node only: the hub runs nowhere else.
-    has = {h.name: bool(clients[h.name].images.list(name=BROKEN)) for h in p.hosts.all}
+    # Neither the broken image nor the hub's went to the workers: the hub runs on the manager only.
+    has = {h.name: bool(clients[h.name].images.list(name=BROKEN)) or bool(clients[h.name].images.list(name=old))
+           for h in p.hosts.all}
     assert has == {h.name: h.name == p.hub_host.name for h in p.hosts.all}, has
 
 
@@ -358,7 +360,8 @@ def test_restore_onto_a_fresh_deployment_brings_back_users_admins_and_server_rec
     api = HubAPI(p, timeout=30)
     bob = api.request("GET", "/hub/api/users/bob?include_stopped_servers=1").json()
     alice = api.request("GET", "/hub/api/users/alice?include_stopped_servers=1").json()
-    assert bob["admin"] is False and not alice["servers"], "a fresh hub knows nothing of the first one"
+    assert bob["admin"] is False, "a fresh hub knows nothing of the first one"
+    assert "home_node" not in ((alice["servers"].get("") or {}).get("state") or {}), alice["servers"]
     t0 = time.monotonic()
     res = hubops_cli("ops", "restore", "-p", str(d2["fresh"]), "--set", f"backup={d2['backup']}",
                      "--set", "confirm=true", outputs=d2["outputs"])
