@@ -95,7 +95,9 @@ def d2(tmp_path_factory):
             if any(labelled(p, Clients(p), with_images=False).values()):
                 teardown.teardown(p, Clients(p), remove_volumes=True, remove_user_data=True)
         finally:
+            t0 = time.monotonic()
             lab.lab_down(name=NAME)
+            timed("lab down", t0)
             local = docker.from_env()
             for img in (BROKEN, DECOY_IMAGE):
                 try:
@@ -235,13 +237,14 @@ def test_node_local_home_survives_a_restart_pinned_to_its_node(d2):
     assert where == {h.name: h.name == home for h in p.hosts.all}, f"volume {volume} on {where}"
     labels = clients[home].volumes.get(volume).attrs["Labels"]
     assert labels["hubops.role"] == "user-home" and labels["hubops.user"] == "alice"
+    singleuser = clients.manager.services.get(svc_name).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
     stop(api, "alice")
     assert not clients.manager.services.list(filters={"name": svc_name})
     # A task on alice's node (a service hubops did not make): Swarm's spread would now put a new,
     # unpinned server on the other worker. alice's must go back to her node regardless.
     other = next(n for n in (f"{NAME}-node0", f"{NAME}-node1") if n != home)
     filler = clients.manager.services.create(
-        hub_image(p, clients), ["sleep", "600"], name=f"{DECOY}-filler",
+        singleuser.split("@")[0], ["sleep", "600"], name=f"{DECOY}-filler",
         constraints=[f"node.id=={state['home_node']}"])
     try:
         server_task(clients, filler.name)
