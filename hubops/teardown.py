@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import docker.errors
 
@@ -70,41 +71,13 @@ def teardown(p: Loaded, clients: Clients, *, remove_volumes: bool = False, remov
                     with docker_op(f"remove {kind} {o.name}"):
                         _remove_retrying(o)
         _remove_node_labels(p, c, r, dry_run)
-    for host in p.hosts.all:
-        hc = clients[host.name]
-        with docker_op("list volumes", host.name):
-            vols = hc.volumes.list(filters=sel)
-        for v in vols:
-            home = (v.attrs.get("Labels") or {}).get(L.ROLE) == USER_HOME
-            if not (remove_user_data if home else remove_volumes):
-                r.keep(f"volume {v.name} on {host.name}",
-                       "a user's home: kept (remove_user_data=True removes it)" if home
-                       else "kept (remove_volumes=True removes it)")
-                continue
-            r.change("remove", f"volume {v.name} on {host.name}", "a user's home" if home else "")
-            if not dry_run:
-                with docker_op(f"remove volume {v.name}", host.name):
-                    try:
-                        v.remove()
-                    except docker.errors.NotFound:
-                        pass
-        if remove_images:
-            with docker_op("list images", host.name):
-                imgs = hc.images.list(filters={"label": [f"{L.MANAGED}=true"]})
-            for img in imgs:
-                for tag in img.tags:
-                    r.change("remove", f"image {tag} on {host.name}")
-                    if not dry_run:
-                        with docker_op(f"remove image {tag}", host.name):
-                            try:
-                                hc.images.remove(tag, noprune=False)
-                            except docker.errors.APIError as e:
-                                if e.status_code != 409:
-                                    raise
-                                # Used by a container hubops did not make (it removed its own).
-                                r.items.pop()
-                                r.keep(f"image {tag} on {host.name}", "in use by a container that is not "
-                                       f"hubops's: kept ({e.explanation or e})")
+    # Each node's volumes and images in parallel: removing image layers takes seconds per node.
+    with ThreadPoolExecutor(max_workers=max(1, min(4, len(p.hosts.all))), thread_name_prefix="hubops-teardown") as pool:
+        per_node = [pool.submit(_clean_node, p, clients[h.name], h.name, sel, remove_volumes=remove_volumes,
+                                remove_user_data=remove_user_data, remove_images=remove_images, dry_run=dry_run)
+                    for h in p.hosts.all]
+        for fut in per_node:  # in host order, so the record reads the same every time
+            r.items += fut.result().items
     if p.storage.users.mode == "shared-path":
         r.keep(f"users' homes under {p.storage.users.shared_path}",
                "on shared storage that hubops does not own: never removed by teardown")
@@ -118,6 +91,47 @@ def teardown(p: Loaded, clients: Clients, *, remove_volumes: bool = False, remov
                         clients[host.name].swarm.leave(force=host.name == p.hosts.managers[0].name)
         else:
             r.keep("swarm", "not created by hubops for this deployment: left in place")
+    return r
+
+
+def _clean_node(p: Loaded, hc, node: str, sel: dict, *, remove_volumes: bool, remove_user_data: bool,
+                remove_images: bool, dry_run: bool) -> Result:
+    """One node's part of the teardown: the deployment's volumes (users' homes only with
+    remove_user_data) and, if asked, hubops's images."""
+    r = Result("teardown", dry_run=dry_run)
+    with docker_op("list volumes", node):
+        vols = hc.volumes.list(filters=sel)
+    for v in vols:
+        home = (v.attrs.get("Labels") or {}).get(L.ROLE) == USER_HOME
+        if not (remove_user_data if home else remove_volumes):
+            r.keep(f"volume {v.name} on {node}",
+                   "a user's home: kept (remove_user_data=True removes it)" if home
+                   else "kept (remove_volumes=True removes it)")
+            continue
+        r.change("remove", f"volume {v.name} on {node}", "a user's home" if home else "")
+        if not dry_run:
+            with docker_op(f"remove volume {v.name}", node):
+                try:
+                    v.remove()
+                except docker.errors.NotFound:
+                    pass
+    if remove_images:
+        with docker_op("list images", node):
+            imgs = hc.images.list(filters={"label": [f"{L.MANAGED}=true"]})
+        for img in imgs:
+            for tag in img.tags:
+                r.change("remove", f"image {tag} on {node}")
+                if not dry_run:
+                    with docker_op(f"remove image {tag}", node):
+                        try:
+                            hc.images.remove(tag, noprune=False)
+                        except docker.errors.APIError as e:
+                            if e.status_code != 409:
+                                raise
+                            # Used by a container hubops did not make (it removed its own).
+                            r.items.pop()
+                            r.keep(f"image {tag} on {node}", "in use by a container that is not "
+                                   f"hubops's: kept ({e.explanation or e})")
     return r
 
 
