@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 import nbformat
 
-from . import ledger
+from . import kernels, ledger
 from .errors import HubopsError, ParameterError
 from .params import Loaded, load_params
 from .record import read_record
@@ -168,11 +168,13 @@ def _seal_stage(run: Run, entry: dict[str, Any], out: Path, redact: Optional[Red
 
 
 def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, timeout: int,
-                  redact: Optional[Redactor] = None, p: Optional[Loaded] = None) -> StageOutcome:
+                  redact: Optional[Redactor] = None, p: Optional[Loaded] = None,
+                  kernel: Optional[kernels.Prestarted] = None) -> StageOutcome:
     """Run one stage notebook into the run directory and record its outcome in run.json.
 
     With `p`, the deployment's secrets are read again after the stage and redacted from its
-    notebook and entry; `redact` adds to them (or is used alone without `p`)."""
+    notebook and entry; `redact` adds to them (or is used alone without `p`). With `kernel`, the
+    stage runs in that kernel started ahead (see `kernels`), which is shut down after it."""
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
@@ -186,19 +188,20 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
     run.save()
     t0 = time.monotonic()
     error: Optional[dict[str, Any]] = None
+    km = kernel.take() if kernel is not None else None
     try:
         pm.execute_notebook(
             str(src), str(out),
             parameters={**run.manifest.get("runbook_parameters", {}), "params_file": str(params_file),
                         "dry_run": dry_run},
-            kernel_name="python3",
+            kernel_name=kernels.KERNEL,
             cwd=str(PROJECT),
             execution_timeout=timeout,
             progress_bar=False,
             log_output=False,
             report_mode=False,
-            # The kernel's own start-up chatter (e.g. "running over TCP") is not the stage's output.
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            extra_arguments=list(kernels.KERNEL_ARGS),
+            **({"km": km} if km is not None else {}),
         )
     except pm.PapermillExecutionError as e:
         error = {"cell": e.exec_count, "ename": e.ename, "evalue": e.evalue}
@@ -209,6 +212,8 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
         log.debug("timeout detail: %s", e)
     except DeadKernelError as e:
         error = {"cell": _mark_stopped_cell(out, f"the kernel died: {e}"), "ename": "DeadKernelError", "evalue": str(e)}
+    finally:
+        kernels.shutdown(km)
     entry["duration_s"] = round(time.monotonic() - t0, 2)
     entry["finished"] = _now()
     if p is not None:  # the secrets as they are after the stage: it may have made new ones
@@ -303,12 +308,16 @@ def run_chain(
     run.save()
     t0 = time.monotonic()
     failed = False
+    todo = [i for i, entry in enumerate(run.manifest["stages"]) if entry["status"] != "ok"]
+    # Each stage's kernel is started while the stage before it runs (see `kernels`).
+    ahead: Optional[kernels.Prestarted] = kernels.Prestarted(PROJECT) if todo else None
     try:
-        for i, entry in enumerate(run.manifest["stages"]):
-            if entry["status"] == "ok":
-                continue
+        for n, i in enumerate(todo):
+            entry = run.manifest["stages"][i]
             on_stage(entry["name"], "start", entry)
-            outcome = execute_stage(run, i, params_file=p.source, dry_run=dry_run, timeout=timeout, p=p)
+            kernel, ahead = ahead, (kernels.Prestarted(PROJECT) if n + 1 < len(todo) else None)
+            outcome = execute_stage(run, i, params_file=p.source, dry_run=dry_run, timeout=timeout, p=p,
+                                    kernel=kernel)
             on_stage(entry["name"], outcome.status, outcome.entry)
             if outcome.status != "ok":
                 failed = True
@@ -335,6 +344,9 @@ def run_chain(
         except Exception as report_error:  # noqa: BLE001 - the interruption is what the caller must see
             log.warning("could not write the report of the interrupted run: %s", report_error)
         raise
+    finally:
+        if ahead is not None:  # a stage failed or the run was interrupted before the next one
+            ahead.discard()
     run.manifest["status"] = "failed" if failed else "ok"
     run.manifest["finished"] = _now()
     run.manifest["duration_s"] = round(run.manifest.get("duration_s", 0) + time.monotonic() - t0, 2)

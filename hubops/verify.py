@@ -25,7 +25,9 @@ log = logging.getLogger("hubops")
 class HubAPI:
     """A minimal client of the JupyterHub REST API with hubops's service token."""
 
-    def __init__(self, p: Loaded, *, timeout: float = 10):
+    # Longer than JupyterHub's slow_spawn_timeout and slow_stop_timeout (10 s), after which its API
+    # answers 202 and goes on in the background: a client giving up at 10 s races that answer.
+    def __init__(self, p: Loaded, *, timeout: float = 30):
         token = operator.read(p, "api-token")
         if not token:
             raise VerifyError(
