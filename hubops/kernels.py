@@ -3,8 +3,9 @@
 A stage notebook spends most of a no-change run starting its kernel: a fresh Python, ipykernel,
 and the imports of hubops, docker-py and pydantic (about 1.5-2.5 s here, against a few tenths of
 a second of work). The chain runner knows which stage comes next, so while one stage runs,
-`Prestarted` starts the next stage's kernel in a background thread and imports hubops in it
-(silently: nothing reaches the notebook, its execution counts start at 1 as usual). The stage then
+`Prestarted` starts the kernels of the next stages (`AHEAD`), each in a background thread, and
+imports hubops in them (silently: nothing reaches the notebook, whose execution counts start at 1
+as usual). The stage then
 runs in that kernel through papermill's `km=` argument, and its kernel is shut down after it, as
 before: every stage still gets a fresh kernel of its own.
 
@@ -26,6 +27,9 @@ KERNEL = "python3"
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 WARM_UP = "import hubops"
 START_TIMEOUT = 60
+# How many stages ahead kernels are started: a no-change stage takes less than a kernel's start,
+# so one ahead is not enough; each waiting kernel holds about 60 MB.
+AHEAD = 2
 
 
 class Prestarted:

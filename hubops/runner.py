@@ -11,6 +11,7 @@ save seals the manifest's hash chain (see `ledger`), so a later edit shows up in
 """
 from __future__ import annotations
 
+import collections
 import getpass
 import json
 import logging
@@ -182,7 +183,8 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
     src = PROJECT / entry["runbook"]
     out = run.dir / f"{entry['name']}.ipynb"
     # A stage run again (resume) starts a fresh entry: nothing from the failed attempt is kept.
-    for stale in ("error", "notebook_sha256", "changed", "changes", "dry_run", "kept", "duration_s", "finished"):
+    for stale in ("error", "notebook_sha256", "changed", "changes", "dry_run", "kept", "duration_s", "cells_s",
+                  "finished"):
         entry.pop(stale, None)
     entry.update(status="running", started=_now(), notebook=out.name)
     run.save()
@@ -223,6 +225,8 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
         redact = fresh
     nb = nbformat.read(out, as_version=4) if out.exists() else None
     rec = read_record(nb) if nb is not None else None
+    if nb is not None:  # the stage's own work; the rest of duration_s is kernel start and papermill
+        entry["cells_s"] = round(sum((c.metadata.get("papermill") or {}).get("duration") or 0 for c in nb.cells), 2)
     if error is None and rec is None:
         error = {"cell": None, "ename": "NoRecord", "evalue": "the stage finished without recording its results"}
     if rec is not None:
@@ -309,13 +313,15 @@ def run_chain(
     t0 = time.monotonic()
     failed = False
     todo = [i for i, entry in enumerate(run.manifest["stages"]) if entry["status"] != "ok"]
-    # Each stage's kernel is started while the stage before it runs (see `kernels`).
-    ahead: Optional[kernels.Prestarted] = kernels.Prestarted(PROJECT) if todo else None
+    # Each stage's kernel is started while the stages before it run (see `kernels`).
+    ahead = collections.deque(kernels.Prestarted(PROJECT) for _ in todo[:kernels.AHEAD])
     try:
         for n, i in enumerate(todo):
             entry = run.manifest["stages"][i]
             on_stage(entry["name"], "start", entry)
-            kernel, ahead = ahead, (kernels.Prestarted(PROJECT) if n + 1 < len(todo) else None)
+            kernel = ahead.popleft()
+            if n + kernels.AHEAD < len(todo):
+                ahead.append(kernels.Prestarted(PROJECT))
             outcome = execute_stage(run, i, params_file=p.source, dry_run=dry_run, timeout=timeout, p=p,
                                     kernel=kernel)
             on_stage(entry["name"], outcome.status, outcome.entry)
@@ -345,8 +351,8 @@ def run_chain(
             log.warning("could not write the report of the interrupted run: %s", report_error)
         raise
     finally:
-        if ahead is not None:  # a stage failed or the run was interrupted before the next one
-            ahead.discard()
+        for unused in ahead:  # a stage failed, or the run was interrupted, before their stages
+            unused.discard()
     run.manifest["status"] = "failed" if failed else "ok"
     run.manifest["finished"] = _now()
     run.manifest["duration_s"] = round(run.manifest.get("duration_s", 0) + time.monotonic() - t0, 2)
