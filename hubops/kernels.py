@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Optional
@@ -28,8 +29,9 @@ KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 WARM_UP = "import hubops"
 START_TIMEOUT = 60
 # How many stages ahead kernels are started: a no-change stage takes less than a kernel's start,
-# so one ahead is not enough; each waiting kernel holds about 60 MB.
-AHEAD = 2
+# so one ahead is not enough; each waiting kernel holds about 60 MB. HUBOPS_KERNELS_AHEAD=0 turns
+# prestarting off (every stage then starts its own kernel, as plain papermill does).
+AHEAD = max(0, int(os.environ.get("HUBOPS_KERNELS_AHEAD", "2") or 0))
 
 
 class Prestarted:

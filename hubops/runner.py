@@ -319,7 +319,7 @@ def run_chain(
         for n, i in enumerate(todo):
             entry = run.manifest["stages"][i]
             on_stage(entry["name"], "start", entry)
-            kernel = ahead.popleft()
+            kernel = ahead.popleft() if ahead else None
             if n + kernels.AHEAD < len(todo):
                 ahead.append(kernels.Prestarted(PROJECT))
             outcome = execute_stage(run, i, params_file=p.source, dry_run=dry_run, timeout=timeout, p=p,

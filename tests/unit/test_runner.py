@@ -97,11 +97,16 @@ def test_resume_refuses_a_changed_parameter_file(chain, tmp_path):
         runner.run_chain(params, resume=run.id)
 
 
-def test_each_stage_runs_in_its_own_kernel_and_none_is_left_running(tmp_path, monkeypatch):
-    """Kernels are started ahead of their stages (hubops.kernels); every stage still gets a fresh
-    one, and the ones started for stages that never ran are shut down when a stage fails."""
+@pytest.mark.parametrize("ahead", [2, 0])
+def test_each_stage_runs_in_its_own_kernel_and_none_is_left_running(tmp_path, monkeypatch, ahead):
+    """Kernels are started ahead of their stages (hubops.kernels; 0: not at all); every stage
+    still gets a fresh one, and the ones started for stages that never ran are shut down when a
+    stage fails."""
     import psutil
 
+    from hubops import kernels
+
+    monkeypatch.setattr(kernels, "AHEAD", ahead)
     monkeypatch.setattr(runner, "OUTPUTS", tmp_path / "outputs")
     pid_cell = "import os\nprint('kernel pid', os.getpid())"
     stages = [notebook(tmp_path / f"{i}0-s.ipynb", pid_cell, RECORD.format(name=f"{i}0-s")) for i in range(3)]
