@@ -127,6 +127,14 @@ class Pebble:
         """How many ACME requests Pebble logged (for paths starting with `path`, e.g. "/order-plz")."""
         return len(re.findall(rf"(?:GET|HEAD|POST) {re.escape(path)}\S* -> calling handler", self.log.read_text(errors="replace")))
 
+    def dns_queries(self, host: str) -> list[int]:
+        """The query types (1: A, 28: AAAA) challtestsrv answered for `host`: whom Pebble asked."""
+        s = requests.Session()
+        s.trust_env = False
+        r = s.post(f"http://{self.CHALLTEST_MANAGEMENT}/dns-request-history", json={"host": host}, timeout=5)
+        r.raise_for_status()
+        return [q["Question"]["Qtype"] for q in r.json() or []]
+
     def stop(self) -> None:
         for p in reversed(self.procs):
             if p.poll() is None:
