@@ -184,7 +184,7 @@ def schedule_cmd(runbook: str, params_file: str, fmt: str, at: str, env_file: st
                 where = schedule.SYSTEMD_DIR if fmt == "systemd" else schedule.CRON_DIR
                 click.echo(f"# ---- {where / n}\n{s.files[n]}")
             console.print(f"runs daily: {s.command}\n  (hubops schedule {runbook} -p {params_file} --install "
-                          f"{'--format cron ' if fmt == 'cron' else ''}writes and enables it)")
+                          f"{'--format cron ' if fmt == 'cron' else ''}installs it)")
             return
         written = schedule.write(s, fmt, Path(dest) if dest else None)
         for f in written:
