@@ -12,7 +12,7 @@ import time
 
 import docker.errors
 
-from . import labels as L
+from . import labels as L, progress
 from .engine import Clients, docker_op
 from .params import Loaded
 from .result import Result
@@ -45,7 +45,8 @@ def teardown(p: Loaded, clients: Clients, *, remove_volumes: bool = False, remov
                     except docker.errors.NotFound:
                         pass
         if services and not dry_run:
-            _wait_containers_gone(clients, p, timeout)
+            with progress.step("wait for the deployment's containers to stop", total=timeout, unit="s"):
+                _wait_containers_gone(clients, p, timeout)
         for kind, coll in (("secret", c.secrets), ("config", c.configs), ("network", c.networks)):
             with docker_op(f"list {kind}s"):
                 objs = coll.list(filters=sel)
