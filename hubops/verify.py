@@ -40,7 +40,7 @@ class HubAPI:
     def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kw: Any) -> requests.Response:
         url = self.base + path
         try:
-            resp = self.s.request(method, url, timeout=self.timeout, **kw)
+            resp = self.s.request(method, url, **{"timeout": self.timeout, **kw})
         except requests.exceptions.SSLError as e:
             raise VerifyError(f"{url}: the certificate does not verify against {self.s.verify}: {e}") from e
         except requests.RequestException as e:
@@ -101,8 +101,9 @@ def verify_spawn(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Resul
     api.request("POST", f"/hub/api/users/{user}", ok=(201,))
     t0 = time.monotonic()
     try:
-        api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202))
         with progress.step(f"spawn a server for {user}", total=p.spawner.start_timeout + 30, unit="s"):
+            # The hub answers 202 only after its slow_spawn_timeout (10 s): wait longer than that.
+            api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202), timeout=30)
             api.wait_server(user, ready=True, timeout=p.spawner.start_timeout + 30)
         spawn_s = time.monotonic() - t0
         # The spawner escapes user names in service names: ask the hub which service it made.

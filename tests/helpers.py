@@ -51,3 +51,13 @@ def hubops_cli(*args: str, outputs: Path):
     env = {**os.environ, "HUBOPS_OUTPUTS": str(outputs)}
     return subprocess.run([sys.executable, "-m", "hubops.cli", *args], cwd=PROJECT, env=env,
                           capture_output=True, text=True, timeout=3600)
+
+
+def screenshot_path(name: str) -> Path:
+    """Where a browser test keeps a screenshot: a stable folder the closing note can name,
+    `outputs/screenshots/` (ignored by git) unless HUBOPS_SCREENSHOTS says otherwise."""
+    import os
+
+    folder = Path(os.environ.get("HUBOPS_SCREENSHOTS", PROJECT / "outputs" / "screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
