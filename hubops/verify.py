@@ -74,7 +74,8 @@ class HubAPI:
         if u is None:
             return
         if (u.get("servers") or {}).get(""):
-            self.request("DELETE", f"/hub/api/users/{name}/server", ok=(202, 204))
+            # As for the spawn: the hub answers 202 only after its slow_stop_timeout (10 s).
+            self.request("DELETE", f"/hub/api/users/{name}/server", ok=(202, 204), timeout=30)
             self.wait_server(name, ready=False, timeout=timeout)
         self.request("DELETE", f"/hub/api/users/{name}", ok=(204,))
 
