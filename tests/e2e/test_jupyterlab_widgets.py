@@ -3,7 +3,7 @@
 One JupyterLab (port 8890) serves copies of two runbooks, and the tests in this file run in order:
 
 1. `90-verify`, unedited (its default parameters: `parameters/local.yaml`, the deployment `local`,
-   which must be deployed: `make deploy`): "Run All" from the Run menu; the spawn's progress bar
+   used as it is when deployed, else deployed for the test and removed after): "Run All" from the Run menu; the spawn's progress bar
    renders and ends "done", the final status table renders, every cell ran, no traceback;
 2. `ops/teardown` on a scratch deployment `nb1` (swarm labels, its network, its auth configs and
    secrets): "Run All" stops at the confirmation widget; nothing is removed while it waits and the
@@ -145,6 +145,27 @@ def on_failure(request):
                 print(f"\nscreenshot of the failure: {shot}\n" + page.locator("body").inner_text()[-3000:])
 
 
+@pytest.fixture(scope="module")
+def local_hub(tmp_path_factory):
+    """The default deployment `local` that an unedited runbook talks to: used as it is when it runs
+    (an operator's `make deploy`), else deployed here from parameters/local.yaml and removed after."""
+    client = docker.from_env()
+    if client.services.list(filters={"name": "hubops-local-hub"}):
+        yield "already deployed"
+        return
+    outputs = tmp_path_factory.mktemp("local") / "outputs"
+    t0 = time.monotonic()
+    made = hubops_cli("deploy", "-p", "parameters/local.yaml", outputs=outputs)
+    print(f"\ndeployed `local` for the test in {time.monotonic() - t0:.1f} s")
+    try:
+        assert made.returncode == 0, made.stderr[-3000:]
+        yield "deployed by the test"
+    finally:
+        down = hubops_cli("ops", "teardown", "-p", "parameters/local.yaml", "--set", "confirm=true",
+                          "--set", "remove_volumes=true", outputs=outputs)
+        assert down.returncode == 0, down.stderr[-3000:]
+
+
 def open_notebook(browser, lab, path: str):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
@@ -202,12 +223,10 @@ def wait_all_ran(page, timeout_s: float) -> list[str]:
     raise AssertionError(f"not every cell ran within {timeout_s} s: prompts {prompts(page)}")
 
 
-def test_verify_runbook_runs_top_to_bottom_with_widgets(lab, browser, on_failure):
+def test_verify_runbook_runs_top_to_bottom_with_widgets(lab, browser, local_hub, on_failure):
     from playwright.sync_api import expect
 
-    client = docker.from_env()
-    assert client.services.list(filters={"name": "hubops-local-hub"}), \
-        "the default deployment `local` is not deployed: run `make deploy` (or hubops deploy -p parameters/local.yaml)"
+    print(f"\ndeployment local: {local_hub}")
     page, errors = open_notebook(browser, lab, "90-verify.ipynb")
     on_failure.append(page)
     t0 = time.monotonic()
@@ -228,6 +247,10 @@ def test_verify_runbook_runs_top_to_bottom_with_widgets(lab, browser, on_failure
     assert "Traceback" not in text, text[-3000:]
     bar.scroll_into_view_if_needed()
     shot = screenshot_path("jupyterlab-90-verify.png")
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+    page.locator(".jp-Cell").last.scroll_into_view_if_needed()
+    shot = screenshot_path("jupyterlab-90-verify-status.png")
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
     assert errors == [], errors
