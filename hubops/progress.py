@@ -194,9 +194,30 @@ async def confirm(question: str, *, answer: bool, plan: Any = None, dry_run: boo
     return await _ask(question, changes, action)
 
 
+def _kernel_delivers_comms_while_awaiting() -> bool:
+    """ipykernel 7.4 and later hand a widget's comm messages to a cell that awaits; older kernels
+    queue them behind the cell, so the answer would never arrive."""
+    import ipykernel
+
+    try:
+        major, minor = (int(x) for x in ipykernel.__version__.split(".")[:2])
+    except ValueError:
+        return True
+    return (major, minor) >= (7, 4)
+
+
 async def _ask(question: str, changes: list, action: str) -> bool:
     import ipywidgets as w
     from IPython.display import display
+
+    if not _kernel_delivers_comms_while_awaiting():
+        from .errors import HubopsError
+        import ipykernel
+
+        raise HubopsError(
+            f"{question} This kernel (ipykernel {ipykernel.__version__}) cannot receive a button's answer "
+            "while the cell runs: upgrade it (pip install 'ipykernel>=7.4', then restart the kernel), or run "
+            "the runbook headless (hubops ops NAME --set …), where its parameters decide")
 
     listed = "".join(f"<li><code>{html.escape(i.action)}</code> {html.escape(i.target)}</li>" for i in changes[:12])
     more = f"<li>… and {len(changes) - 12} more</li>" if len(changes) > 12 else ""
