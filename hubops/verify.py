@@ -25,7 +25,9 @@ log = logging.getLogger("hubops")
 class HubAPI:
     """A minimal client of the JupyterHub REST API with hubops's service token."""
 
-    def __init__(self, p: Loaded, *, timeout: float = 10):
+    # Longer than JupyterHub's slow_spawn_timeout and slow_stop_timeout (10 s), after which its API
+    # answers 202 and goes on in the background: a client giving up at 10 s races that answer.
+    def __init__(self, p: Loaded, *, timeout: float = 30):
         token = operator.read(p, "api-token")
         if not token:
             raise VerifyError(
@@ -40,7 +42,7 @@ class HubAPI:
     def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kw: Any) -> requests.Response:
         url = self.base + path
         try:
-            resp = self.s.request(method, url, **{"timeout": self.timeout, **kw})
+            resp = self.s.request(method, url, timeout=self.timeout, **kw)
         except requests.exceptions.SSLError as e:
             raise VerifyError(f"{url}: the certificate does not verify against {self.s.verify}: {e}") from e
         except requests.RequestException as e:
@@ -74,8 +76,7 @@ class HubAPI:
         if u is None:
             return
         if (u.get("servers") or {}).get(""):
-            # As for the spawn: the hub answers 202 only after its slow_stop_timeout (10 s).
-            self.request("DELETE", f"/hub/api/users/{name}/server", ok=(202, 204), timeout=30)
+            self.request("DELETE", f"/hub/api/users/{name}/server", ok=(202, 204))
             self.wait_server(name, ready=False, timeout=timeout)
         self.request("DELETE", f"/hub/api/users/{name}", ok=(204,))
 
@@ -103,8 +104,7 @@ def verify_spawn(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Resul
     t0 = time.monotonic()
     try:
         with progress.step(f"spawn a server for {user}", total=p.spawner.start_timeout + 30, unit="s"):
-            # The hub answers 202 only after its slow_spawn_timeout (10 s): wait longer than that.
-            api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202), timeout=30)
+            api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202))
             api.wait_server(user, ready=True, timeout=p.spawner.start_timeout + 30)
         spawn_s = time.monotonic() - t0
         # The spawner escapes user names in service names: ask the hub which service it made.
