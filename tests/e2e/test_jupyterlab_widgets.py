@@ -6,8 +6,9 @@ One JupyterLab (port 8890) serves copies of two runbooks, and the tests in this 
    used as it is when deployed, else deployed for the test and removed after): "Run All" from the Run menu; the spawn's progress bar
    renders and ends "done", the final status table renders, every cell ran, no traceback;
 2. `ops/teardown` on a scratch deployment `nb1` (swarm labels, its network, its auth configs and
-   secrets): "Run All" stops at the confirmation widget; nothing is removed while it waits and the
-   cells after it have not run; one click on "Remove", and everything labelled `nb1` is gone.
+   secrets), answered "No, plan only": every cell runs, the record is a plan, nothing is removed;
+3. the same, answered "Remove": "Run All" stops at the confirmation widget; nothing is removed while
+   it waits and the cells after it have not run; one click, and everything labelled `nb1` is gone.
 
 Screenshots go to `outputs/screenshots/` (or `$HUBOPS_SCREENSHOTS`); each path is printed.
 """
@@ -257,20 +258,44 @@ def test_verify_runbook_runs_top_to_bottom_with_widgets(lab, browser, local_hub,
     page.close()
 
 
+def teardown_copy(lab, scratch, name: str) -> str:
+    """runbooks/ops/teardown.ipynb with only its parameter file pointed at the scratch deployment."""
+    nb = nbformat.read(PROJECT / "runbooks/ops/teardown.ipynb", as_version=4)
+    params = nb.cells[1]
+    assert "parameters" in params.metadata.tags
+    params.source = params.source.replace('"parameters/local.yaml"', json.dumps(str(scratch["params"])), 1)
+    assert str(scratch["params"]) in params.source
+    nbformat.write(nb, lab["root"] / "ops" / name)
+    return f"ops/{name}"
+
+
+def test_teardown_declined_changes_nothing(lab, browser, scratch, on_failure):
+    from playwright.sync_api import expect
+
+    client = scratch["client"]
+    before = labelled(client, SCRATCH)
+    page, errors = open_notebook(browser, lab, teardown_copy(lab, scratch, "teardown-declined.ipynb"))
+    on_failure.append(page)
+    run_all(page)
+    ask = page.locator(".hubops-confirm")
+    ask.wait_for(timeout=60_000)
+    ask.get_by_role("button", name="No, plan only").click()
+    got = wait_all_ran(page, 120)
+    print(f"\ndeclined: every cell ran, prompts {got}")
+    expect(ask).to_contain_text("declined at")
+    expect(page.locator(".jp-Cell").last.locator("table.hubops-result")).to_contain_text("would remove")
+    assert labelled(client, SCRATCH) == before, "declining removed something"
+    assert errors == [], errors
+    page.close()
+
+
 def test_teardown_waits_for_the_confirmation_widget(lab, browser, scratch, on_failure):
     from playwright.sync_api import expect
 
     client = scratch["client"]
     before = labelled(client, SCRATCH)
     assert any(o.startswith("network ") for o in before) and any(o.startswith("secret ") for o in before), before
-    nb = nbformat.read(PROJECT / "runbooks/ops/teardown.ipynb", as_version=4)
-    params = nb.cells[1]
-    assert "parameters" in params.metadata.tags
-    params.source = params.source.replace('"parameters/local.yaml"', json.dumps(str(scratch["params"])), 1)
-    assert str(scratch["params"]) in params.source
-    nbformat.write(nb, lab["root"] / "ops" / "teardown.ipynb")
-
-    page, errors = open_notebook(browser, lab, "ops/teardown.ipynb")
+    page, errors = open_notebook(browser, lab, teardown_copy(lab, scratch, "teardown.ipynb"))
     on_failure.append(page)
     t0 = time.monotonic()
     run_all(page)
