@@ -16,12 +16,14 @@ from .errors import (  # noqa: F401
     TLSError,
     VerifyError,
 )
+from . import progress  # noqa: F401  (progress widgets and confirmation)
 from .params import load_params
+from .progress import confirm
 from .record import record
 from .result import Result
 
 __version__ = "0.1.0"
-__all__ = ["Clients", "Result", "load_params", "record", "log_to_notebook", "__version__"]
+__all__ = ["Clients", "Result", "confirm", "load_params", "record", "log_to_notebook", "__version__"]
 
 
 def log_to_notebook(level: int = logging.INFO) -> None:

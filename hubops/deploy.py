@@ -21,7 +21,7 @@ import docker.errors
 import docker.types
 import requests
 
-from . import hubconfig, images, labels as L, operator, secrets, tls
+from . import hubconfig, images, labels as L, operator, progress, secrets, tls
 from .engine import Clients, docker_op
 from .errors import DockerOpError, HubopsError
 from .params import Loaded
@@ -217,6 +217,11 @@ def wait_until_serving(p: Loaded, clients: Clients, *, changed: bool) -> float:
 
     Raises DockerOpError when Swarm rolled the update back or the task keeps failing.
     """
+    with progress.step(f"wait for {p.hub_service} to serve", total=p.hub.start_timeout, unit="s"):
+        return _wait_until_serving(p, clients, changed=changed)
+
+
+def _wait_until_serving(p: Loaded, clients: Clients, *, changed: bool) -> float:
     c = clients.manager
     t0 = time.monotonic()
     deadline = t0 + p.hub.start_timeout

@@ -28,6 +28,7 @@ import docker.errors
 from hubops.engine import docker_op
 from hubops.errors import DockerOpError, HubopsError, ImageBuildError, ParameterError
 from hubops.labels import MANAGED, labels
+from hubops.progress import step as progress_step
 from hubops.result import Result
 
 log = logging.getLogger("hubops")
@@ -38,6 +39,7 @@ BASE_IMAGE = "hubops-base:bookworm"
 EXTRA_CA_NAME = "extra-ca.pem"
 _TAIL_LINES = 30
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STEP = re.compile(r"Step (\d+)/(\d+) ")
 
 
 # --------------------------------------------------------------------------------------
@@ -132,8 +134,9 @@ def _debootstrap_import(client: docker.DockerClient, *, name: str, suite: str, m
     try:
         cmd = [exe, "--variant=minbase", suite, str(root), mirror]
         log.info("bootstrapping %s: %s", name, " ".join(cmd))
-        proc = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+        with progress_step(f"debootstrap {suite} for {name} (about 40 s)"):
+            proc = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
         if proc.returncode != 0:
             tail = "\n".join(proc.stdout.splitlines()[-20:])
             raise HubopsError(
@@ -265,7 +268,8 @@ def _build(client: docker.DockerClient, kind: str, *, ref: str, ctx: Path, base:
            timeout: int) -> str:
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     image_id = None
-    with tempfile.TemporaryDirectory(prefix=f"hubops-ctx-{kind}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"hubops-ctx-{kind}-") as tmp, \
+            progress_step(f"build {ref}", unit="steps") as bar:
         # A temp copy: the CA bundle must never be written into the project's images/ dir.
         work = Path(tmp) / kind
         shutil.copytree(ctx, work, symlinks=False)
@@ -292,6 +296,9 @@ def _build(client: docker.DockerClient, kind: str, *, ref: str, ctx: Path, base:
                             "%s build: %s", kind, line)
                     if progress is not None:
                         progress(line)
+                    numbered = _STEP.match(line)
+                    if numbered:  # "Step 3/12 : RUN …": steps 1 and 2 are done
+                        bar.update(int(numbered[1]) - 1, total=int(numbered[2]), note=line[:80])
         except ImageBuildError:
             raise
         except (docker.errors.DockerException, OSError) as e:
@@ -356,22 +363,33 @@ def ensure_images_on_nodes(
         return res
 
     t0 = time.monotonic()
+    # One bar for the whole delivery, made here (the cell's thread) and fed by the loaders' threads.
+    sizes = {ref: source.images.get(ref).attrs.get("Size") or 0 for ref in want}
+    total = sum(sizes[ref] for node_refs in todo.values() for ref in node_refs)
+    sent = [0]
+    lock = threading.Lock()
 
-    def deliver(node: str) -> None:
-        for ref in todo[node]:
-            _stream_image(source, clients[node], node, ref)
+    with progress_step(f"load {len(want)} image(s) onto {', '.join(todo)}", total=total or None, unit="B") as bar:
+        def count(n: int, note: str) -> None:
+            with lock:
+                sent[0] += n
+                bar.update(sent[0], note=note)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(todo))),
-                            thread_name_prefix="hubops-load") as pool:
-        futures = {node: pool.submit(deliver, node) for node in todo}
-        errors = []
-        for node, fut in futures.items():
-            try:
-                fut.result()
-            except HubopsError as e:
-                errors.append(e)
-        if errors:
-            raise errors[0]
+        def deliver(node: str) -> None:
+            for ref in todo[node]:
+                _stream_image(source, clients[node], node, ref, on_chunk=count)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(todo))),
+                                thread_name_prefix="hubops-load") as pool:
+            futures = {node: pool.submit(deliver, node) for node in todo}
+            errors = []
+            for node, fut in futures.items():
+                try:
+                    fut.result()
+                except HubopsError as e:
+                    errors.append(e)
+            if errors:
+                raise errors[0]
     res.facts["seconds"] = round(time.monotonic() - t0, 1)
 
     for node, node_refs in todo.items():
@@ -385,7 +403,7 @@ def ensure_images_on_nodes(
 
 
 def _stream_image(source: docker.DockerClient, target: docker.DockerClient, node: str,
-                  ref: str) -> None:
+                  ref: str, on_chunk: Callable[[int, str], None] | None = None) -> None:
     """Stream `ref` from the source engine into `target` without a file in between."""
     t0 = time.monotonic()
     sent = 0
@@ -394,6 +412,8 @@ def _stream_image(source: docker.DockerClient, target: docker.DockerClient, node
         nonlocal sent
         for chunk in source.api.get_image(ref):
             sent += len(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk), f"{ref} → {node}")
             yield chunk
 
     log.info("loading %s onto %s", ref, node)

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import docker
 import docker.errors
 
-from . import hubconfig, images, labels as L, preflight, swarm
+from . import hubconfig, images, labels as L, preflight, progress, swarm
 from .engine import Clients, docker_op
 from .errors import ConflictError, DockerOpError, HubopsError
 from .params import Loaded
@@ -189,7 +189,8 @@ def remove_node(p: Loaded, clients: Clients, name: str, *, notice_seconds: float
     with docker_op(f"drain node {name}"):
         node.reload()
         node.update(spec)
-    _wait_empty(c, node.id, name, timeout)
+    with progress.step(f"drain {name}: Swarm moves its tasks", total=timeout, unit="s"):
+        _wait_empty(c, node.id, name, timeout)
     after = {row["service"]: row for row in placements(p, c)}
     moved = [{"user": b["user"] or b["service"], "from": name, "to": after.get(b["service"], {}).get("node", "-"),
               "state": after.get(b["service"], {}).get("state", "gone")} for b in before]

@@ -282,6 +282,7 @@ def run_chain(
     """Run the deploy chain, or one day-2 runbook (`runbook="remove-node"`, with its parameters),
     or resume a run. Returns the run; its manifest says how it went."""
     p = load_params(params_file)  # refused here, before any notebook or API call
+    os.environ["HUBOPS_HEADLESS"] = "1"  # the stages' kernels inherit it: plain progress lines, no widgets
     if resume:
         run = Run.load(resume)
         check = ledger.verify_run(run.dir)

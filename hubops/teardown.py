@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import docker.errors
 
-from . import labels as L
+from . import labels as L, progress
 from .engine import Clients, docker_op
 from .params import Loaded
 from .result import Result
@@ -57,7 +57,8 @@ def teardown(p: Loaded, clients: Clients, *, remove_volumes: bool = False, remov
                     except docker.errors.NotFound:
                         pass
         if services and not dry_run:
-            _wait_containers_gone(clients, p, timeout)
+            with progress.step("wait for the deployment's containers to stop", total=timeout, unit="s"):
+                _wait_containers_gone(clients, p, timeout)
     _remove_stray_containers(p, clients, r, dry_run)
     if _in_swarm(c):
         for kind, coll in (("secret", c.secrets), ("config", c.configs), ("network", c.networks)):

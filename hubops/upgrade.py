@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import backup as _backup, deploy, images, secrets
+from . import backup as _backup, deploy, images, progress, secrets
 from .engine import Clients
 from .errors import DockerOpError, HubopsError, ParameterError
 from .params import Loaded
@@ -172,7 +172,8 @@ def upgrade(p: Loaded, clients: Clients, *, image: str = "", jupyterhub_version:
     applied = deploy.ensure_hub(p, clients, hub_image=target, wait=False)
     up.items += [i for i in applied.items if i.target == f"service {p.hub_service}"]
     timeout = p.hub.start_timeout + 180
-    verdict, status, waited = wait_for_verdict(p, clients, before=before, timeout=timeout)
+    with progress.step(f"wait for Swarm's verdict on {p.hub_service}", total=timeout, unit="s"):
+        verdict, status, waited = wait_for_verdict(p, clients, before=before, timeout=timeout)
     svc = deploy._find_service(c, p)
     now = _service_image(svc)
     up.facts.update({"verdict": "upgraded" if verdict == "completed" else verdict, "swarm_said": status.get("Message", ""), "verdict_after_s": round(waited, 1)})

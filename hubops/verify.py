@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from . import labels as L, operator, tls
+from . import labels as L, operator, progress, tls
 from .engine import Clients, docker_op
 from .errors import VerifyError
 from .params import Loaded
@@ -107,10 +107,11 @@ def verify_spawn(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Resul
     api.request("POST", f"/hub/api/users/{user}", ok=(201,))
     t0 = time.monotonic()
     try:
-        # The hub holds this request while the spawn runs, up to its slow_spawn_timeout (10 s), and
-        # answers 202 after that: a client timeout of 10 s loses that race on a busy cluster.
-        api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202), timeout=SPAWN_REQUEST_TIMEOUT)
-        api.wait_server(user, ready=True, timeout=p.spawner.start_timeout + 30)
+        with progress.step(f"spawn a server for {user}", total=p.spawner.start_timeout + 30, unit="s"):
+            # The hub holds this request while the spawn runs, up to its slow_spawn_timeout (10 s), and
+            # answers 202 after that: a client timeout of 10 s loses that race on a busy cluster.
+            api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202), timeout=SPAWN_REQUEST_TIMEOUT)
+            api.wait_server(user, ready=True, timeout=p.spawner.start_timeout + 30)
         spawn_s = time.monotonic() - t0
         # The spawner escapes user names in service names: ask the hub which service it made.
         state = ((api.user(user) or {}).get("servers") or {}).get("", {}).get("state") or {}

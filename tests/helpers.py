@@ -68,3 +68,59 @@ def admin_session(p, user: str = "operator"):
     assert r.status_code == 302, r.text[:300]
     s.headers["X-XSRFToken"] = s.cookies.get("_xsrf")
     return s
+
+
+def screenshot_path(name: str) -> Path:
+    """Where a browser test keeps a screenshot: a stable folder the closing note can name,
+    `outputs/screenshots/` (ignored by git) unless HUBOPS_SCREENSHOTS says otherwise."""
+    import os
+
+    folder = Path(os.environ.get("HUBOPS_SCREENSHOTS", PROJECT / "outputs" / "screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def deployment_secrets(p, client) -> dict[str, str]:
+    """Every secret value of a deployment whose hub runs on `client`'s engine, by name: the operator
+    folder's credentials and keys, every Swarm secret as the hub's container sees it in /run/secrets
+    (cookie secret, proxy token, crypt key, passwords, API token, TLS key; the certificate is public),
+    and the swarm's worker and manager join tokens."""
+    values: dict[str, str] = {}
+    for f in sorted(p.operator_path.glob("*")):
+        if f.is_file() and (f.suffix != ".pem" or "key" in f.name):  # ca.pem and certificates are public
+            values[f"operator/{f.name}"] = f.read_text().strip()
+    hub = client.containers.list(filters={"label": f"com.docker.swarm.service.name={p.hub_service}"})
+    assert hub, f"no running container of {p.hub_service}: the secrets inside it cannot be read"
+    names = hub[0].exec_run(["ls", "/run/secrets"]).output.decode().split()
+    for name in names:
+        if not name.endswith("tls-cert"):
+            values[f"swarm secret {name}"] = hub[0].exec_run(["cat", f"/run/secrets/{name}"]).output.decode().strip()
+    client.swarm.reload()
+    for role, token in (client.swarm.attrs.get("JoinTokens") or {}).items():
+        values[f"join token {role.lower()}"] = token
+    return {k: v for k, v in values.items() if v}
+
+
+def secret_hits(values: dict[str, str], roots: list[Path], logs: dict[str, str]) -> list[str]:
+    """Where any value appears, as text, base64 or one of its PEM body lines: in every file under
+    `roots` (read as bytes) and in each captured log. Empty when clean."""
+    import base64
+
+    needles: dict[bytes, str] = {}
+    for name, v in values.items():
+        needles[v.encode()] = name
+        needles[base64.b64encode(v.encode())] = f"{name} (base64)"
+        if "-----BEGIN" in v:
+            for line in v.splitlines():
+                if line and not line.startswith("-----"):
+                    needles[line.encode()] = f"{name} (PEM line)"
+    hits = []
+    for root in roots:
+        for f in sorted(root.rglob("*")):
+            if f.is_file():
+                data = f.read_bytes()
+                hits += [f"{f}: {what}" for n, what in needles.items() if n in data]
+    for label, text in logs.items():
+        data = text.encode()
+        hits += [f"{label}: {what}" for n, what in needles.items() if n in data]
+    return hits

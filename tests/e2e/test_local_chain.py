@@ -6,12 +6,12 @@ and torn down at the end.
 - the hub serves HTTPS verified against the deployment's CA, and the generated admin password
   logs in through the real login form;
 - a second deploy changes nothing, and the hub answers throughout;
-- no secret (passwords, API token, private keys, as text or base64) appears under the run's folder;
+- no secret (passwords, API token, private keys, Swarm secrets, join tokens; as text, base64 or PEM
+  lines) appears under the run's folder or in the CLI's log;
 - teardown leaves no object labelled for the deployment.
 """
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -24,7 +24,7 @@ import requests
 from hubops import teardown
 from hubops.engine import Clients
 from hubops.params import load_params
-from tests.helpers import hubops_cli, make_params
+from tests.helpers import deployment_secrets, hubops_cli, make_params, secret_hits
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 PROJECT = Path(__file__).resolve().parents[2]
@@ -171,6 +171,7 @@ def test_second_deploy_changes_nothing_and_the_hub_keeps_serving(deployed):
         stop.set()
         t.join()
     warm_s = time.monotonic() - t0
+    deployed["warm"] = warm  # its log is scanned for secrets too
     print(f"\nwarm deploy: {warm_s:.1f} s (cold was {deployed['cold_s']:.1f} s)")
     assert warm.returncode == 0, warm.stderr[-4000:]
     run = runs(deployed["outputs"])[-1]
@@ -180,22 +181,20 @@ def test_second_deploy_changes_nothing_and_the_hub_keeps_serving(deployed):
     assert answered > 5 and not failures, failures
 
 
-def test_no_secret_under_the_run_folder(deployed):
+def test_no_secret_under_the_run_folder_or_in_the_cli_log(deployed):
+    """Scanned: every file under the outputs folder (each run's notebooks, run.json, index.html
+    and stage pages: the plan, the cold and the warm deploy), and the CLI's whole stdout and stderr
+    of those three commands. Looked for: every value of deployment_secrets (the operator folder's
+    passwords, API token and private keys; every Swarm secret as the hub reads it: cookie secret,
+    proxy token, crypt key, passwords, API token, TLS key; the swarm's join tokens), as text, as
+    base64, and each private key's PEM body lines."""
     p = deployed["p"]
-    values = []
-    for name in ("user-password", "admin-password", "api-token", "ca-key.pem", "tls-key.pem"):
-        text = (p.operator_path / name).read_text().strip()
-        values.append(text)
-        if name.endswith(".pem"):
-            # the key's base64 body lines, as they would appear in a leaked PEM
-            values += [line for line in text.splitlines() if line and not line.startswith("-----")]
-    needles = set()
-    for v in values:
-        needles.add(v.encode())
-        needles.add(base64.b64encode(v.encode()))
-    hits = []
-    for f in deployed["outputs"].rglob("*"):
-        if f.is_file():
-            data = f.read_bytes()
-            hits += [f"{f.name}" for n in needles if n in data]
+    values = deployment_secrets(p, docker.from_env())
+    assert any("cookie-secret" in k for k in values) and any("join token" in k for k in values), sorted(values)
+    logs = {f"{name} {stream}": getattr(deployed[name], stream)
+            for name in ("plan", "cold", "warm") if name in deployed for stream in ("stdout", "stderr")}
+    assert len(logs) == 6, "the warm deploy's log is missing: run the whole module in order"
+    files = [f for f in deployed["outputs"].rglob("*") if f.is_file()]
+    print(f"\nsecret scan: {len(values)} values x 2-3 forms over {len(files)} files and {len(logs)} CLI logs")
+    hits = secret_hits(values, [deployed["outputs"]], logs)
     assert not hits, f"secrets found in {hits}"

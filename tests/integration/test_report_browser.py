@@ -16,6 +16,7 @@ import nbformat
 import pytest
 
 from hubops import runner
+from tests.helpers import screenshot_path
 
 PROJECT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -83,7 +84,7 @@ def browser():
             b.close()
 
 
-def test_report_and_a_stage_page_render_in_a_browser(served, browser, tmp_path):
+def test_report_and_a_stage_page_render_in_a_browser(served, browser):
     from playwright.sync_api import expect
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -104,9 +105,10 @@ def test_report_and_a_stage_page_render_in_a_browser(served, browser, tmp_path):
     expect(page.locator("tr[data-stage='10-broken']")).to_contain_text("the host is unreachable")
     expect(page.locator("table.changes")).to_contain_text("thing 00-first")
     expect(page.locator("#verdict")).to_contain_text("intact")
-    shot = tmp_path / "report.png"
+    shot = screenshot_path("report.png")
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 0
+    print(f"\nscreenshot of the report: {shot}")
 
     page.locator("tr[data-stage='00-first'] a").first.click()
     page.wait_for_load_state("load")
@@ -115,9 +117,10 @@ def test_report_and_a_stage_page_render_in_a_browser(served, browser, tmp_path):
     expect(page.get_by_role("link", name="the run's summary")).to_be_visible()
     expect(page.locator("body")).to_contain_text("thing 00-first")
     assert "injected-parameters" not in page.content() and "local.yaml" not in page.inner_text("body")
-    stage_shot = tmp_path / "stage.png"
+    stage_shot = screenshot_path("report-stage.png")
     page.screenshot(path=str(stage_shot), full_page=True)
     assert stage_shot.stat().st_size > 0
+    print(f"screenshot of a stage page: {stage_shot}")
 
     assert errors == [], errors
     assert outside == [], f"the pages reached beyond the local server: {outside}"

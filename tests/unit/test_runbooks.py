@@ -41,5 +41,6 @@ def test_runbook_contract(path):
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"{path.name}: stored outputs"
             assert "try:" not in cell.source, f"{path.name}: no try/except in notebooks"
+    assert "widgets" not in nb.metadata, f"{path.name}: widget state saved by JupyterLab; clear it"
     last = nb.cells[-1]
     assert last.cell_type == "code" and last.source.startswith(f'hubops.record("{path.stem}"')
