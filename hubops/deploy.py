@@ -256,15 +256,17 @@ def wait_until_serving(p: Loaded, clients: Clients, *, changed: bool) -> float:
         if tasks and not running:
             last = tasks[0]["Status"].get("Err") or tasks[0]["Status"]["State"]
         if running and converged:
-            try:
-                resp = session.get(f"{p.hub_url}/hub/health", timeout=5)
-                if resp.status_code == 200:
-                    return round(time.monotonic() - t0, 1)
-                last = f"HTTP {resp.status_code}"
-            except requests.exceptions.SSLError as e:
-                raise HubopsError(f"{p.hub_url}: the hub's certificate does not verify against {session.verify}: {e}") from e
-            except requests.RequestException as e:
-                last = e.__class__.__name__
+            # The hub answers on the node it runs on; with storage.hub shared-path that may be any manager.
+            for url in p.hub_urls:
+                try:
+                    resp = session.get(f"{url}/hub/health", timeout=5)
+                    if resp.status_code == 200:
+                        return round(time.monotonic() - t0, 1)
+                    last = f"HTTP {resp.status_code}"
+                except requests.exceptions.SSLError as e:
+                    raise HubopsError(f"{url}: the hub's certificate does not verify against {session.verify}: {e}") from e
+                except requests.RequestException as e:
+                    last = e.__class__.__name__
         time.sleep(0.5)
     raise DockerOpError(
         f"service {p.hub_service} did not answer at {p.hub_url}/hub/health within {p.hub.start_timeout} s "

@@ -549,6 +549,19 @@ class Params(_Model):
         return f"https://{self.hub.public_name}{port}"
 
     @property
+    def hub_urls(self) -> list[str]:
+        """Where hubops looks for the hub: hub_url, and, when the hub can move to another manager, each
+        manager's advertise address that the certificate names (hub.extra_names), in the managers' order.
+        Users reach a moved hub by the DNS name pointed at its new manager (or a floating address)."""
+        urls = [self.hub_url]
+        if self.hub_can_move:
+            port = "" if self.hub.https_port == 443 else f":{self.hub.https_port}"
+            names = set(self.cert_names)
+            urls += [f"https://{m.advertise_addr}{port}" for m in self.hosts.managers
+                     if m.advertise_addr in names and m.advertise_addr != self.hub.public_name]
+        return urls
+
+    @property
     def cert_names(self) -> list[str]:
         return list(dict.fromkeys([self.hub.public_name, *self.hub.extra_names]))
 

@@ -25,17 +25,27 @@ log = logging.getLogger("hubops")
 class HubAPI:
     """A minimal client of the JupyterHub REST API with hubops's service token."""
 
-    def __init__(self, p: Loaded, *, timeout: float = 10):
+    # More than the hub's slow_spawn_timeout and slow_stop_timeout (10 s): the hub answers a start or
+    # stop request within them (202 when still pending), and a client giving up at the same moment races it.
+    def __init__(self, p: Loaded, *, timeout: float = 30):
         token = operator.read(p, "api-token")
         if not token:
             raise VerifyError(
                 f"no hub API token in {p.operator_path}/api-token: run 80-deploy from this machine first "
                 "(the token is generated there and kept in the operator folder)"
             )
-        self.base = p.hub_url
         self.s = tls.hub_session(p)
+        self.base = p.hub_url
+        if len(p.hub_urls) > 1:  # the hub may run on any manager: the first address where it answers
+            self.base = next((u for u in p.hub_urls if self._health(u)), p.hub_url)
         self.s.headers["Authorization"] = f"token {token.decode().strip()}"
         self.timeout = timeout
+
+    def _health(self, url: str) -> bool:
+        try:
+            return self.s.get(f"{url}/hub/health", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
 
     def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kw: Any) -> requests.Response:
         url = self.base + path
@@ -89,7 +99,7 @@ def verify_spawn(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Resul
     stop_timeout = p.spawner.start_timeout
 
     info = api.request("GET", "/hub/api/").json()
-    r.check(f"GET {p.hub_url}/hub/api/", f"JupyterHub {info.get('version')}, certificate verified")
+    r.check(f"GET {api.base}/hub/api/", f"JupyterHub {info.get('version')}, certificate verified")
     hub_users = {u["name"] for u in api.request("GET", "/hub/api/users").json()}
     r.facts["hub_version"] = info.get("version")
 
@@ -115,7 +125,7 @@ def verify_spawn(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Resul
         r.check(f"service {svc_name}", f"spawned by SwarmSpawner in {spawn_s:.1f} s, running on node {node}")
         t1 = time.monotonic()
         status = api.request("GET", f"/user/{user}/api/status").json()
-        r.check(f"GET {p.hub_url}/user/{user}/api/status", f"200 through the proxy in {time.monotonic() - t1:.2f} s")
+        r.check(f"GET {api.base}/user/{user}/api/status", f"200 through the proxy in {time.monotonic() - t1:.2f} s")
         r.facts.update({"spawn_seconds": round(spawn_s, 2), "server_node": node,
                         "server_started": status.get("started"), "kernels": status.get("kernels")})
     finally:
