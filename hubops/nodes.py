@@ -186,12 +186,26 @@ def running_containers(p: Loaded, clients: Clients) -> list[dict[str, Any]]:
 
 
 # -- notices on the hub's pages -----------------------------------------------------------
+def hub_node(p: Loaded, clients: Clients) -> str:
+    """The host the hub's task runs on: the hub's manager, unless the hub moved (storage.hub shared-path)."""
+    if not p.hub_can_move:
+        return p.hub_host.name
+    c = clients.manager
+    with docker_op("find the hub's task"):
+        tasks = c.api.tasks(filters={"service": p.hub_service, "desired-state": "running"})
+        for t in tasks:
+            if t["Status"]["State"] == "running" and t.get("NodeID"):
+                return _node_name(p, c.nodes.get(t["NodeID"]))
+    return p.hub_host.name
+
+
 def _hub_container(p: Loaded, clients: Clients):
-    hc = clients[p.hub_host.name]
-    with docker_op("find the hub container", p.hub_host.name):
+    node = hub_node(p, clients)
+    hc = clients[node]
+    with docker_op("find the hub container", node):
         found = hc.containers.list(filters={"label": [*L.selector(p.deployment), f"{L.ROLE}=hub"], "status": "running"})
     if not found:
-        raise HubopsError(f"no running hub container of deployment {p.deployment} on {p.hub_host.name}")
+        raise HubopsError(f"no running hub container of deployment {p.deployment} on {node}")
     return found[0]
 
 
@@ -203,7 +217,7 @@ def announce(p: Loaded, clients: Clients, notes: dict[str, str]) -> None:
         info = tarfile.TarInfo(name=hubconfig.ANNOUNCEMENTS.rsplit("/", 1)[1])
         info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
         tar.addfile(info, io.BytesIO(data))
-    with docker_op("write the hub's announcements", p.hub_host.name):
+    with docker_op("write the hub's announcements"):
         _hub_container(p, clients).put_archive(hubconfig.DATA_DIR, buf.getvalue())
 
 

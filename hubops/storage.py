@@ -1,7 +1,9 @@
 """70-storage: the hub's data volume (its SQLite database) on the hub's node, and a check that users'
 homes can be kept as storage.users says (shared path on every node, volume driver installed).
 
-A volume on one manager pins the hub to that node; `status` says so. Undo: teardown with
+A volume on one manager pins the hub to that node; `status` says so. With storage.hub.mode
+shared-path the database is in a directory every manager mounts at the same path (checked here),
+and the hub may run on any manager. Undo: teardown with
 remove_volumes (the hub database is kept unless asked).
 """
 from __future__ import annotations
