@@ -18,9 +18,12 @@ resolve to the hub node's address, an ACME server that does not answer or is not
 ACME error (the server's own message is shown, e.g. a rate limit), and port 80 of the hub node
 not reachable (probed from this machine with a known file before the challenge is answered).
 
-DNS-01 is the extension point for hubs whose port 80 cannot be opened: a challenge answerer
-with the same shape as `_responder` (publish `challb.validation(key)` as a TXT record through a
-DNS provider's API, yield, remove it) would slot in where `_responder` is used below.
+Challenges are answered by a `ChallengeSolver` chosen by `tls.acme.challenge` from `SOLVERS`.
+HTTP-01 (`Http01Solver`, the responder above) is the only one hubops ships. DNS-01, for hubs whose
+port 80 cannot be opened, is the extension point: a `Dns01Solver` whose `answering` publishes each
+challenge's `validation` as the TXT record ``_acme-challenge.NAME`` through a DNS provider's API,
+waits until the provider's authoritative servers serve it, yields, and removes the records also
+on failure; register it in `SOLVERS` and accept "dns-01" in `params.TLSAcme._challenge`.
 """
 from __future__ import annotations
 
@@ -67,6 +70,45 @@ class Issued:
     fullchain: bytes
     key: bytes
     info: tls.CertInfo
+
+
+# -- answering challenges -----------------------------------------------------------------
+@dataclass
+class Challenge:
+    """One challenge to answer: its name, the token and the key authorization `validation`
+    (HTTP-01: the file's content; DNS-01: what the TXT record must be derived from)."""
+
+    name: str
+    token: str
+    validation: str
+    challb: Any  # acme.messages.ChallengeBody
+    response: Any  # acme.challenges.ChallengeResponse
+
+
+class ChallengeSolver:
+    """How one ACME challenge type is answered; see the module docstring for adding DNS-01."""
+
+    typ: str = ""  # the ACME challenge type, e.g. "http-01"
+
+    def answering(self, p: Loaded, clients: Clients, r: Result, challenges: list[Challenge]):
+        """A context manager: every challenge is answerable while the block runs (the ACME server
+        is told to validate inside it), and nothing of it is left after, also on failure. Checks
+        that can fail (reachability, propagation) belong before the `yield`, with a TLSError
+        saying what to fix."""
+        raise NotImplementedError
+
+
+class Http01Solver(ChallengeSolver):
+    """HTTP-01: a short-lived responder service serving the files on port 80 of the hub's node."""
+
+    typ = "http-01"
+
+    def answering(self, p: Loaded, clients: Clients, r: Result, challenges: list[Challenge]):
+        return _responder(p, clients, r, {c.token: c.validation for c in challenges})
+
+
+# tls.acme.challenge -> its solver. params.TLSAcme accepts exactly these names.
+SOLVERS: dict[str, ChallengeSolver] = {"http-01": Http01Solver()}
 
 
 # -- reading what is there ----------------------------------------------------------------
@@ -302,27 +344,28 @@ def issue(p: Loaded, clients: Clients, r: Result, *, stage: str = "40-tls") -> I
     except (messages.Error, acme_errors.Error) as e:
         raise _acme_error(url, f"open an order for {', '.join(p.cert_names)}", e) from None
 
-    # Each name's authorization: an HTTP-01 challenge, unless the server still holds a valid one.
-    files: dict[str, str] = {}
-    answers = []
+    # Each name's authorization: a challenge of the configured type (tls.acme.challenge), unless
+    # the server still holds a valid authorization.
+    solver = SOLVERS[acme.challenge]
+    answers: list[Challenge] = []
     for authz in order.authorizations:
         if authz.body.status == messages.STATUS_VALID:
             r.check(f"authorization {authz.body.identifier.value}", "still valid at the ACME server")
             continue
-        http01 = [c for c in authz.body.challenges if c.chall.typ == "http-01"]
-        if not http01:
-            raise TLSError(f"ACME server {url} offers no http-01 challenge for {authz.body.identifier.value} "
+        offered = [c for c in authz.body.challenges if c.chall.typ == solver.typ]
+        if not offered:
+            raise TLSError(f"ACME server {url} offers no {solver.typ} challenge for {authz.body.identifier.value} "
                            f"(only {', '.join(c.chall.typ for c in authz.body.challenges)})")
-        challb = http01[0]
+        challb = offered[0]
         response, validation = challb.response_and_validation(net.key)
-        files[challb.chall.encode("token")] = validation
-        answers.append((challb, response))
+        answers.append(Challenge(authz.body.identifier.value, challb.chall.encode("token"), validation,
+                                 challb, response))
     deadline = dt.datetime.now() + dt.timedelta(seconds=ISSUE_TIMEOUT)
     try:
         if answers:
-            with _responder(p, clients, r, files):
-                for challb, response in answers:
-                    client.answer_challenge(challb, response)
+            with solver.answering(p, clients, r, answers):
+                for ch in answers:
+                    client.answer_challenge(ch.challb, ch.response)
                 order = client.poll_and_finalize(order, deadline)
         else:
             order = client.finalize_order(order, deadline)

@@ -157,6 +157,48 @@ def ops(runbook: str, params_file: str, settings: tuple[str, ...], plan: bool, t
         sys.exit(1)
 
 
+@main.command("schedule")
+@click.argument("runbook", metavar="RUNBOOK", type=click.Choice(["renew-tls"]))
+@click.option("-p", "--params", "params_file", default=DEFAULT_PARAMS, show_default=True,
+              type=click.Path(dir_okay=False), help="the deployment's parameter file")
+@click.option("--format", "fmt", type=click.Choice(["systemd", "cron"]), default="systemd", show_default=True,
+              help="a systemd service + timer pair, or a cron.d entry")
+@click.option("--at", default="03:17", show_default=True, help="daily time, HH:MM local (systemd adds up to 15 min)")
+@click.option("--env-file", type=click.Path(dir_okay=False), help="NAME=VALUE file for {env: NAME} secrets")
+@click.option("--lock", type=click.Path(dir_okay=False), help="lock file (default /run/lock/hubops-RUNBOOK-DEPLOYMENT.lock)")
+@click.option("--dest", type=click.Path(file_okay=False), help="write the files into this directory")
+@click.option("--install", is_flag=True, help="write into /etc/systemd/system (and enable the timer) or /etc/cron.d")
+def schedule_cmd(runbook: str, params_file: str, fmt: str, at: str, env_file: str | None, lock: str | None,
+                 dest: str | None, install: bool) -> None:
+    """Run RUNBOOK daily without a person (renew-tls: a no-op unless the certificate is due).
+
+    Prints the unit files (or cron.d entry) unless --dest or --install is given."""
+    from . import schedule
+
+    try:
+        p = load_params(params_file)
+        s = schedule.plan(p, runbook, at=at, env_file=Path(env_file) if env_file else None,
+                          lock=Path(lock) if lock else None)
+        names = [f"{s.name}.service", f"{s.name}.timer"] if fmt == "systemd" else [s.name]
+        if not (dest or install):
+            for n in names:
+                where = schedule.SYSTEMD_DIR if fmt == "systemd" else schedule.CRON_DIR
+                click.echo(f"# ---- {where / n}\n{s.files[n]}")
+            console.print(f"runs daily: {s.command}\n  (hubops schedule {runbook} -p {params_file} --install "
+                          f"{'--format cron ' if fmt == 'cron' else ''}installs it)")
+            return
+        written = schedule.write(s, fmt, Path(dest) if dest else None)
+        for f in written:
+            console.print(f"wrote {f}")
+        if install and not dest and fmt == "systemd":
+            out = schedule.enable(s)
+            console.print(f"enabled {s.name}.timer{': ' + out if out else ''}")
+    except ParameterError as e:
+        _fail(e, 2)
+    except HubopsError as e:
+        _fail(e, 1)
+
+
 @main.command("check")
 @click.option("-p", "--params", "params_file", default=DEFAULT_PARAMS, show_default=True)
 def check(params_file: str) -> None:

@@ -38,5 +38,9 @@ class BackupError(HubopsError):
     """A backup cannot be made, or is refused for a restore (corrupt, partial, not a hub database)."""
 
 
+class ScheduleError(HubopsError):
+    """A scheduled run (systemd timer, cron.d entry) cannot be written or installed as asked."""
+
+
 class StageFailed(HubopsError):
     """A stage notebook failed while the chain runner executed it."""

@@ -222,12 +222,16 @@ class TLSAcme(_Model):
     @field_validator("challenge")
     @classmethod
     def _challenge(cls, v: str) -> str:
+        # The names hubops.acme_tls.SOLVERS answers (a unit test keeps the two in step).
         if v == "dns-01":
-            # The extension point: a DNS provider's API would publish the TXT record here.
-            raise ValueError("dns-01 is not implemented yet (it needs a DNS provider's API); use http-01, "
-                             "which needs port 80 of the hub's node reachable from the ACME server")
+            raise ValueError(
+                "dns-01 is not implemented yet (it needs a DNS provider's API): use http-01, which needs port 80 "
+                "of the hub's node reachable from the ACME server. To add dns-01, implement a ChallengeSolver in "
+                "hubops/acme_tls.py whose answering() publishes the TXT record _acme-challenge.NAME for each "
+                "challenge through the provider's API and removes it afterwards, register it in acme_tls.SOLVERS "
+                "and accept dns-01 here (see the acme_tls module docstring)")
         if v != "http-01":
-            raise ValueError(f"{v!r}: the challenge is http-01")
+            raise ValueError(f"{v!r}: the challenge is http-01 (dns-01 is a documented extension point)")
         return v
 
     @field_validator("public_addr")

@@ -7,18 +7,24 @@ a new certificate and key (ACME, or the local CA in self-signed mode), stores th
 versions of the Swarm secrets `tls-cert` and `tls-key`, updates the hub service to them
 (80-deploy's `ensure_hub`, which then removes the old versions), checks that the hub serves the
 new certificate (SHA-256 fingerprints compared), and that every user's server that answered
-before still answers. The hub restarts once: how long it stopped answering is measured by
+before still answers. Two renewals of one deployment never overlap: a run holds
+``renew-tls.lock`` in the operator folder (flock), and one that finds it held stops at once,
+changing nothing. The hub restarts once: how long it stopped answering is measured by
 polling /hub/health every 0.2 s during the update and recorded as `downtime_s`.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
 import socket
 import ssl
 import threading
 import time
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
 from . import deploy, operator, secrets, tls
 from .engine import Clients
@@ -29,6 +35,7 @@ from .result import Result
 log = logging.getLogger("hubops")
 STAGE = "renew-tls"
 POLL_INTERVAL = 0.2
+LOCK = "renew-tls.lock"  # in the operator folder: held while a renewal runs
 
 
 def served_certificate(p: Loaded, *, timeout: float = 10) -> tuple[str, bytes]:
@@ -112,8 +119,36 @@ def _answers(api, user: str) -> bool:
         return False
 
 
+@contextmanager
+def exclusive(p: Loaded) -> Iterator[Path]:
+    """Hold the deployment's renewal lock (LOCK in the operator folder) for the block; a
+    HubopsError at once when another renew-tls of the deployment holds it (on this machine)."""
+    operator.folder(p)
+    path = p.operator_path / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HubopsError(
+                f"another renew-tls of deployment {p.deployment} is running (it holds {path}); nothing was done. "
+                "Let it finish (a scheduled run does too), then look at its record (`hubops record list`)"
+            ) from None
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def renew_tls(p: Loaded, clients: Clients, *, force: bool = False, dry_run: bool = False) -> Result:
-    """Renew the hub's certificate when due (or `force`), rotate its Swarm secrets, update the hub."""
+    """Renew the hub's certificate when due (or `force`), rotate its Swarm secrets, update the hub.
+    Two renewals of one deployment never overlap (`exclusive`); a plan takes no lock."""
+    if dry_run:
+        return _renew_tls(p, clients, force=force, dry_run=True)
+    with exclusive(p):
+        return _renew_tls(p, clients, force=force, dry_run=False)
+
+
+def _renew_tls(p: Loaded, clients: Clients, *, force: bool, dry_run: bool) -> Result:
     from .verify import HubAPI
 
     r = Result("renew-tls", dry_run=dry_run)

@@ -9,6 +9,7 @@ the network), so a record can be read offline, and every page passes through the
 """
 from __future__ import annotations
 
+import functools
 import html
 import logging
 from datetime import datetime, timezone
@@ -51,7 +52,9 @@ _STAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 """
 
 
+@functools.lru_cache(maxsize=1)
 def _exporter():
+    """One exporter per process: building one compiles the templates, which costs more than a page."""
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 

@@ -11,6 +11,7 @@ save seals the manifest's hash chain (see `ledger`), so a later edit shows up in
 """
 from __future__ import annotations
 
+import collections
 import getpass
 import json
 import logging
@@ -25,7 +26,7 @@ from typing import Any, Callable, Optional
 
 import nbformat
 
-from . import ledger
+from . import kernels, ledger
 from .errors import HubopsError, ParameterError
 from .params import Loaded, load_params
 from .record import read_record
@@ -169,11 +170,13 @@ def _seal_stage(run: Run, entry: dict[str, Any], out: Path, redact: Optional[Red
 
 
 def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, timeout: int,
-                  redact: Optional[Redactor] = None, p: Optional[Loaded] = None) -> StageOutcome:
+                  redact: Optional[Redactor] = None, p: Optional[Loaded] = None,
+                  kernel: Optional[kernels.Prestarted] = None) -> StageOutcome:
     """Run one stage notebook into the run directory and record its outcome in run.json.
 
     With `p`, the deployment's secrets are read again after the stage and redacted from its
-    notebook and entry; `redact` adds to them (or is used alone without `p`)."""
+    notebook and entry; `redact` adds to them (or is used alone without `p`). With `kernel`, the
+    stage runs in that kernel started ahead (see `kernels`), which is shut down after it."""
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
@@ -181,25 +184,27 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
     src = PROJECT / entry["runbook"]
     out = run.dir / f"{entry['name']}.ipynb"
     # A stage run again (resume) starts a fresh entry: nothing from the failed attempt is kept.
-    for stale in ("error", "notebook_sha256", "changed", "changes", "dry_run", "kept", "duration_s", "finished"):
+    for stale in ("error", "notebook_sha256", "changed", "changes", "dry_run", "kept", "duration_s", "cells_s",
+                  "finished"):
         entry.pop(stale, None)
     entry.update(status="running", started=_now(), notebook=out.name)
     run.save()
     t0 = time.monotonic()
     error: Optional[dict[str, Any]] = None
+    km = kernel.take() if kernel is not None else None
     try:
         pm.execute_notebook(
             str(src), str(out),
             parameters={**run.manifest.get("runbook_parameters", {}), "params_file": str(params_file),
                         "dry_run": dry_run},
-            kernel_name="python3",
+            kernel_name=kernels.KERNEL,
             cwd=str(PROJECT),
             execution_timeout=timeout,
             progress_bar=False,
             log_output=False,
             report_mode=False,
-            # The kernel's own start-up chatter (e.g. "running over TCP") is not the stage's output.
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            extra_arguments=list(kernels.KERNEL_ARGS),
+            **({"km": km} if km is not None else {}),
         )
     except pm.PapermillExecutionError as e:
         error = {"cell": e.exec_count, "ename": e.ename, "evalue": e.evalue}
@@ -210,6 +215,8 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
         log.debug("timeout detail: %s", e)
     except DeadKernelError as e:
         error = {"cell": _mark_stopped_cell(out, f"the kernel died: {e}"), "ename": "DeadKernelError", "evalue": str(e)}
+    finally:
+        kernels.shutdown(km)
     entry["duration_s"] = round(time.monotonic() - t0, 2)
     entry["finished"] = _now()
     if p is not None:  # the secrets as they are after the stage: it may have made new ones
@@ -219,6 +226,8 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
         redact = fresh
     nb = nbformat.read(out, as_version=4) if out.exists() else None
     rec = read_record(nb) if nb is not None else None
+    if nb is not None:  # the stage's own work; the rest of duration_s is kernel start and papermill
+        entry["cells_s"] = round(sum((c.metadata.get("papermill") or {}).get("duration") or 0 for c in nb.cells), 2)
     if error is None and rec is None:
         error = {"cell": None, "ename": "NoRecord", "evalue": "the stage finished without recording its results"}
     if rec is not None:
@@ -305,12 +314,18 @@ def run_chain(
     run.save()
     t0 = time.monotonic()
     failed = False
+    todo = [i for i, entry in enumerate(run.manifest["stages"]) if entry["status"] != "ok"]
+    # Each stage's kernel is started while the stages before it run (see `kernels`).
+    ahead = collections.deque(kernels.Prestarted(PROJECT) for _ in todo[:kernels.AHEAD])
     try:
-        for i, entry in enumerate(run.manifest["stages"]):
-            if entry["status"] == "ok":
-                continue
+        for n, i in enumerate(todo):
+            entry = run.manifest["stages"][i]
             on_stage(entry["name"], "start", entry)
-            outcome = execute_stage(run, i, params_file=p.source, dry_run=dry_run, timeout=timeout, p=p)
+            kernel = ahead.popleft() if ahead else None
+            if n + kernels.AHEAD < len(todo):
+                ahead.append(kernels.Prestarted(PROJECT))
+            outcome = execute_stage(run, i, params_file=p.source, dry_run=dry_run, timeout=timeout, p=p,
+                                    kernel=kernel)
             on_stage(entry["name"], outcome.status, outcome.entry)
             if outcome.status != "ok":
                 failed = True
@@ -337,6 +352,9 @@ def run_chain(
         except Exception as report_error:  # noqa: BLE001 - the interruption is what the caller must see
             log.warning("could not write the report of the interrupted run: %s", report_error)
         raise
+    finally:
+        for unused in ahead:  # a stage failed, or the run was interrupted, before their stages
+            unused.discard()
     run.manifest["status"] = "failed" if failed else "ok"
     run.manifest["finished"] = _now()
     run.manifest["duration_s"] = round(run.manifest.get("duration_s", 0) + time.monotonic() - t0, 2)

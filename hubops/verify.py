@@ -20,13 +20,16 @@ from .params import Loaded
 from .result import Result
 
 log = logging.getLogger("hubops")
+# Seconds to wait for the hub's answer to "start this server" (JupyterHub's slow_spawn_timeout is
+# 10 s; then it answers 202 and the spawn goes on).
+SPAWN_REQUEST_TIMEOUT = 40
 
 
 class HubAPI:
     """A minimal client of the JupyterHub REST API with hubops's service token."""
 
-    # More than the hub's slow_spawn_timeout and slow_stop_timeout (10 s): the hub answers a start or
-    # stop request within them (202 when still pending), and a client giving up at the same moment races it.
+    # Longer than JupyterHub's slow_spawn_timeout and slow_stop_timeout (10 s), after which its API
+    # answers 202 and goes on in the background: a client giving up at 10 s races that answer.
     def __init__(self, p: Loaded, *, timeout: float = 30):
         token = operator.read(p, "api-token")
         if not token:
@@ -47,10 +50,11 @@ class HubAPI:
         except requests.RequestException:
             return False
 
-    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kw: Any) -> requests.Response:
+    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), timeout: float | None = None,
+                **kw: Any) -> requests.Response:
         url = self.base + path
         try:
-            resp = self.s.request(method, url, timeout=self.timeout, **kw)
+            resp = self.s.request(method, url, timeout=timeout or self.timeout, **kw)
         except requests.exceptions.SSLError as e:
             raise VerifyError(f"{url}: the certificate does not verify against {self.s.verify}: {e}") from e
         except requests.RequestException as e:
@@ -111,7 +115,9 @@ def verify_spawn(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Resul
     api.request("POST", f"/hub/api/users/{user}", ok=(201,))
     t0 = time.monotonic()
     try:
-        api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202))
+        # The hub holds this request while the spawn runs, up to its slow_spawn_timeout (10 s), and
+        # answers 202 after that: a client timeout of 10 s loses that race on a busy cluster.
+        api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202), timeout=SPAWN_REQUEST_TIMEOUT)
         api.wait_server(user, ready=True, timeout=p.spawner.start_timeout + 30)
         spawn_s = time.monotonic() - t0
         # The spawner escapes user names in service names: ask the hub which service it made.

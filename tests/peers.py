@@ -42,15 +42,27 @@ def _free(port: int, host: str = "127.0.0.1") -> bool:
 class Pebble:
     """pebble + pebble-challtestsrv, configured in `workdir`; `start()`, then `stop()`."""
 
+    # Default ports (the local suite's); a suite running beside it passes its own.
     LISTEN = "127.0.0.1:14000"
     MANAGEMENT = "127.0.0.1:15000"
     DNS = "127.0.0.1:8053"
     CHALLTEST_MANAGEMENT = "127.0.0.1:8055"
 
-    def __init__(self, workdir: Path, *, resolve_to: str = "127.0.0.1", http_port: int = 80):
+    def __init__(self, workdir: Path, *, resolve_to: str = "127.0.0.1", http_port: int = 80,
+                 acme_port: int | None = None, management_port: int | None = None,
+                 dns_port: int | None = None, challtest_management_port: int | None = None):
         self.dir = workdir
         self.resolve_to = resolve_to
         self.http_port = http_port
+
+        def at(default: str, port: int | None) -> str:
+            return default if port is None else f"{default.rsplit(':', 1)[0]}:{port}"
+
+        # Instance attributes shadow the class defaults, so two Pebbles can run side by side.
+        self.LISTEN = at(Pebble.LISTEN, acme_port)
+        self.MANAGEMENT = at(Pebble.MANAGEMENT, management_port)
+        self.DNS = at(Pebble.DNS, dns_port)
+        self.CHALLTEST_MANAGEMENT = at(Pebble.CHALLTEST_MANAGEMENT, challtest_management_port)
         self.procs: list[subprocess.Popen] = []
         self.log = workdir / "pebble.log"
         self.https_ca = workdir / "pebble-https-ca.pem"   # signs Pebble's own HTTPS listener
@@ -115,6 +127,14 @@ class Pebble:
         """How many ACME requests Pebble logged (for paths starting with `path`, e.g. "/order-plz")."""
         return len(re.findall(rf"(?:GET|HEAD|POST) {re.escape(path)}\S* -> calling handler", self.log.read_text(errors="replace")))
 
+    def dns_queries(self, host: str) -> list[int]:
+        """The query types (1: A, 28: AAAA) challtestsrv answered for `host`: whom Pebble asked."""
+        s = requests.Session()
+        s.trust_env = False
+        r = s.post(f"http://{self.CHALLTEST_MANAGEMENT}/dns-request-history", json={"host": host}, timeout=5)
+        r.raise_for_status()
+        return [q["Question"]["Qtype"] for q in r.json() or []]
+
     def stop(self) -> None:
         for p in reversed(self.procs):
             if p.poll() is None:
@@ -128,10 +148,12 @@ class Pebble:
 
 
 class FakeGitHub:
-    """A GitHub-compatible OAuth endpoint (GitHub Enterprise layout) on 0.0.0.0, reached at
-    http://ADDRESS:PORT, with ADDRESS the host's address the hub's container reaches."""
+    """A GitHub-compatible OAuth endpoint (GitHub Enterprise layout) listening on `bind`:`port`
+    (default 0.0.0.0 and a free port), reached at http://ADDRESS:PORT, with ADDRESS the host's
+    address the hub's container reaches."""
 
-    def __init__(self, address: str, *, client_id: str, client_secret: str):
+    def __init__(self, address: str, *, client_id: str, client_secret: str, port: int = 0,
+                 bind: str = "0.0.0.0"):
         self.address = address
         self.client_id, self.client_secret = client_id, client_secret
         self.login: str | None = None  # who "signs in at GitHub" on the next authorize
@@ -139,7 +161,7 @@ class FakeGitHub:
         self.tokens: dict[str, str] = {}
         self.log: list[str] = []
         self.token_requests_bad_secret = 0
-        self.server = ThreadingHTTPServer(("0.0.0.0", 0), self._handler())
+        self.server = ThreadingHTTPServer((bind, port), self._handler())
         self.port = self.server.server_address[1]
         self.url = f"http://{address}:{self.port}"
         self._t = threading.Thread(target=self.server.serve_forever, name="fake-github", daemon=True)

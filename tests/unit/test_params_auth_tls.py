@@ -183,3 +183,27 @@ def test_github_bad_values_refused(tmp_path, monkeypatch, patch, key, hint):
     with pytest.raises(ParameterError) as e:
         load_params(write(tmp_path, GITHUB.replace("client_id: cid", patch)))
     assert f"p.yaml: {key}" in str(e.value) and hint in str(e.value), str(e.value)
+
+
+def test_dns01_refusal_says_what_to_implement(tmp_path):
+    with pytest.raises(ParameterError) as e:
+        load_params(write(tmp_path, ACME.replace("email: ops@example.org", "email: ops@example.org, challenge: dns-01")))
+    msg = str(e.value)
+    for what in ("p.yaml: tls.acme.challenge", "use http-01", "ChallengeSolver", "hubops/acme_tls.py",
+                 "_acme-challenge.NAME", "acme_tls.SOLVERS"):
+        assert what in msg, msg
+
+
+def test_accepted_challenges_are_the_solvers(tmp_path):
+    """params accepts exactly the challenge types acme_tls can answer."""
+    from hubops import acme_tls
+
+    accepted = set()
+    for typ in ("http-01", "dns-01", "tls-alpn-01"):
+        try:
+            load_params(write(tmp_path, ACME.replace("email: ops@example.org", f"email: ops@example.org, challenge: {typ}")))
+            accepted.add(typ)
+        except ParameterError:
+            pass
+    assert accepted == set(acme_tls.SOLVERS) == {"http-01"}
+    assert all(s.typ == k and isinstance(s, acme_tls.ChallengeSolver) for k, s in acme_tls.SOLVERS.items())

@@ -95,3 +95,36 @@ def test_resume_refuses_a_changed_parameter_file(chain, tmp_path):
     params.write_text(params.read_text() + "\n# edited\n")
     with pytest.raises(Exception, match="changed since run"):
         runner.run_chain(params, resume=run.id)
+
+
+@pytest.mark.parametrize("ahead", [2, 0])
+def test_each_stage_runs_in_its_own_kernel_and_none_is_left_running(tmp_path, monkeypatch, ahead):
+    """Kernels are started ahead of their stages (hubops.kernels; 0: not at all); every stage
+    still gets a fresh one, and the ones started for stages that never ran are shut down when a
+    stage fails."""
+    import psutil
+
+    from hubops import kernels
+
+    monkeypatch.setattr(kernels, "AHEAD", ahead)
+    monkeypatch.setattr(runner, "OUTPUTS", tmp_path / "outputs")
+    pid_cell = "import os\nprint('kernel pid', os.getpid())"
+    stages = [notebook(tmp_path / f"{i}0-s.ipynb", pid_cell, RECORD.format(name=f"{i}0-s")) for i in range(3)]
+    stages.append(notebook(tmp_path / "30-fails.ipynb", pid_cell, "raise RuntimeError('stop here')"))
+    stages += [notebook(tmp_path / f"{i}0-never.ipynb", RECORD.format(name=f"{i}0-never")) for i in (4, 5, 6)]
+    monkeypatch.setattr(runner, "deploy_stages", lambda: stages)
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
+    run = runner.run_chain(PROJECT / "parameters/local.yaml")
+    m = json.loads((run.dir / "run.json").read_text())
+    assert [s["status"] for s in m["stages"]] == ["ok"] * 3 + ["failed"] + ["pending"] * 3
+    pids = []
+    for s in m["stages"][:4]:
+        nb = nbformat.read(run.dir / s["notebook"], as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert [c.execution_count for c in code][:3] == [1, 2, 3], "the warm-up left no trace in the counts"
+        pids.append(int(code[2].outputs[0]["text"].split()[-1]))
+        assert s["cells_s"] <= s["duration_s"]
+    assert len(set(pids)) == 4, f"stages shared a kernel: {pids}"
+    left = [c for c in psutil.Process().children(recursive=True) if c.pid not in before and c.is_running()
+            and c.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"kernels left running after the run: {[c.cmdline() for c in left]}"
