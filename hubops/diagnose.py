@@ -134,20 +134,27 @@ def _task_row(t: dict, nodes: dict[str, str]) -> dict[str, Any]:
 
 
 def certificate(p: Loaded, timeout: float = 5) -> dict[str, Any]:
-    """The certificate the hub presents (not verified here: this reads it, 40-tls checks it)."""
+    """The certificate the hub presents (not verified here: this reads it, 40-tls checks it), at the
+    first of its addresses that answers (a hub that can move may answer on another manager)."""
     from cryptography import x509
 
-    u = urlsplit(p.hub_url)
-    host, port = u.hostname or "localhost", u.port or 443
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            with ctx.wrap_socket(sock, server_hostname=host) as tls:
-                der = tls.getpeercert(binary_form=True)
-    except OSError as e:
-        return {"error": f"{host}:{port}: {e.__class__.__name__}: {e}"}
+    errors = []
+    der = None
+    for url in p.hub_urls:
+        u = urlsplit(url)
+        host, port = u.hostname or "localhost", u.port or 443
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                with ctx.wrap_socket(sock, server_hostname=urlsplit(p.hub_url).hostname or host) as tls:
+                    der = tls.getpeercert(binary_form=True)
+            break
+        except OSError as e:
+            errors.append(f"{host}:{port}: {e.__class__.__name__}: {e}")
+    if der is None:
+        return {"error": "; ".join(errors)}
     cert = x509.load_der_x509_certificate(der)
     not_after = cert.not_valid_after_utc
     days = (not_after - dt.datetime.now(dt.timezone.utc)).total_seconds() / 86400
