@@ -103,6 +103,10 @@ def swarm_health(p: Loaded, clients: Clients) -> dict[str, Any]:
 
 def quorum_lost_text(p: Loaded, health: dict[str, Any]) -> str:
     """What losing quorum means and how to recover, naming a surviving manager."""
+    answering = [r for r in health["rows"] if r["engine"].startswith("answers")]
+    if answering and all(r["swarm"] == "inactive" for r in answering):
+        return ("NO SWARM: the managers' engines answer but none is in a swarm; run `hubops deploy` "
+                "(20-swarm makes it)")
     alive = next((r for r in health["rows"] if r["engine"].startswith("answers")), None)
     where = (f"on the surviving manager {alive['manager']} ({alive['address']}): "
              f"`docker swarm init --force-new-cluster --advertise-addr {alive['address']}`"

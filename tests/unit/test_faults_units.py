@@ -179,3 +179,18 @@ def test_a_swarm_without_leader_does_not_make_the_hub_drop_running_servers(tmp_p
     assert asyncio.run(s.poll()) == 0
     s.answer = {"ID": "svc1"}
     assert asyncio.run(s.poll()) is None and s.object_id == "svc1"
+
+
+def test_quorum_lost_names_the_surviving_manager_and_the_recovery(tmp_path):
+    from hubops.nodes import quorum_lost_text
+
+    p = load_params(three(tmp_path, ""))
+    rows = [{"manager": "m1", "address": "10.0.0.1", "engine": "NO ANSWER (down or unreachable)", "swarm": ""},
+            {"manager": "m2", "address": "10.0.0.2", "engine": "answers (Docker 26.1)", "swarm": "active"},
+            {"manager": "m3", "address": "10.0.0.3", "engine": "NO ANSWER (down or unreachable)", "swarm": ""}]
+    text = quorum_lost_text(p, {"rows": rows, "reachable": 1, "total": 3})
+    assert text.startswith("QUORUM LOST: 1 of 3 managers reachable (down: m1, m3)")
+    assert "surviving manager m2 (10.0.0.2): `docker swarm init --force-new-cluster --advertise-addr 10.0.0.2`" in text
+    assert "keep serving" in text and "start the managers that are down again" in text
+    idle = [dict(r, engine="answers (Docker 26.1)", swarm="inactive") for r in rows]
+    assert quorum_lost_text(p, {"rows": idle, "reachable": 0, "total": 3}).startswith("NO SWARM")
