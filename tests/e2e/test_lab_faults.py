@@ -12,7 +12,8 @@ and one deployment are shared by the tests in this file, in order:
   with its users and their running servers; `status` still works (through another manager);
 - (item 9) two of three managers lose power: `status` and `diagnose` say the quorum is lost and name
   the recovery (`docker swarm init --force-new-cluster` on the surviving manager); users' servers
-  keep serving; the managers come back and the quorum with them.
+  keep serving; the managers come back and the quorum with them;
+- a backup and a restore with the hub's database on the shared path.
 
 Recovery times are printed, never asserted (targets live in bench/README.md).
 """
@@ -458,3 +459,28 @@ def test_quorum_lost_status_and_diagnose_say_so_and_servers_keep_serving(cluster
     assert status.returncode == 0
     text = notebook_text(cluster["outputs"] / runs(cluster["outputs"])[-1]["run_id"] / "status.ipynb")
     assert "3 of 3 reachable: quorum kept" in text, text[:3000]
+
+
+def test_backup_and_restore_with_the_hubs_data_on_shared_storage(cluster):
+    """With storage.hub shared-path the database is in storage.hub.path, not in a volume: a backup is
+    taken from the hub's container wherever it runs, and a restore puts the database back there."""
+    ensure_deployed(cluster)
+    p, outputs = cluster["p"], cluster["outputs"]
+    t0 = time.monotonic()
+    r = cli("ops", "backup", "-p", str(cluster["params"]), "--set", "reason=faults", outputs=outputs)
+    assert r.returncode == 0, r.stderr[-3000:]
+    api = api_at(p)
+    api.request("POST", "/hub/api/users/dave", ok=(201,))  # made after the backup: the restore drops it
+    r = cli("ops", "restore", "-p", str(cluster["params"]), "--set", "backup=latest", "--set", "confirm=true",
+            outputs=outputs)
+    assert r.returncode == 0, r.stderr[-3000:]
+    timing("backup, then restore onto the shared path (hub down and up again)", time.monotonic() - t0)
+    text = notebook_text(outputs / runs(outputs)[-1]["run_id"] / "restore.ipynb")
+    assert f"{p.storage.hub.path} (storage.hub.path)" in text, text[:3000]
+    api = api_at(p)
+    users = {u["name"]: u for u in api.request("GET", "/hub/api/users").json()}
+    assert "dave" not in users and {"alice", "bob"} <= set(users)
+    for user in ("alice", "bob"):
+        assert (users[user].get("servers") or {}).get("", {}).get("ready") is True, users[user]
+        wait_answers(api, user, 60)
+    assert (Path(p.storage.hub.path) / "jupyterhub.sqlite").is_file()
