@@ -1110,20 +1110,3 @@ def kill_node(*, name: str = "lab", node: str, run_root: Path = RUN_ROOT) -> lis
     what = [f"killed {len(victims)} process(es) of {node} (engine pid {engine or '-'})"]
     log.info("lab %s: %s", name, what[0])
     return what
-
-
-def cut_link(*, name: str = "lab", node: str, up: bool = False) -> str:
-    """Cut a lab node's network link (its veth on the lab bridge goes down), or mend it with
-    `up=True`: the host and everything on it keep running, unreachable (a network partition)."""
-    _check_name(name)
-    _preflight("fault")
-    data = _read_state(STATE_ROOT / name)
-    if data is None:
-        raise HubopsError(f"lab {name} is not up")
-    n = next((x for x in _nodes_from_state(data) if x.name == node), None)
-    if n is None:
-        raise HubopsError(f"lab {name} has no node {node!r}")
-    _run(["ip", "link", "set", n.veth, "up" if up else "down"])
-    what = f"link of {node} ({n.veth}) {'up' if up else 'cut'}"
-    log.info("lab %s: %s", name, what)
-    return what
