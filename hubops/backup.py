@@ -227,11 +227,11 @@ def backup(p: Loaded, clients: Clients, *, reason: str = "", dry_run: bool = Fal
     svc = _hub_service(p, clients)
     ctr = _hub_container(p, clients)
     tmp = f"/tmp/hubops-backup-{os.getpid()}-{int(time.time())}.sqlite"
-    with docker_op("copy the hub database inside its container", p.hub_host.name):
+    with docker_op("copy the hub database inside its container"):
         code, (out, err) = ctr.exec_run(["python3", "-c", _COPY_SCRIPT, DB_PATH, tmp], demux=True)
     try:
         if code != 0:
-            raise BackupError(f"copying {DB_PATH} in the hub's container on {p.hub_host.name} failed "
+            raise BackupError(f"copying {DB_PATH} in the hub's container failed "
                               f"(exit {code}): {(err or b'').decode(errors='replace')[-500:]}")
         inside = json.loads((out or b"{}").decode().strip().splitlines()[-1])
         db = _copy_out(ctr, tmp)
@@ -376,40 +376,57 @@ def check_backup(p: Loaded, which: str = "latest") -> Result:
 # -- restore ------------------------------------------------------------------------------------
 def _schema_head(p: Loaded, clients: Clients, image: str) -> dict[str, str]:
     """The database schema revision the hub's image expects (a throwaway container on the hub node)."""
-    hc = clients[p.hub_host.name]
-    with docker_op(f"read the schema revision of {image}", p.hub_host.name):
+    node = _data_node(p, clients)
+    hc = clients[node]
+    with docker_op(f"read the schema revision of {image}", node):
         out = hc.containers.run(image, ["python3", "-c", _HEAD_SCRIPT], remove=True, network_mode="none",
                                 labels=L.labels(p.deployment, "restore", role="restore-check"))
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
+def _data_node(p: Loaded, clients: Clients) -> str:
+    """Where the hub's data is reached: its manager's volume, or, when it is on storage every manager
+    mounts (storage.hub shared-path), the first manager whose engine answers."""
+    return clients.manager_name if p.hub_can_move else p.hub_host.name
+
+
+def _data_where(p: Loaded) -> str:
+    return f"{p.storage.hub.path} (storage.hub.path)" if p.hub_can_move else f"volume {p.hub_volume} on {p.hub_host.name}"
+
+
 def _wait_hub_stopped(p: Loaded, clients: Clients, timeout: float = 90) -> None:
-    hc = clients[p.hub_host.name]
+    # A hub that can move may run on any manager: every manager whose engine answers is asked.
+    nodes = [m.name for m in p.hosts.managers if clients.answers(m.name)] if p.hub_can_move else [p.hub_host.name]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = hc.containers.list(filters={"label": [*L.selector(p.deployment), f"{L.ROLE}=hub"]})
+        running = [n for n in nodes
+                   if clients[n].containers.list(filters={"label": [*L.selector(p.deployment), f"{L.ROLE}=hub"]})]
         if not running:
             return
         time.sleep(0.5)
-    raise DockerOpError(f"the hub's container on {p.hub_host.name} still runs {timeout:.0f} s after scaling "
+    raise DockerOpError(f"the hub's container on {', '.join(running)} still runs {timeout:.0f} s after scaling "
                         f"{p.hub_service} to 0; see `docker service ps {p.hub_service}`")
 
 
 def _place_db(p: Loaded, clients: Clients, image: str, db: Path, sha: str) -> None:
-    """Put the backup's database into the hub's volume (the hub is stopped)."""
-    node = p.hub_host.name
+    """Put the backup's database where the hub keeps it (the hub is stopped)."""
+    node = _data_node(p, clients)
     hc = clients[node]
-    with docker_op(f"inspect volume {p.hub_volume}", node):
-        try:
-            hc.volumes.get(p.hub_volume)
-        except docker.errors.NotFound:
-            raise HubopsError(f"volume {p.hub_volume} is missing on {node}: run 70-storage and 80-deploy first") from None
+    if p.hub_can_move:
+        mount = docker.types.Mount("/data", str(p.storage.hub.path), type="bind")
+    else:
+        mount = docker.types.Mount("/data", p.hub_volume, type="volume")
+        with docker_op(f"inspect volume {p.hub_volume}", node):
+            try:
+                hc.volumes.get(p.hub_volume)
+            except docker.errors.NotFound:
+                raise HubopsError(f"volume {p.hub_volume} is missing on {node}: run 70-storage and 80-deploy first") from None
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(str(db), arcname=".hubops-restore.sqlite")
-    with docker_op(f"put the database into volume {p.hub_volume}", node):
+    with docker_op(f"put the database into {_data_where(p)}", node):
         ctr = hc.containers.create(image, ["python3", "-c", _PLACE_SCRIPT, sha], user="0:0", network_mode="none",
-                                   mounts=[docker.types.Mount("/data", p.hub_volume, type="volume")],
+                                   mounts=[mount],
                                    labels=L.labels(p.deployment, "restore", role="restore"))
         try:
             ctr.put_archive("/data", buf.getvalue())
@@ -419,7 +436,7 @@ def _place_db(p: Loaded, clients: Clients, image: str, db: Path, sha: str) -> No
         finally:
             ctr.remove(force=True)
     if status.get("StatusCode") != 0:
-        raise DockerOpError(f"replacing the database in volume {p.hub_volume} on {node} failed: {logs[-500:]}")
+        raise DockerOpError(f"replacing the database in {_data_where(p)} failed: {logs[-500:]}")
 
 
 def _scale(svc, replicas: int) -> None:
@@ -477,7 +494,7 @@ def restore(p: Loaded, clients: Clients, which: str = "latest", *, safety_backup
     results.append(r)
     size = m["files"][DB]["bytes"]
     r.change("update", f"service {p.hub_service}", "scaled to 0: the hub stops (users' servers keep running)")
-    r.change("update", f"volume {p.hub_volume} on {p.hub_host.name}",
+    r.change("update", _data_where(p),
              f"{DB} replaced by the backup's ({size} bytes, sha256 {m['files'][DB]['sha256'][:16]})")
     r.change("update", f"service {p.hub_service}", "scaled to 1: the hub starts on the restored database")
     if dry_run:

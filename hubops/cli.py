@@ -14,6 +14,7 @@ from rich.table import Table
 from . import runner
 from .errors import HubopsError, ParameterError
 from .params import load_params
+from .record import stopped_stage
 
 console = Console(stderr=True)
 DEFAULT_PARAMS = "parameters/local.yaml"
@@ -251,7 +252,8 @@ def record_list() -> None:
         v = verify_run(d.parent)
         try:
             m = json.loads(d.read_text())
-            t.add_row(m["run_id"], m["status"], m["who"], m["started"], str(m.get("duration_s", "")),
+            stopped = stopped_stage(m)
+            t.add_row(m["run_id"], f"stopped in {stopped}" if stopped else m["status"], m["who"], m["started"], str(m.get("duration_s", "")),
                       str(m.get("changed", "")), Path(m["params_file"]).name, _verdict_word(v))
         except (ValueError, KeyError, TypeError):
             t.add_row(d.parent.name, "?", "", "", "", "", "", _verdict_word(v))
@@ -301,6 +303,11 @@ def record_show(run_id: str) -> None:
 
     m = run.manifest
     Console().print(f"{m['run_id']}: {m['status']} ({m['kind']}, {m.get('duration_s')} s, by {m['who']} on {m['machine']})")
+    stopped = stopped_stage(m)
+    if stopped:
+        Console().print(f"  STOPPED in {stopped}: its runner (pid {m.get('runner_pid')}) is gone without finishing the "
+                        f"run (killed, or the machine restarted); continue with: hubops deploy -p {m['params_file']} "
+                        f"--resume {m['run_id']}", markup=False, highlight=False)
     if m.get("kind") == "plan":
         Console().print("  PLAN — nothing was changed; the changes below are what a deploy would make")
     for s in m["stages"]:

@@ -81,6 +81,22 @@ def _config_refs(c: docker.DockerClient, p: Loaded, r: Result, singleuser_image:
     return refs, names
 
 
+def hub_data_mount(p: Loaded) -> docker.types.Mount:
+    """The hub's data directory: a local volume of its manager, or a path on storage every manager mounts."""
+    if p.storage.hub.mode == "shared-path":
+        return docker.types.Mount(hubconfig.DATA_DIR, str(p.storage.hub.path), type="bind")
+    return docker.types.Mount(hubconfig.DATA_DIR, p.hub_volume, type="volume")
+
+
+def hub_constraints(p: Loaded) -> list[str]:
+    """Where Swarm may run the hub. With its database on a local volume, only on the node that holds
+    the volume; with it on shared storage, on any manager (the hub drives the swarm through the
+    engine socket of the manager it runs on, which every manager has at the same path)."""
+    if p.hub_can_move:
+        return ["node.role==manager"]
+    return [f"node.labels.{p.hub_node_label}==true"]
+
+
 def service_spec(p: Loaded, *, hub_image: str, secret_refs: list, config_refs: list) -> dict[str, Any]:
     """Keyword arguments for `services.create` / `service.update` (pure: parameters in, spec out)."""
     container = docker.types.ContainerSpec(
@@ -90,7 +106,7 @@ def service_spec(p: Loaded, *, hub_image: str, secret_refs: list, config_refs: l
         mounts=[
             # The spawner drives the swarm through the manager's engine it runs on.
             docker.types.Mount("/var/run/docker.sock", p.hub_host.engine_socket, type="bind"),
-            docker.types.Mount(hubconfig.DATA_DIR, p.hub_volume, type="volume"),
+            hub_data_mount(p),
             # shared-path homes: the hub creates PATH/USER with the right owner before a server starts.
             *([docker.types.Mount(p.storage.users.shared_path, p.storage.users.shared_path, type="bind")]
               if p.storage.users.mode == "shared-path" else []),
@@ -107,8 +123,7 @@ def service_spec(p: Loaded, *, hub_image: str, secret_refs: list, config_refs: l
     task = docker.types.TaskTemplate(
         container_spec=container,
         restart_policy=docker.types.RestartPolicy(condition="any", delay=5 * NS, max_attempts=0),
-        # The hub's database is on a local volume of the hub node: pin it there.
-        placement=docker.types.Placement(constraints=[f"node.labels.{p.hub_node_label}==true"]),
+        placement=docker.types.Placement(constraints=hub_constraints(p)),
         networks=[docker.types.NetworkAttachmentConfig(p.network_name)],
     )
     return {
@@ -246,15 +261,17 @@ def _wait_until_serving(p: Loaded, clients: Clients, *, changed: bool) -> float:
         if tasks and not running:
             last = tasks[0]["Status"].get("Err") or tasks[0]["Status"]["State"]
         if running and converged:
-            try:
-                resp = session.get(f"{p.hub_url}/hub/health", timeout=5)
-                if resp.status_code == 200:
-                    return round(time.monotonic() - t0, 1)
-                last = f"HTTP {resp.status_code}"
-            except requests.exceptions.SSLError as e:
-                raise HubopsError(f"{p.hub_url}: the hub's certificate does not verify against {session.verify}: {e}") from e
-            except requests.RequestException as e:
-                last = e.__class__.__name__
+            # The hub answers on the node it runs on; with storage.hub shared-path that may be any manager.
+            for url in p.hub_urls:
+                try:
+                    resp = session.get(f"{url}/hub/health", timeout=5)
+                    if resp.status_code == 200:
+                        return round(time.monotonic() - t0, 1)
+                    last = f"HTTP {resp.status_code}"
+                except requests.exceptions.SSLError as e:
+                    raise HubopsError(f"{url}: the hub's certificate does not verify against {session.verify}: {e}") from e
+                except requests.RequestException as e:
+                    last = e.__class__.__name__
         time.sleep(0.5)
     raise DockerOpError(
         f"service {p.hub_service} did not answer at {p.hub_url}/hub/health within {p.hub.start_timeout} s "

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import docker
 import docker.errors
 
-from . import labels as L, storage
+from . import labels as L, nodes, storage
 from .engine import Clients, docker_op
 from .errors import DockerOpError
 from .params import Loaded
@@ -135,20 +135,27 @@ def _task_row(t: dict, nodes: dict[str, str]) -> dict[str, Any]:
 
 
 def certificate(p: Loaded, timeout: float = 5) -> dict[str, Any]:
-    """The certificate the hub presents (not verified here: this reads it, 40-tls checks it)."""
+    """The certificate the hub presents (not verified here: this reads it, 40-tls checks it), at the
+    first of its addresses that answers (a hub that can move may answer on another manager)."""
     from cryptography import x509
 
-    u = urlsplit(p.hub_url)
-    host, port = u.hostname or "localhost", u.port or 443
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            with ctx.wrap_socket(sock, server_hostname=host) as tls:
-                der = tls.getpeercert(binary_form=True)
-    except OSError as e:
-        return {"error": f"{host}:{port}: {e.__class__.__name__}: {e}"}
+    errors = []
+    der = None
+    for url in p.hub_urls:
+        u = urlsplit(url)
+        host, port = u.hostname or "localhost", u.port or 443
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                with ctx.wrap_socket(sock, server_hostname=urlsplit(p.hub_url).hostname or host) as tls:
+                    der = tls.getpeercert(binary_form=True)
+            break
+        except OSError as e:
+            errors.append(f"{host}:{port}: {e.__class__.__name__}: {e}")
+    if der is None:
+        return {"error": "; ".join(errors)}
     cert = x509.load_der_x509_certificate(der)
     not_after = cert.not_valid_after_utc
     days = (not_after - dt.datetime.now(dt.timezone.utc)).total_seconds() / 86400
@@ -189,16 +196,53 @@ def disk(p: Loaded, clients: Clients) -> list[dict[str, Any]]:
 def diagnose(p: Loaded, clients: Clients, *, log_lines: int = 50, dry_run: bool = False) -> Result:
     """The troubleshooting report. Reads only."""
     r = Result("diagnose", dry_run=dry_run)
-    c = clients.manager
     texts: list[tuple[str, str]] = []
     findings: list[dict[str, str]] = []
 
+    health = nodes.swarm_health(p, clients)
+    r.facts["manager engines"] = health["rows"]
+    if health["quorum"]:
+        _swarm_report(p, clients[health["via"]], r, texts, findings, log_lines)
+    else:
+        # Without a leader the swarm answers nothing (nodes, services, tasks, logs): say so, and
+        # what each node's own engine still runs.
+        r.facts["managers"] = f"{health['reachable']} of {health['total']} reachable: quorum LOST"
+        r.check("managers' quorum", r.facts["managers"])
+        findings.append(_finding("quorum-lost", "managers", r.facts["managers"] + (f" ({health['error']})" if health["error"] else ""),
+                                 "the swarm cannot change anything (no service update, no restart elsewhere); "
+                                 "running servers keep serving",
+                                 nodes.quorum_lost_text(p, health)))
+        r.facts["running containers (each node's engine asked)"] = nodes.running_containers(p, clients)
+
+    # -- certificate, storage, disk ---------------------------------------------------------------
+    cert = certificate(p)
+    r.facts["certificate"] = cert
+    if "error" in cert:
+        texts.append(("certificate", cert["error"]))
+        r.check("certificate", f"PROBLEM: not read: {cert['error']}")
+    else:
+        r.check("certificate", f"{cert['names']}: {cert['days_left']} days left")
+        if cert["days_left"] < 14:
+            findings.append(_finding("certificate-expiring", "certificate", f"{cert['days_left']} days left",
+                                     "browsers refuse the hub once it expires", "run runbooks/ops/renew-tls (or 40-tls)"))
+    r.facts["users' storage"] = storage.describe_users(p)
+    r.facts["hub can move"] = storage.describe_hub(p)
+    r.facts["disk per node"] = disk(p, clients)
+
+    findings += match(texts)
+    r.facts["findings"] = findings or "no known failure signature found"
+    r.facts["recoveries"] = [{"recovery": s.name, "when": s.means, "do": s.recovery} for s in SIGNATURES]
+    return r
+
+
+def _swarm_report(p: Loaded, c, r: Result, texts: list, findings: list, log_lines: int) -> None:
+    """Nodes, the hub service and users' servers as the swarm's managers see them."""
     # -- nodes and quorum ---------------------------------------------------------------------
     with docker_op("list nodes", p.hub_host.name):
-        nodes = c.nodes.list()
-    names = {n.id: _node_name(p, n) for n in nodes}
+        node_list = c.nodes.list()
+    names = {n.id: _node_name(p, n) for n in node_list}
     rows, managers, reachable = [], 0, 0
-    for n in sorted(nodes, key=lambda n: (n.attrs["Spec"].get("Role") != "manager", _node_name(p, n))):
+    for n in sorted(node_list, key=lambda n: (n.attrs["Spec"].get("Role") != "manager", _node_name(p, n))):
         spec, st, ms = n.attrs["Spec"], n.attrs["Status"], n.attrs.get("ManagerStatus") or {}
         if spec.get("Role") == "manager":
             managers += 1
@@ -273,25 +317,6 @@ def diagnose(p: Loaded, clients: Clients, *, log_lines: int = 50, dry_run: bool 
                 texts.append((f"service {s.name}", f"{latest['Status'].get('Err', '')} {latest['Status'].get('Message', '')}"))
     r.facts["users' servers not running"] = user_rows or "none"
     r.check("users' servers", f"{len(services) - (hub is not None)} service(s), {len(user_rows)} not running")
-
-    # -- certificate, storage, disk ---------------------------------------------------------------
-    cert = certificate(p)
-    r.facts["certificate"] = cert
-    if "error" in cert:
-        texts.append(("certificate", cert["error"]))
-        r.check("certificate", f"PROBLEM: not read: {cert['error']}")
-    else:
-        r.check("certificate", f"{cert['names']}: {cert['days_left']} days left")
-        if cert["days_left"] < 14:
-            findings.append(_finding("certificate-expiring", "certificate", f"{cert['days_left']} days left",
-                                     "browsers refuse the hub once it expires", "run runbooks/ops/renew-tls (or 40-tls)"))
-    r.facts["users' storage"] = storage.describe_users(p)
-    r.facts["disk per node"] = disk(p, clients)
-
-    findings += match(texts)
-    r.facts["findings"] = findings or "no known failure signature found"
-    r.facts["recoveries"] = [{"recovery": s.name, "when": s.means, "do": s.recovery} for s in SIGNATURES]
-    return r
 
 
 def hub_log(service, n: int) -> list[str]:

@@ -45,6 +45,7 @@ class Clients:
         self.p = p
         self.timeout = timeout
         self._clients: dict[str, docker.DockerClient] = {}
+        self._manager: str | None = None
 
     def __getitem__(self, name: str) -> docker.DockerClient:
         if name not in self._clients:
@@ -56,8 +57,35 @@ class Clients:
 
     @property
     def manager(self) -> docker.DockerClient:
-        """The client of the hub's manager: where Swarm objects are read and written."""
-        return self[self.p.hub_host.name]
+        """The client of the hub's manager, where Swarm objects are read and written; when its engine
+        does not answer (the node is down), the first other manager whose engine does."""
+        return self[self.manager_name]
+
+    @property
+    def manager_name(self) -> str:
+        if self._manager is None:
+            hub = self.p.hub_host.name
+            self._manager = hub
+            if not self.answers(hub):
+                other = next((m.name for m in self.p.hosts.managers if m.name != hub and self.answers(m.name)), None)
+                if other is not None:
+                    log.warning("the engine of the hub's manager %s does not answer; using manager %s", hub, other)
+                    self._manager = other
+        return self._manager
+
+    def answers(self, name: str, timeout: int = 3) -> bool:
+        """Whether the host's engine answers a ping within `timeout` s."""
+        host = next(h for h in self.p.hosts.all if h.name == name)
+        try:
+            c = client_for(self.p, host, timeout=timeout)
+        except PreflightError:
+            return False
+        try:
+            return bool(c.ping())
+        except Exception:  # noqa: BLE001 - refused, timed out, TLS: it does not answer
+            return False
+        finally:
+            c.close()
 
     def all(self) -> dict[str, docker.DockerClient]:
         return {h.name: self[h.name] for h in self.p.hosts.all}

@@ -205,6 +205,12 @@ from docker.types import DriverConfig, Mount
 from dockerspawner import SwarmSpawner
 
 
+def no_leader(error):
+    """Whether a Docker API error says the swarm has no leader (its managers lost their quorum)."""
+    text = str(error) + " " + str(getattr(error, "explanation", "") or "")
+    return any(s in text for s in ("does not have a leader", "too few managers are online", "context deadline exceeded"))
+
+
 LIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
 
 
@@ -279,6 +285,45 @@ class HubopsSpawner(SwarmSpawner):
             return False
         return True
 
+    async def get_object(self):
+        """As SwarmSpawner's, except that a swarm without a leader (quorum lost) is an error, not "gone":
+        Docker answers it with HTTP 500, which SwarmSpawner takes for a service on an unhealthy node."""
+        from docker.errors import APIError
+
+        try:
+            obj = await self.docker("inspect_%s" % self.object_type, self.object_name)
+        except APIError as e:
+            if no_leader(e):
+                raise
+            return await super().get_object()
+        self.object_id = obj[self.object_id_key]
+        return obj
+
+    async def poll(self):
+        """While the swarm has no leader, nothing can be known about services, and nothing stops them
+        either: the server is taken as running (the hub would otherwise drop its route and record)."""
+        from docker.errors import APIError
+
+        try:
+            return await super().poll()
+        except APIError as e:
+            if not no_leader(e):
+                raise
+            self.log.warning("hubops: the swarm has no leader (quorum lost); %s's server is taken as still "
+                             "running: %s", self.user.name, e)
+            return None
+
+    async def node_down(self, node_id):
+        from docker.errors import NotFound
+
+        if not node_id:
+            return False
+        try:
+            node = await self.docker("inspect_node", node_id)
+        except NotFound:
+            return True
+        return (node.get("Status") or {}).get("State") == "down"
+
     async def create_object(self):
         self._creating = True
         try:
@@ -351,7 +396,10 @@ class HubopsSpawner(SwarmSpawner):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             tasks = await self.docker("tasks", filters={"name": name})
-            if not [t for t in tasks if t.get("ServiceID") == service_id and t["Status"]["State"] in LIVE]:
+            live = [t for t in tasks if t.get("ServiceID") == service_id and t["Status"]["State"] in LIVE]
+            # A task on a node that is down stays "running" in Swarm's records until the node returns
+            # (and is then shut down): nothing to wait for.
+            if not [t for t in live if not await self.node_down(t.get("NodeID"))]:
                 return
             await asyncio.sleep(0.5)
         self.log.warning("hubops: the old container of %s still runs 60 s after its service was removed", name)

@@ -15,7 +15,12 @@ What `lab_up` changes on this machine (all of it removed by `lab_down`, and noth
   bridge, ``eth0`` inside with ``.11``, ``.12``, ... managers first), no default route: lab
   nodes reach each other and this machine, nothing else;
 - per node a ``dockerd`` in that namespace, with its own hostname (a UTS namespace), data
-  under ``STATE/<node>/docker`` and sockets, pid file and exec-root under ``RUN/<node>``;
+  under ``STATE/<node>/docker`` and pid file and exec-root under ``RUN/<node>``;
+- per node a mount namespace for its engine, in which ``RUN/<node>/engine`` is bind-mounted at
+  ``RUN/engine``: every engine has its unix socket at the same path, ``RUN/engine/docker.sock``,
+  in its own view (as every real host has /var/run/docker.sock), so a container that mounts
+  the engine socket (the hub) gets the socket of whichever node Swarm runs it on. From this
+  machine, a node's socket is ``RUN/<node>/engine/docker.sock``; ``RUN/engine`` itself is empty;
 - a lab CA, server certificates per node and one client certificate (``STATE/certs``);
 - the parameter file and, beside it, a userlist (``<stem>.userlist``).
 
@@ -53,7 +58,7 @@ NETNS_DIR = Path("/var/run/netns")
 # from the lab subnets (10.77.x) and hubops' overlay subnets (10.231-10.240.x).
 BIP_RANGE = ipaddress.ip_network("172.30.0.0/16")
 FIRST_HOST = 11  # nodes get .11, .12, ...; .1 is the bridge
-TOOLS = ("ip", "nsenter", "unshare", "dockerd", "iptables", "umount")
+TOOLS = ("ip", "nsenter", "unshare", "dockerd", "iptables", "mount", "umount")
 PARAMS_MARK = "# Written by `hubops lab up`"
 USERLIST = "operator admin\nalice\nbob\n"
 _SBIN = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -277,6 +282,16 @@ def overlaps(net: ipaddress.IPv4Network, routes: list[dict], addrs: list[dict], 
     return list(dict.fromkeys(found))
 
 
+def engine_socket(run: Path) -> Path:
+    """Where every lab engine has its unix socket, each in its own mount namespace."""
+    return run / "engine" / "docker.sock"
+
+
+def node_socket(run: Path, node: str) -> Path:
+    """Where one node's engine socket is seen from this machine."""
+    return run / node / "engine" / "docker.sock"
+
+
 def params_text(name: str, nodes: list[LabNode], *, state: Path, run: Path, overlay_subnet: str,
                 userlist: str) -> str:
     """The parameter file for a lab (YAML with a header that marks it as written by `lab up`)."""
@@ -285,7 +300,7 @@ def params_text(name: str, nodes: list[LabNode], *, state: Path, run: Path, over
 
     def host(n: LabNode) -> dict:
         return {"name": n.name, "url": n.url, "advertise_addr": n.address, "tls": dict(tls),
-                "engine_socket": str(run / n.name / "docker.sock")}
+                "engine_socket": str(engine_socket(run))}
 
     data = {
         "deployment": name,
@@ -774,7 +789,7 @@ def _engine_argv(n: LabNode, state: Path, run: Path, certs: dict[str, Path]) -> 
         "--data-root", str(state / n.name / "docker"),
         "--exec-root", str(run / n.name / "exec"),
         "--pidfile", str(run / n.name / "docker.pid"),
-        "-H", f"unix://{run / n.name / 'docker.sock'}",
+        "-H", f"unix://{engine_socket(run)}",
         "-H", f"tcp://{n.address}:{ENGINE_PORT}",
         "--tlsverify", "--tlscacert", str(certs["ca"]),
         "--tlscert", str(tls / "server-cert.pem"), "--tlskey", str(tls / "server-key.pem"),
@@ -784,9 +799,12 @@ def _engine_argv(n: LabNode, state: Path, run: Path, certs: dict[str, Path]) -> 
         "--cgroup-parent", _cgroup_parent(n.name),
     ]
     # nsenter, not `ip netns exec`: the latter remounts /sys and dockerd then finds no devices
-    # cgroup. unshare --uts gives the node its own host name (the engine's and Swarm's node name).
-    return ["nsenter", f"--net={NETNS_DIR / n.netns}", "unshare", "--uts",
-            "sh", "-c", 'hostname "$0" && exec "$@"', n.name, *dockerd]
+    # cgroup. unshare --uts gives the node its own host name (the engine's and Swarm's node name);
+    # --mount its own mounts: RUN/NODE/engine at RUN/engine, where its socket is (the same path on
+    # every node, as on real hosts), and its containers' mounts stay out of this machine's table.
+    return ["nsenter", f"--net={NETNS_DIR / n.netns}", "unshare", "--uts", "--mount", "--propagation", "slave",
+            "sh", "-c", 'hostname "$0" && mount --bind "$1" "$2" && shift 2 && exec "$@"',
+            n.name, str(run / n.name / "engine"), str(engine_socket(run).parent), *dockerd]
 
 
 def _clear_stale_containerd(n: LabNode, run: Path, changes: list[str]) -> None:
@@ -821,7 +839,8 @@ def _start_engine(n: LabNode, state: Path, run: Path, certs: dict[str, Path]) ->
     """Start the node's dockerd in its namespace, in a session of its own so that it outlives
     the calling process; its log goes to STATE/NODE/dockerd.log."""
     (state / n.name / "docker").mkdir(parents=True, exist_ok=True)
-    (run / n.name).mkdir(parents=True, exist_ok=True)
+    (run / n.name / "engine").mkdir(parents=True, exist_ok=True)
+    engine_socket(run).parent.mkdir(parents=True, exist_ok=True)
     cfg = state / n.name / "daemon.json"
     # Its own engine ID (key.json), not the one of this machine's engine in /etc/docker.
     text = json.dumps({"deprecated-key-path": str(state / n.name / "key.json")}, indent=2).encode() + b"\n"
@@ -972,7 +991,7 @@ def lab_down(
                 nodes.append(LabNode(name=node, role="?", index=-1, address="?", netns=ns, veth="?", bip="?"))
     if run.is_dir():
         for d in sorted(run.iterdir()):
-            if d.is_dir() and d.name not in {n.name for n in nodes}:
+            if d.is_dir() and d.name != engine_socket(run).parent.name and d.name not in {n.name for n in nodes}:
                 nodes.append(LabNode(name=d.name, role="?", index=-1, address="?", netns=f"hl-{d.name}",
                                      veth="?", bip="?"))
 
@@ -1051,3 +1070,43 @@ def lab_status(
         except Exception as e:  # noqa: BLE001 - status reports, it does not fail
             n.error = f"no TLS answer: {e.__class__.__name__}"
     return info
+
+
+# -- faults (for rehearsing failures) -----------------------------------------------------------
+def _cgroup_procs(node: str) -> list[int]:
+    """Processes in the node's containers' cgroups (every hierarchy, cgroup v1 or v2)."""
+    rel = _cgroup_parent(node).lstrip("/")
+    pids: set[int] = set()
+    for top in [CGROUP_ROOT / rel, *CGROUP_ROOT.glob(f"*/{rel}")]:
+        if top.is_dir():
+            for procs in top.rglob("cgroup.procs"):
+                try:
+                    pids.update(int(x) for x in procs.read_text().split())
+                except (OSError, ValueError):
+                    continue
+    return sorted(pids)
+
+
+def kill_node(*, name: str = "lab", node: str, run_root: Path = RUN_ROOT) -> list[str]:
+    """Power a lab node off: SIGKILL its engine, its containerd and shims and every process of its
+    containers, at once and without warning (as when a host loses power). Its namespace, address
+    and data stay; `lab_up` starts its engine again. Returns what was killed."""
+    _reap_all()
+    _check_name(name)
+    _preflight("fault")
+    run = Path(run_root) / name
+    data = _read_state(STATE_ROOT / name) if run_root == RUN_ROOT else None
+    netns = f"hl-{node}"
+    if data is not None and node not in {n["name"] for n in data["nodes"]}:
+        raise HubopsError(f"lab {name} has no node {node!r}")
+    engine = _engine_pid(run, node)
+    victims = [p for p in [engine, *(_procs_in_netns(netns) if _ns_present(netns) else [])] if p]
+    victims += _descendants(victims) + _cgroup_procs(node)
+    victims = sorted(set(victims) - {os.getpid()})
+    _signal(victims, signal.SIGKILL)
+    left = _wait_gone(victims, 10)
+    if left:
+        raise HubopsError(f"lab node {node}: processes {left} outlived SIGKILL")
+    what = [f"killed {len(victims)} process(es) of {node} (engine pid {engine or '-'})"]
+    log.info("lab %s: %s", name, what[0])
+    return what

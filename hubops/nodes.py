@@ -60,11 +60,83 @@ def placements(p: Loaded, c: docker.DockerClient) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r["kind"] != "hub", r["user"]))
 
 
+def swarm_health(p: Loaded, clients: Clients) -> dict[str, Any]:
+    """Each manager's engine asked directly (that needs no quorum): does it answer, in which Swarm
+    state, and can the swarm still be read through it. Keys: rows (one per manager in the
+    parameters), reachable, total, quorum (bool), via (a manager to use, or None), error."""
+    rows, via, error = [], None, ""
+    swarm_managers = 0
+    for h in p.hosts.managers:
+        row = {"manager": h.name, "address": h.advertise_addr or h.url, "engine": "", "swarm": "", "control": ""}
+        if not clients.answers(h.name):
+            row["engine"] = "NO ANSWER (down or unreachable)"
+            rows.append(row)
+            continue
+        try:
+            info = clients[h.name].info()
+        except Exception as e:  # noqa: BLE001 - reported in the row
+            row["engine"] = f"error: {e}"
+            rows.append(row)
+            continue
+        sw = info.get("Swarm") or {}
+        row.update(engine=f"answers (Docker {info.get('ServerVersion')})", swarm=sw.get("LocalNodeState", ""),
+                   control="yes" if sw.get("ControlAvailable") else "no")
+        swarm_managers = max(swarm_managers, sw.get("Managers") or 0)
+        rows.append(row)
+        if via is None and sw.get("ControlAvailable"):
+            try:
+                clients[h.name].api.nodes()
+                via = h.name
+            except docker.errors.APIError as e:
+                error = str(e.explanation or e)
+                row["control"] = "no leader: " + error[:120]
+    total = max(swarm_managers, len(p.hosts.managers))
+    reachable = sum(r["engine"].startswith("answers") and r["control"] != "no" for r in rows)
+    if via is not None:
+        with docker_op("list nodes", via):
+            ms = [n.get("ManagerStatus") or {} for n in clients[via].api.nodes()]
+        total = sum(1 for m in ms if m) or total
+        reachable = sum(m.get("Reachability") == "reachable" for m in ms)
+    quorum = via is not None and reachable > total // 2
+    return {"rows": rows, "reachable": reachable, "total": total, "quorum": quorum, "via": via, "error": error}
+
+
+def quorum_lost_text(p: Loaded, health: dict[str, Any]) -> str:
+    """What losing quorum means and how to recover, naming a surviving manager."""
+    answering = [r for r in health["rows"] if r["engine"].startswith("answers")]
+    if answering and all(r["swarm"] == "inactive" for r in answering):
+        return ("NO SWARM: the managers' engines answer but none is in a swarm; run `hubops deploy` "
+                "(20-swarm makes it)")
+    alive = next((r for r in health["rows"] if r["engine"].startswith("answers")), None)
+    where = (f"on the surviving manager {alive['manager']} ({alive['address']}): "
+             f"`docker swarm init --force-new-cluster --advertise-addr {alive['address']}`"
+             if alive else "on a surviving manager: `docker swarm init --force-new-cluster --advertise-addr ADDR`")
+    down = ", ".join(r["manager"] for r in health["rows"] if not r["engine"].startswith("answers")) or "?"
+    return (f"QUORUM LOST: {health['reachable']} of {health['total']} managers reachable (down: {down}). The swarm "
+            "cannot change anything: no new or restarted server, no deploy, no node change; running users' servers "
+            "and the hub keep serving. Recovery: start the managers that are down again (quorum returns by itself); "
+            f"if they are lost for good, {where}, then add managers again (on each: `docker swarm leave --force`, "
+            "then the command `docker swarm join-token manager` prints on the new leader; or list them in the "
+            "parameter file and run `hubops deploy`)")
+
+
 def status(p: Loaded, clients: Clients) -> Result:
     """Nodes, roles, availability; what runs where; which users' servers are on which node."""
     r = Result("status")
-    c = clients.manager
-    with docker_op("list nodes", p.hub_host.name):
+    from .storage import describe_hub, describe_users
+
+    health = swarm_health(p, clients)
+    if not health["quorum"]:
+        r.check("managers' quorum", f"LOST: {health['reachable']} of {health['total']} managers reachable")
+        r.facts["managers"] = (f"{health['reachable']} of {health['total']} reachable: quorum LOST")
+        r.facts["quorum"] = quorum_lost_text(p, health)
+        r.facts["manager engines"] = health["rows"]
+        r.facts["running containers (each node's engine asked)"] = running_containers(p, clients)
+        r.facts["users' storage"] = describe_users(p)
+        r.facts["hub can move"] = describe_hub(p)
+        return r
+    c = clients[health["via"]]
+    with docker_op("list nodes", health["via"]):
         nodes = c.nodes.list()
     rows = []
     managers_total = managers_reachable = 0
@@ -95,23 +167,49 @@ def status(p: Loaded, clients: Clients) -> Result:
     r.facts["users by node"] = [{"node": k, "users": ", ".join(sorted(v))} for k, v in sorted(users.items())]
     quorum = managers_reachable > managers_total // 2
     r.facts["managers"] = f"{managers_reachable} of {managers_total} reachable: quorum {'kept' if quorum else 'LOST'}"
-    from .storage import describe_users
-
     r.facts["users' storage"] = describe_users(p)
-    r.facts["hub can move"] = (
-        f"no: the hub database is on volume {p.hub_volume} on {p.hub_host.name}; if that node is lost, restore "
-        "the database from a backup onto another manager"
-    )
+    r.facts["hub can move"] = describe_hub(p)
     return r
 
 
+def running_containers(p: Loaded, clients: Clients) -> list[dict[str, Any]]:
+    """The deployment's containers each answering engine runs (no manager needed)."""
+    rows = []
+    for h in p.hosts.all:
+        if not clients.answers(h.name):
+            rows.append({"node": h.name, "container": "-", "kind": "-", "state": "engine does not answer"})
+            continue
+        with docker_op("list containers", h.name):
+            found = clients[h.name].containers.list(filters={"label": L.selector(p.deployment)})
+        for ct in found:
+            role = (ct.labels or {}).get(L.ROLE, "")
+            env = {e.split("=", 1)[0]: e.split("=", 1)[1] for e in ct.attrs["Config"].get("Env") or [] if "=" in e}
+            rows.append({"node": h.name, "container": ct.name[:60], "kind": "hub" if role == "hub" else "user server",
+                         "user": env.get("JUPYTERHUB_USER", ""), "state": ct.status})
+    return rows
+
+
 # -- notices on the hub's pages -----------------------------------------------------------
+def hub_node(p: Loaded, clients: Clients) -> str:
+    """The host the hub's task runs on: the hub's manager, unless the hub moved (storage.hub shared-path)."""
+    if not p.hub_can_move:
+        return p.hub_host.name
+    c = clients.manager
+    with docker_op("find the hub's task"):
+        tasks = c.api.tasks(filters={"service": p.hub_service, "desired-state": "running"})
+        for t in tasks:
+            if t["Status"]["State"] == "running" and t.get("NodeID"):
+                return _node_name(p, c.nodes.get(t["NodeID"]))
+    return p.hub_host.name
+
+
 def _hub_container(p: Loaded, clients: Clients):
-    hc = clients[p.hub_host.name]
-    with docker_op("find the hub container", p.hub_host.name):
+    node = hub_node(p, clients)
+    hc = clients[node]
+    with docker_op("find the hub container", node):
         found = hc.containers.list(filters={"label": [*L.selector(p.deployment), f"{L.ROLE}=hub"], "status": "running"})
     if not found:
-        raise HubopsError(f"no running hub container of deployment {p.deployment} on {p.hub_host.name}")
+        raise HubopsError(f"no running hub container of deployment {p.deployment} on {node}")
     return found[0]
 
 
@@ -123,7 +221,7 @@ def announce(p: Loaded, clients: Clients, notes: dict[str, str]) -> None:
         info = tarfile.TarInfo(name=hubconfig.ANNOUNCEMENTS.rsplit("/", 1)[1])
         info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
         tar.addfile(info, io.BytesIO(data))
-    with docker_op("write the hub's announcements", p.hub_host.name):
+    with docker_op("write the hub's announcements"):
         _hub_container(p, clients).put_archive(hubconfig.DATA_DIR, buf.getvalue())
 
 

@@ -383,8 +383,36 @@ class UserStorage(_Model):
         return str(self.path or "/srv/hubops-users")
 
 
+class HubStorage(_Model):
+    """Where the hub keeps its database, which decides whether the hub can move to another manager."""
+
+    mode: Literal["volume", "shared-path"] = Field(
+        "volume", description="volume: a local volume on the hub's manager, the hub pinned there (it cannot move); "
+        "shared-path: PATH on storage every manager mounts at PATH, the hub may run on any manager")
+    path: Optional[Path] = Field(
+        None, description="shared-path: a directory mounted at the same place on every manager (NFS, cluster "
+        "filesystem); SQLite on NFS needs working locks, prefer an external database for busy hubs")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: Optional[Path]) -> Optional[Path]:
+        if v is not None and (not v.is_absolute() or v == Path("/") or ".." in v.parts):
+            raise ValueError(f"{str(v)!r}: give an absolute directory other than /, e.g. /mnt/nfs/hubops-hub")
+        return v
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> "HubStorage":
+        if self.mode == "shared-path" and self.path is None:
+            raise ValueError("mode 'shared-path' needs path: a directory mounted at the same place on every "
+                             "manager, e.g. /mnt/nfs/hubops-hub")
+        if self.mode == "volume" and self.path is not None:
+            raise ValueError("path is for mode 'shared-path'; remove it or set mode: shared-path")
+        return self
+
+
 class Storage(_Model):
     users: UserStorage = Field(default_factory=UserStorage)
+    hub: HubStorage = Field(default_factory=HubStorage)
 
 
 class Backup(_Model):
@@ -453,6 +481,25 @@ class Params(_Model):
         return self
 
     @model_validator(mode="after")
+    def _hub_can_move_everywhere(self) -> "Params":
+        if self.storage.hub.mode != "shared-path":
+            return self
+        sockets = {m.engine_socket for m in self.hosts.managers}
+        if len(sockets) > 1:
+            raise ValueError(
+                "storage.hub.mode shared-path lets the hub run on any manager, and it mounts the engine socket "
+                "of the manager it lands on: give every manager the same hosts.managers[].engine_socket "
+                f"(they differ: {', '.join(sorted(sockets))}), as real hosts have (/var/run/docker.sock)")
+        if self.storage.users.mode == "shared-path" and self.storage.users.path is not None \
+                and self.storage.hub.path is not None and (
+                    self.storage.hub.path == self.storage.users.path
+                    or self.storage.users.path in self.storage.hub.path.parents):
+            raise ValueError(
+                f"storage.hub.path {self.storage.hub.path} is inside storage.users.path {self.storage.users.path}: "
+                "users' servers would see the hub's database; give the hub a directory of its own")
+        return self
+
+    @model_validator(mode="after")
     def _acme_names(self) -> "Params":
         if self.tls.mode != "acme":
             return self
@@ -492,6 +539,11 @@ class Params(_Model):
         return next(h for h in self.hosts.managers if h.name == name)
 
     @property
+    def hub_can_move(self) -> bool:
+        """Whether Swarm may start the hub on another manager (its database is on shared storage)."""
+        return self.storage.hub.mode == "shared-path"
+
+    @property
     def hub_node_label(self) -> str:
         return f"hubops.{self.deployment}.hub"
 
@@ -499,6 +551,19 @@ class Params(_Model):
     def hub_url(self) -> str:
         port = "" if self.hub.https_port == 443 else f":{self.hub.https_port}"
         return f"https://{self.hub.public_name}{port}"
+
+    @property
+    def hub_urls(self) -> list[str]:
+        """Where hubops looks for the hub: hub_url, and, when the hub can move to another manager, each
+        manager's advertise address that the certificate names (hub.extra_names), in the managers' order.
+        Users reach a moved hub by the DNS name pointed at its new manager (or a floating address)."""
+        urls = [self.hub_url]
+        if self.hub_can_move:
+            port = "" if self.hub.https_port == 443 else f":{self.hub.https_port}"
+            names = set(self.cert_names)
+            urls += [f"https://{m.advertise_addr}{port}" for m in self.hosts.managers
+                     if m.advertise_addr in names and m.advertise_addr != self.hub.public_name]
+        return urls
 
     @property
     def cert_names(self) -> list[str]:

@@ -57,3 +57,24 @@ def read_record(nb: dict) -> dict[str, Any] | None:
                 value = data[MIME]
                 return json.loads(value) if isinstance(value, str) else value
     return None
+
+
+def stopped_stage(manifest: dict) -> str | None:
+    """For a run recorded as running whose runner is gone (killed, the machine restarted): the stage it
+    stopped in. None when the run finished, or its runner still runs (or ran on another machine)."""
+    import os
+    import platform
+
+    if manifest.get("status") != "running" or manifest.get("machine") != platform.node():
+        return None
+    pid = manifest.get("runner_pid")
+    if not pid:
+        return None  # recorded by an older hubops: cannot tell
+    try:
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+            if b"python" in f.read():
+                return None  # its runner still runs
+    except (OSError, ValueError):
+        pass
+    stage = next((s for s in manifest.get("stages", []) if s.get("status") == "running"), None)
+    return stage["name"] if stage else "(between stages)"

@@ -131,6 +131,7 @@ def new_run(p: Loaded, *, kind: str, stages: list[Path]) -> Run:
         "status": "running",
         "who": getpass.getuser(),
         "machine": platform.node(),
+        "runner_pid": os.getpid(),  # with `machine`: tells a run whose runner was killed from one still running
         "started": _now(),
         "finished": None,
         "hubops_version": __version__,
@@ -298,6 +299,7 @@ def run_chain(
             )
         dry_run = run.manifest["kind"] == "plan"
         run.manifest["status"] = "running"
+        run.manifest["runner_pid"] = os.getpid()
         run.manifest.setdefault("resumed", []).append(_now())
     elif runbook:
         path = ops_runbook(runbook)

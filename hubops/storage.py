@@ -1,7 +1,9 @@
 """70-storage: the hub's data volume (its SQLite database) on the hub's node, and a check that users'
 homes can be kept as storage.users says (shared path on every node, volume driver installed).
 
-A volume on one manager pins the hub to that node; `status` says so. Undo: teardown with
+A volume on one manager pins the hub to that node; `status` says so. With storage.hub.mode
+shared-path the database is in a directory every manager mounts at the same path (checked here),
+and the hub may run on any manager. Undo: teardown with
 remove_volumes (the hub database is kept unless asked).
 """
 from __future__ import annotations
@@ -19,7 +21,10 @@ from .result import Result
 
 
 def ensure_hub_volume(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result:
-    """Create the hub's data volume on the hub node, or confirm it is there and ours."""
+    """Create the hub's data volume on the hub node, or confirm it is there and ours; with
+    storage.hub.mode shared-path, check instead that every manager sees the same directory."""
+    if p.storage.hub.mode == "shared-path":
+        return ensure_hub_shared_path(p, clients, dry_run=dry_run)
     r = Result("storage", dry_run=dry_run)
     node = p.hub_host.name
     c = clients[node]
@@ -44,6 +49,51 @@ def ensure_hub_volume(p: Loaded, clients: Clients, *, dry_run: bool = False) -> 
     if not dry_run:
         with docker_op(f"create volume {name}", node):
             c.volumes.create(name=name, driver="local", labels=L.labels(p.deployment, "70-storage", role="hub-data"))
+    return r
+
+
+def describe_hub(p: Loaded) -> str:
+    """One line saying where the hub's database lives and whether the hub can move."""
+    if p.hub_can_move:
+        return (f"yes: the hub database is in {p.storage.hub.path} on storage every manager mounts; if the hub's "
+                "manager is lost, Swarm starts the hub on another manager (reach it there: point the hub's DNS "
+                "name at that manager)")
+    return (f"no: the hub database is on volume {p.hub_volume} on {p.hub_host.name} (storage.hub.mode volume); "
+            "if that node is lost, the hub stays down until the database is restored from a backup onto another "
+            "manager (runbooks/ops/restore); storage.hub.mode shared-path lets it move")
+
+
+def ensure_hub_shared_path(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result:
+    """storage.hub.mode shared-path: the hub's manager writes a marker in storage.hub.path and every
+    other manager reads it back, so the hub finds its database wherever Swarm starts it. Changes nothing."""
+    from . import images
+    from .errors import HubopsError, PreflightError
+
+    r = Result("storage", dry_run=dry_run)
+    path = str(p.storage.hub.path)
+    r.facts.update({"hub data": path, "hub_can_move": True, "why": describe_hub(p)})
+    try:
+        image = images.desired_refs(p, images.builder(p, clients))["singleuser"]
+    except HubopsError:
+        if not dry_run:
+            raise
+        return r.check(f"{path} on every manager", "plan: checked once 60-images has built the images")
+    marker = f".hubops-{p.deployment}-hub-probe"
+    token = secrets.token_hex(8)
+    hub = p.hub_host.name
+    order = [hub, *[h.name for h in p.hosts.managers if h.name != hub]]
+    for node in order:
+        script = (f"echo {token} > /probe/{marker} && cat /probe/{marker}" if node == hub
+                  else f"cat /probe/{marker}")
+        out = _probe(clients[node], node, image, path, script, p, key="storage.hub.path")
+        if out.strip() != token:
+            raise PreflightError(
+                f"{p.source}: storage.hub.path: {path} on manager {node} is not the storage the hub's node "
+                f"({hub}) sees at {path} (the marker written there is {'missing' if not out.strip() else 'different'}); "
+                "mount the same shared filesystem at that path on every manager")
+        r.check(f"{path} on {node}", "the hub's node writes there, this manager reads it back" if node != hub
+                else "exists and is writable by root (the hub keeps its database there)")
+    _probe(clients[hub], hub, image, path, f"rm -f /probe/{marker}", p, key="storage.hub.path")
     return r
 
 
@@ -119,7 +169,8 @@ def ensure_user_storage(p: Loaded, clients: Clients, *, dry_run: bool = False) -
     return r
 
 
-def _probe(client, node: str, image: str, path: str, script: str, p: Loaded) -> str:
+def _probe(client, node: str, image: str, path: str, script: str, p: Loaded, *,
+           key: str = "storage.users.path") -> str:
     """Run `script` in a throwaway container on `node` with `path` mounted at /probe."""
     from .errors import PreflightError
 
@@ -134,7 +185,7 @@ def _probe(client, node: str, image: str, path: str, script: str, p: Loaded) -> 
     except docker.errors.APIError as e:
         if "bind source path does not exist" in str(e):
             raise PreflightError(
-                f"{p.source}: storage.users.path: {path} does not exist on host {node}; mount the shared "
+                f"{p.source}: {key}: {path} does not exist on host {node}; mount the shared "
                 "filesystem there (the same on every node) before deploying") from e
         raise PreflightError(f"checking {path} on host {node} failed: {e.explanation or e}") from e
     return out.decode(errors="replace")

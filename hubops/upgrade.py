@@ -72,8 +72,8 @@ def _source_of(p: Loaded, clients: Clients, ref: str):
 
 def target_image(p: Loaded, clients: Clients, *, image: str = "", jupyterhub_version: str = "",
                  dry_run: bool = False) -> tuple[str, Result]:
-    """The image to roll out, built and delivered to the hub's node if needed (the hub service is
-    constrained to that node: its database volume is there; workers never run the hub)."""
+    """The image to roll out, built and delivered to the nodes the hub may run on if needed (its
+    node, or every manager when storage.hub is shared; workers never run the hub)."""
     if image and jupyterhub_version:
         raise ParameterError("give either `image` or `jupyterhub_version`, not both")
     if jupyterhub_version:
@@ -87,8 +87,10 @@ def target_image(p: Loaded, clients: Clients, *, image: str = "", jupyterhub_ver
         ref = r.facts.get("ref") or "hubops-hub:<to be built>"
     if dry_run and images._image_or_none(images.builder(p, clients), ref) is None:
         return ref, r
-    hub_node = {p.hub_host.name: clients[p.hub_host.name]}
-    delivered = images.ensure_images_on_nodes(hub_node, [ref], source=_source_of(p, clients, ref), dry_run=dry_run)
+    # Where the hub may run: its node, or every manager when its database is on shared storage.
+    nodes = [h.name for h in p.hosts.managers] if p.hub_can_move else [p.hub_host.name]
+    delivered = images.ensure_images_on_nodes({n: clients[n] for n in nodes}, [ref], source=_source_of(p, clients, ref),
+                                              dry_run=dry_run)
     r.items += delivered.items
     return ref, r
 
@@ -139,7 +141,7 @@ def upgrade(p: Loaded, clients: Clients, *, image: str = "", jupyterhub_version:
             backup_first: bool = True, dry_run: bool = False) -> list[Result]:
     """Roll the hub service to a new image: backup, update, Swarm's verdict, health, record.
 
-    Changes on the cluster: the new image on the hub's node (the only node the hub runs on); the
+    Changes on the cluster: the new image on the nodes the hub may run on (never workers); the
     hub restarts on it (stop-first: the hub is down for the restart; users' servers keep running);
     if it fails its healthcheck, Swarm puts the previous image back. Users' data and the database
     are untouched. The verdict is in the facts: "upgraded" or "rolled back" (`hubops ops upgrade`

@@ -37,10 +37,18 @@ class HubAPI:
                 f"no hub API token in {p.operator_path}/api-token: run 80-deploy from this machine first "
                 "(the token is generated there and kept in the operator folder)"
             )
-        self.base = p.hub_url
         self.s = tls.hub_session(p)
+        self.base = p.hub_url
+        if len(p.hub_urls) > 1:  # the hub may run on any manager: the first address where it answers
+            self.base = next((u for u in p.hub_urls if self._health(u)), p.hub_url)
         self.s.headers["Authorization"] = f"token {token.decode().strip()}"
         self.timeout = timeout
+
+    def _health(self, url: str) -> bool:
+        try:
+            return self.s.get(f"{url}/hub/health", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
 
     def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), timeout: float | None = None,
                 **kw: Any) -> requests.Response:
@@ -95,7 +103,7 @@ def verify_spawn(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Resul
     stop_timeout = p.spawner.start_timeout
 
     info = api.request("GET", "/hub/api/").json()
-    r.check(f"GET {p.hub_url}/hub/api/", f"JupyterHub {info.get('version')}, certificate verified")
+    r.check(f"GET {api.base}/hub/api/", f"JupyterHub {info.get('version')}, certificate verified")
     hub_users = {u["name"] for u in api.request("GET", "/hub/api/users").json()}
     r.facts["hub_version"] = info.get("version")
 
@@ -124,7 +132,7 @@ def verify_spawn(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Resul
         r.check(f"service {svc_name}", f"spawned by SwarmSpawner in {spawn_s:.1f} s, running on node {node}")
         t1 = time.monotonic()
         status = api.request("GET", f"/user/{user}/api/status").json()
-        r.check(f"GET {p.hub_url}/user/{user}/api/status", f"200 through the proxy in {time.monotonic() - t1:.2f} s")
+        r.check(f"GET {api.base}/user/{user}/api/status", f"200 through the proxy in {time.monotonic() - t1:.2f} s")
         r.facts.update({"spawn_seconds": round(spawn_s, 2), "server_node": node,
                         "server_started": status.get("started"), "kernels": status.get("kernels")})
     finally:

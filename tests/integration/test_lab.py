@@ -17,6 +17,7 @@ import docker
 import pytest
 import requests
 
+from hubops import lab as lab_mod
 from hubops.errors import HubopsError, PreflightError
 from hubops.lab import (
     RUN_ROOT,
@@ -194,7 +195,10 @@ def test_params_file_loads_and_names_the_lab(lab):
     assert [h.name for h in p.hosts.workers] == ["t1-node0", "t1-node1"]
     for h, n in zip(p.hosts.all, lab.nodes):
         assert h.url == f"tcp://{n.address}:2376" and h.advertise_addr == n.address
-        assert Path(h.engine_socket).is_socket()
+        # One socket path for every engine, each in its own mount namespace (as on real hosts); from
+        # this machine a node's socket is RUN/NODE/engine/docker.sock.
+        assert h.engine_socket == str(lab_mod.engine_socket(RUN_ROOT / NAME))
+        assert lab_mod.node_socket(RUN_ROOT / NAME, h.name).is_socket()
         assert str(p.path(h.tls.ca)) == lab.certs["ca"]
     assert p.hub.public_name == "10.78.0.11" and p.hub.https_port == 443
     assert p.tls.mode == "self-signed" and p.auth.mode == "shared-password"
@@ -204,7 +208,7 @@ def test_params_file_loads_and_names_the_lab(lab):
     assert p.operator_path == STATE_ROOT / NAME / "operator" / NAME
     assert lab.params_file.read_text().startswith("# Written by `hubops lab up`")
     # The engine socket the hub mounts answers too.
-    c = docker.DockerClient(base_url=f"unix://{p.hosts.managers[0].engine_socket}", timeout=10)
+    c = docker.DockerClient(base_url=f"unix://{lab_mod.node_socket(RUN_ROOT / NAME, 't1-manager')}", timeout=10)
     assert c.info()["Name"] == "t1-manager"
     c.close()
 
