@@ -37,8 +37,9 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hubops.cli", *args], cwd=PROJECT, capture_output=True, text=True)
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hubops.cli", *args], cwd=PROJECT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
 
 
 def floor_service(p, clients: Clients, image: str, n: int) -> list[float]:
@@ -159,6 +160,10 @@ def main() -> None:
                                           "machinery_s": round(s["duration_s"] - (s.get("cells_s") or 0), 2)}
                               for s in warm["stages"]}
         res["deploy_warm_in_stages_s"] = warm["duration_s"]
+        # The same no-change deploy with every stage starting its own kernel (hubops.kernels off).
+        t0 = time.monotonic()
+        r = cli("deploy", "-p", str(params), env={"HUBOPS_KERNELS_AHEAD": "0"})
+        res["deploy_warm_no_prestart_s"] = round(time.monotonic() - t0, 1)
         p = load_params(params)
         clients = Clients(p)
         api = HubAPI(p, timeout=30)
@@ -206,6 +211,7 @@ def main() -> None:
             print(f"{section + '.' + k:<40} {v}")
     print(f"{'deploy_first_s':<40} {res.get('deploy_first_s')}")
     print(f"{'deploy_warm_s':<40} {res.get('deploy_warm_s')}")
+    print(f"{'deploy_warm_no_prestart_s':<40} {res.get('deploy_warm_no_prestart_s')}  (HUBOPS_KERNELS_AHEAD=0)")
     print(f"{'deploy_warm_in_stages_s':<40} {res.get('deploy_warm_in_stages_s')}  (the rest: CLI start, report)")
     print(f"{'  warm stage':<40} total_s  cells_s  machinery_s")
     for k, v in res.get("warm_stages", {}).items():

@@ -124,3 +124,31 @@ def secret_hits(values: dict[str, str], roots: list[Path], logs: dict[str, str])
         data = text.encode()
         hits += [f"{label}: {what}" for n, what in needles.items() if n in data]
     return hits
+
+
+def runs(outputs: Path) -> list[dict]:
+    """The run.json of every run under `outputs`, oldest first (run IDs begin with their UTC time)."""
+    import json
+
+    return sorted((json.loads(f.read_text()) for f in outputs.glob("*/run.json")), key=lambda r: r["run_id"])
+
+
+def stage_record(outputs: Path, run: dict, stage: str) -> dict:
+    """The record a stage's notebook of `run` holds (what it changed and kept, its results)."""
+    import json
+
+    from hubops.record import read_record
+
+    return read_record(json.loads((outputs / run["run_id"] / f"{stage}.ipynb").read_text()))
+
+
+def served_fingerprint(host: str, port: int, cafile: Path) -> str:
+    """sha256 of the certificate served at host:port, verified against `cafile` alone."""
+    import hashlib
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection((host, port), timeout=10) as sock:
+        with ctx.wrap_socket(sock, server_hostname=host) as s:
+            return hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()

@@ -22,7 +22,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urlparse
+from urllib.parse import parse_qs, quote, urlencode, urlparse
 
 import requests
 
@@ -165,6 +165,22 @@ class FakeGitHub:
         self.port = self.server.server_address[1]
         self.url = f"http://{address}:{self.port}"
         self._t = threading.Thread(target=self.server.serve_forever, name="fake-github", daemon=True)
+
+    def log_in(self, hub_url: str, user: str, *, verify: str):
+        """A browser going through the hub's OAuth login with `user` signing in at "GitHub":
+        returns the browser's session and the hub's answer at /hub/oauth_callback (302: let in)."""
+        self.login = user
+        s = requests.Session()
+        s.trust_env = False
+        s.verify = verify
+        r = s.get(f"{hub_url}/hub/oauth_login", allow_redirects=False, timeout=10)
+        assert r.status_code == 302, r.text[:300]
+        assert r.headers["location"].startswith(f"{self.url}/login/oauth/authorize?"), r.headers["location"]
+        assert f"redirect_uri={quote(hub_url + '/hub/oauth_callback', safe='')}" in r.headers["location"]
+        r = s.get(r.headers["location"], allow_redirects=False, timeout=10)  # "GitHub" sends the code back
+        assert r.status_code == 302 and r.headers["location"].startswith(f"{hub_url}/hub/oauth_callback?code=")
+        # The hub exchanges the code at this endpoint, from wherever the hub's container runs.
+        return s, s.get(r.headers["location"], allow_redirects=False, timeout=30)
 
     def start(self) -> "FakeGitHub":
         self._t.start()

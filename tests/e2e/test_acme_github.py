@@ -19,11 +19,9 @@ the end; the /etc/hosts line that makes `hub.acme.test` resolve to this machine 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import socket
-import ssl
 import textwrap
 import time
 from pathlib import Path
@@ -36,11 +34,11 @@ from hubops import acme_tls, teardown, tls
 from hubops.engine import Clients
 from hubops.errors import TLSError
 from hubops.params import load_params
-from hubops.record import read_record
 from hubops.result import Result
 from hubops.verify import HubAPI
 from tests.peers import FakeGitHub, Pebble
-from tests.helpers import hubops_cli
+from tests import helpers
+from tests.helpers import hubops_cli, runs, stage_record
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 PROJECT = Path(__file__).resolve().parents[2]
@@ -54,14 +52,6 @@ HOSTS_MARK = "# hubops tests/e2e/test_acme_github.py"
 CLIENT_ID = "hubops-e2e-client"
 USERS = "octoadmin admin\nalice\nbob\n"
 FIGURES: dict[str, float] = {}
-
-
-def runs(outputs: Path) -> list[dict]:
-    return [json.loads(f.read_text()) for f in sorted(outputs.glob("*/run.json"))]
-
-
-def stage_record(outputs: Path, run: dict, stage: str) -> dict:
-    return read_record(json.loads((outputs / run["run_id"] / f"{stage}.ipynb").read_text()))
 
 
 def labelled(kind: str | None = None) -> list[str]:
@@ -156,7 +146,7 @@ def deployed(tmp_path_factory, hosts_entry, pebble, github):
 
 # -- helpers ----------------------------------------------------------------------------------
 def browser(d) -> requests.Session:
-    """A user's browser: trusts what the test trusts (Pebble's root), deaf to the environment."""
+    """A user's browser: trusts Pebble's root alone, deaf to the environment."""
     s = requests.Session()
     s.trust_env = False
     s.verify = str(d["pebble"].root)
@@ -164,27 +154,12 @@ def browser(d) -> requests.Session:
 
 
 def github_login(d, user: str) -> tuple[requests.Session, requests.Response]:
-    """The OAuth login flow through the hub, `user` signing in at "GitHub": returns the browser
-    and the hub's answer at /hub/oauth_callback."""
-    gh: FakeGitHub = d["github"]
-    gh.login = user
-    hub = d["p"].hub_url
-    s = browser(d)
-    r = s.get(f"{hub}/hub/oauth_login", allow_redirects=False, timeout=10)
-    assert r.status_code == 302, r.text[:300]
-    assert r.headers["location"].startswith(f"{gh.url}/login/oauth/authorize?"), r.headers["location"]
-    assert f"redirect_uri={requests.utils.quote(hub + '/hub/oauth_callback', safe='')}" in r.headers["location"]
-    r = s.get(r.headers["location"], allow_redirects=False, timeout=10)  # "GitHub" sends the code back
-    assert r.status_code == 302 and r.headers["location"].startswith(f"{hub}/hub/oauth_callback?code=")
-    callback = s.get(r.headers["location"], allow_redirects=False, timeout=30)
-    return s, callback
+    """The OAuth login through the hub with `user` signing in at "GitHub"; the hub's answer at the callback."""
+    return d["github"].log_in(d["p"].hub_url, user, verify=str(d["pebble"].root))
 
 
 def served_fingerprint(d) -> str:
-    ctx = ssl.create_default_context(cafile=str(d["pebble"].root))
-    with socket.create_connection((NAME, PORT), timeout=10) as sock:
-        with ctx.wrap_socket(sock, server_hostname=NAME) as s:
-            return hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
+    return helpers.served_fingerprint(NAME, PORT, d["pebble"].root)
 
 
 def ensure_server(d, user: str) -> None:

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import hashlib
 import json
 import os
 import shlex
 import socket
-import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -42,9 +40,9 @@ import yaml
 from hubops import lab, tls
 from hubops.engine import Clients
 from hubops.params import load_params
-from hubops.record import read_record
 from hubops.verify import HubAPI
-from tests.helpers import hubops_cli
+from tests import helpers
+from tests.helpers import hubops_cli, runs, stage_record
 from tests.peers import FakeGitHub, Pebble
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
@@ -61,14 +59,6 @@ HOSTS_MARK = "# hubops tests/e2e/test_lab_acme_github.py"
 CLIENT_ID = "hubops-lab-client"
 USERS = "octoadmin admin\nalice\nbob\n"
 FIGURES: dict[str, float] = {}
-
-
-def runs(outputs: Path) -> list[dict]:
-    return sorted((json.loads(f.read_text()) for f in outputs.glob("*/run.json")), key=lambda r: r["run_id"])
-
-
-def stage_record(outputs: Path, run: dict, stage: str) -> dict:
-    return read_record(json.loads((outputs / run["run_id"] / f"{stage}.ipynb").read_text()))
 
 
 # -- the lab, the peers, the deployment -------------------------------------------------------
@@ -162,31 +152,20 @@ def deployed(lab_info, hosts_entry, pebble, github):
 
 # -- helpers ----------------------------------------------------------------------------------
 def browser(d) -> requests.Session:
+    """A user's browser: trusts Pebble's root alone, deaf to the environment."""
     s = requests.Session()
     s.trust_env = False
-    s.verify = str(d["pebble"].root)  # Pebble's root alone
+    s.verify = str(d["pebble"].root)
     return s
 
 
 def github_login(d, user: str) -> tuple[requests.Session, requests.Response]:
-    gh: FakeGitHub = d["github"]
-    gh.login = user
-    hub = d["p"].hub_url
-    s = browser(d)
-    r = s.get(f"{hub}/hub/oauth_login", allow_redirects=False, timeout=10)
-    assert r.status_code == 302, r.text[:300]
-    assert r.headers["location"].startswith(f"{gh.url}/login/oauth/authorize?"), r.headers["location"]
-    r = s.get(r.headers["location"], allow_redirects=False, timeout=10)
-    assert r.status_code == 302 and r.headers["location"].startswith(f"{hub}/hub/oauth_callback?code=")
-    # The hub's container (in the manager's namespace) exchanges the code at the fake GitHub.
-    return s, s.get(r.headers["location"], allow_redirects=False, timeout=30)
+    """The OAuth login through the hub with `user` signing in at "GitHub"; the hub's answer at the callback."""
+    return d["github"].log_in(d["p"].hub_url, user, verify=str(d["pebble"].root))
 
 
 def served_fingerprint(d) -> str:
-    ctx = ssl.create_default_context(cafile=str(d["pebble"].root))
-    with socket.create_connection((NAME, PORT), timeout=10) as sock:
-        with ctx.wrap_socket(sock, server_hostname=NAME) as s:
-            return hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
+    return helpers.served_fingerprint(NAME, PORT, d["pebble"].root)
 
 
 def server_node(d, user: str) -> str:

@@ -24,15 +24,11 @@ import requests
 from hubops import teardown
 from hubops.engine import Clients
 from hubops.params import load_params
-from tests.helpers import deployment_secrets, hubops_cli, make_params, secret_hits
+from tests.helpers import deployment_secrets, hubops_cli, make_params, runs, secret_hits
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 PROJECT = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "e2e"
-
-
-def runs(outputs: Path) -> list[dict]:
-    return [json.loads(f.read_text()) for f in sorted(outputs.glob("*/run.json"))]
 
 
 @pytest.fixture(scope="module")
