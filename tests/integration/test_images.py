@@ -15,6 +15,7 @@ import docker
 import pytest
 
 from hubops import images as im
+from tests.helpers import RUN
 
 pytestmark = pytest.mark.engine
 
@@ -245,9 +246,10 @@ def test_leak_scan_finds_a_copied_bundle(docker_client, base, extra_ca):
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     ctx.seek(0)
-    ref = "hubops-itest-leak:control"
+    ref = f"hubops-itest-leak:control-{RUN}"  # this run's: another run may scan its own at the same time
     img, _ = docker_client.images.build(fileobj=ctx, custom_context=True, tag=ref, rm=True,
-                                        labels={"hubops.managed": "true", "hubops.deployment": DEPLOYMENT})
+                                        labels={"hubops.managed": "true", "hubops.deployment": DEPLOYMENT,
+                                                "hubops.test-run": RUN})  # an image of its own
     try:
         markers = _leak_markers(extra_ca.read_text())
         hits = _scan_saved_image(docker_client, ref, list(markers))
