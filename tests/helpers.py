@@ -352,3 +352,28 @@ def ensure_swarm() -> None:
         assert state == "active", f"the local engine's swarm is {state!r}, not active"
     finally:
         client.close()
+
+
+class machine_lock:
+    """`with machine_lock("port-80") as waited:` holds /tmp/hubops-lock-NAME (flock, as the shell's
+    `flock` command takes it) for what only one run on this machine may use at a time, such as
+    port 80; `waited` is how long it took to get it, in seconds."""
+
+    def __init__(self, name: str):
+        self.path = Path(f"/tmp/hubops-lock-{name}")
+        self._f = None
+
+    def __enter__(self) -> float:
+        import fcntl
+        import time
+
+        t0 = time.monotonic()
+        self._f = open(self.path, "a")
+        fcntl.flock(self._f, fcntl.LOCK_EX)
+        return time.monotonic() - t0
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        fcntl.flock(self._f, fcntl.LOCK_UN)
+        self._f.close()
