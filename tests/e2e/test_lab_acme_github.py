@@ -45,7 +45,7 @@ from tests import helpers
 from tests.helpers import LAB_SUBNETS, RUN, free_port, free_subnet, hubops_cli, run_name, runs, stage_record
 from tests.peers import FakeGitHub, Pebble
 
-pytestmark = [pytest.mark.engine, pytest.mark.e2e]
+pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]  # `make test-all` only (see README: Tests)
 PROJECT = Path(__file__).resolve().parents[2]
 LAB = run_name("aclab")
 SUBNET = free_subnet(LAB_SUBNETS)

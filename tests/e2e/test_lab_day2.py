@@ -41,7 +41,7 @@ from hubops.record import read_record
 from hubops.verify import HubAPI
 from tests.helpers import LAB_SUBNETS, RUN, admin_session, free_subnet, hubops_cli, run_name
 
-pytestmark = [pytest.mark.engine, pytest.mark.e2e]
+pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]  # `make test-all` only (see README: Tests)
 NAME = run_name("d2lab")  # the lab and the deployment: d2lab-RUN (tests/helpers)
 OVERLAY = "10.244.0.0/24"  # inside the lab's own engines
 BROKEN = f"hubops-broken-test:hub-exits-{RUN}"

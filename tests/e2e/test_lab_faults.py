@@ -38,7 +38,7 @@ from hubops.verify import HubAPI
 from tests.helpers import LAB_SUBNETS, PROJECT, free_subnet, run_name
 from tests.helpers import hubops_cli as cli
 
-pytestmark = [pytest.mark.engine, pytest.mark.e2e]
+pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]  # `make test-all` only (see README: Tests)
 NAME = run_name("ftlab")  # the lab and the deployment: ftlab-RUN (tests/helpers)
 OVERLAY = "10.246.0.0/24"  # inside the lab's own engines
 _subnet: list[str] = []  # the lab's, chosen free once

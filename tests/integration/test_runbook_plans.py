@@ -13,7 +13,7 @@ the values of this machine's state (the swarm's and the node's IDs, the engine's
 version, the host name, the user, the home and project folders, CPU and memory figures) are masked
 in the fresh run wherever they appear, beside the patterns below. The fixed state includes a swarm:
 the local engine is put in a single-node swarm when it is in none, as the other integration tests do,
-and its node carries `hubops.managed=true` as after any deployment.
+its node carries `hubops.managed=true` as after any deployment, and the base image exists.
 
 After a deliberate change to a runbook or to what a plan says, regenerate and review the diff:
     .venv/bin/pytest tests/integration/test_runbook_plans.py --nb-force-regen
@@ -31,6 +31,7 @@ import docker
 import nbformat
 import pytest
 
+from hubops import images
 from tests.helpers import ensure_swarm
 
 pytestmark = pytest.mark.engine
@@ -128,6 +129,9 @@ def expected_source(runbook: str) -> nbformat.NotebookNode:
 def fixed_state():
     ensure_swarm()
     client = docker.from_env()
+    # The plans name the images 60-images would build (80-deploy: hubops-hub:DIGEST): their tags come
+    # from the base image, made here when the engine has none (pulled, or debootstrapped: ~1 min).
+    images.ensure_base_image(client)
     # A node any hubops deployment has used carries hubops.managed=true (teardown keeps it); the plans
     # are recorded against such a node, whether or not an earlier test or deploy labelled it.
     for attempt in range(5):  # another run may update the node's labels at the same moment
