@@ -12,7 +12,7 @@ import docker
 import docker.errors
 
 from hubops.core.engine import docker_op
-from hubops.core.errors import DockerOpError, HubopsError, ParameterError
+from hubops.core.errors import DockerOpError, ParameterError, ImageNotBuilt
 from hubops.core.labels import MANAGED
 from hubops.core.result import Result
 
@@ -62,7 +62,7 @@ def prune_images(p, clients, *, keep: int = 1, dry_run: bool = False) -> Result:
     r = Result("prune images", dry_run=dry_run)
     try:
         desired = set(desired_refs(p, builder(p, clients)).values())
-    except HubopsError as e:  # no base image: no current build to protect beyond what is in use
+    except ImageNotBuilt as e:  # no base image: no current build to protect beyond what is in use
         desired = set()
         r.keep("current build", f"not known ({e})")
     service_refs, containers = _images_in_use(p, clients)

@@ -22,7 +22,7 @@ import docker.types
 from hubops.hub import running
 from hubops.core import labels as L
 from hubops.core.engine import Clients, docker_op
-from hubops.core.errors import BackupError, DockerOpError, HubopsError
+from hubops.core.errors import BackupError, DockerOpError, HubNotRunning, NotDeployed
 from hubops.core.params import Loaded
 from hubops.core.result import Result
 
@@ -109,7 +109,7 @@ def _place_db(p: Loaded, clients: Clients, image: str, db: Path, sha: str) -> No
             try:
                 hc.volumes.get(p.hub_volume)
             except docker.errors.NotFound:
-                raise HubopsError(f"volume {p.hub_volume} is missing on {node}: run 70-storage and 80-deploy first") from None
+                raise NotDeployed(f"volume {p.hub_volume} is missing on {node}: run 70-storage and 80-deploy first") from None
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(str(db), arcname=".hubops-restore.sqlite")
@@ -173,7 +173,7 @@ def restore(p: Loaded, clients: Clients, which: str = "latest", *, safety_backup
     hub_running = False
     try:
         hub_running = running.hub_container(p, clients) is not None
-    except HubopsError:
+    except HubNotRunning:
         pass
     if safety_backup and hub_running:
         results.append(backup(p, clients, reason=f"before restoring {path.name}", dry_run=dry_run))

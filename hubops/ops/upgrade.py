@@ -23,7 +23,7 @@ from hubops.hub import running
 from hubops.stages import deploy, images
 from hubops.core import progress, secrets
 from hubops.core.engine import Clients
-from hubops.core.errors import DockerOpError, HubopsError, ParameterError
+from hubops.core.errors import DockerOpError, HubopsError, ImageNotBuilt, ParameterError, VerifyError
 from hubops.core.params import Loaded
 from hubops.core.result import Result
 
@@ -144,9 +144,7 @@ def upgrade(p: Loaded, clients: Clients, *, image: str = "", jupyterhub_version:
     are untouched. The verdict is in the facts: "upgraded" or "rolled back" (`hubops ops upgrade`
     exits 3 for the latter)."""
     c = clients.manager
-    svc = running.find_service(c, p)
-    if svc is None:
-        raise HubopsError(f"no hub service {p.hub_service}: deploy first (hubops deploy -p {p.source})")
+    svc = running.hub_service(p, clients)
     current = running.service_image(svc)
     target, built = target_image(p, clients, image=image, jupyterhub_version=jupyterhub_version, dry_run=dry_run)
     results = [built]
@@ -160,7 +158,7 @@ def upgrade(p: Loaded, clients: Clients, *, image: str = "", jupyterhub_version:
         results.append(_backup.backup(p, clients, reason=f"before upgrading {current} to {target}", dry_run=dry_run))
     try:
         up.facts["from_version"] = _hub_version(p)
-    except HubopsError as e:
+    except VerifyError as e:
         up.facts["from_version"] = f"unknown (hub not answering: {e.__class__.__name__})"
     results.append(up)
     if dry_run:
@@ -208,7 +206,7 @@ def upgrade(p: Loaded, clients: Clients, *, image: str = "", jupyterhub_version:
 def _desired_hub(p: Loaded, clients: Clients) -> str | None:
     try:
         return images.desired_refs(p, images.builder(p, clients))["hub"]
-    except HubopsError:
+    except ImageNotBuilt:
         return None
 
 

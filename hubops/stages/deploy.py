@@ -23,7 +23,7 @@ from hubops.hub import config as hubconfig, running
 from hubops.stages import images
 from hubops.core import labels as L, operator, secrets
 from hubops.core.engine import Clients, docker_op
-from hubops.core.errors import HubopsError
+from hubops.core.errors import HubopsError, ImageNotBuilt
 from hubops.core.params import Loaded
 from hubops.core.result import Result
 
@@ -157,7 +157,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
     c = clients.manager
     try:
         refs = images.desired_refs(p, images.builder(p, clients))
-    except HubopsError:
+    except ImageNotBuilt:
         if not dry_run:
             raise
         # A plan before any image exists: 60-images would build them first.

@@ -26,7 +26,7 @@ import docker
 import docker.errors
 
 from hubops.core.paths import IMAGES
-from hubops.core.errors import DockerOpError, HubopsError, ImageBuildError
+from hubops.core.errors import DockerOpError, HubopsError, ImageBuildError, ImageNotBuilt
 from hubops.core.labels import labels
 from hubops.core.progress import step as progress_step
 from hubops.core.result import Result
@@ -524,7 +524,7 @@ def desired_refs(p, client: docker.DockerClient) -> dict[str, str]:
     """The tags the current build contexts give, e.g. {"hub": "hubops-hub:3f2a…", ...}."""
     base = image_or_none(client, p.images.base)
     if base is None:
-        raise HubopsError(f"base image {p.images.base} is missing on {p.hub_host.name}: run 60-images first")
+        raise ImageNotBuilt(f"base image {p.images.base} is missing on {p.hub_host.name}: run 60-images first")
     ca = extra_ca(p)
     ca_digest = hashlib.sha256(ca.read_bytes()).hexdigest() if ca and ca.read_bytes() else None
     return {k: image_ref(k, images_dir=images_dir(p), base_id=base.id, extra_ca_digest=ca_digest) for k in KINDS}

@@ -67,14 +67,14 @@ def ensure_hub_shared_path(p: Loaded, clients: Clients, *, dry_run: bool = False
     """storage.hub.mode shared-path: the hub's manager writes a marker in storage.hub.path and every
     other manager reads it back, so the hub finds its database wherever Swarm starts it. Changes nothing."""
     from hubops.stages import images
-    from hubops.core.errors import HubopsError, PreflightError
+    from hubops.core.errors import ImageNotBuilt, PreflightError
 
     r = Result("storage", dry_run=dry_run)
     path = str(p.storage.hub.path)
     r.facts.update({"hub data": path, "hub_can_move": True, "why": describe_hub(p)})
     try:
         image = images.desired_refs(p, images.builder(p, clients))["singleuser"]
-    except HubopsError:
+    except ImageNotBuilt:
         if not dry_run:
             raise
         return r.check(f"{path} on every manager", "plan: checked once 60-images has built the images")
@@ -117,7 +117,7 @@ def ensure_user_storage(p: Loaded, clients: Clients, *, dry_run: bool = False) -
     """Check that users' homes can be made as storage.users says, on every node. Changes nothing:
     homes are made by the hub when a user's server first starts (the hub's spawner does it)."""
     from hubops.stages import images
-    from hubops.core.errors import HubopsError, PreflightError
+    from hubops.core.errors import ImageNotBuilt, PreflightError
 
     us = p.storage.users
     r = Result("users' storage", dry_run=dry_run)
@@ -146,7 +146,7 @@ def ensure_user_storage(p: Loaded, clients: Clients, *, dry_run: bool = False) -
     path = us.shared_path
     try:
         image = images.desired_refs(p, images.builder(p, clients))["singleuser"]
-    except HubopsError:
+    except ImageNotBuilt:
         if not dry_run:
             raise
         return r.check(f"{path} on every node", "plan: checked once 60-images has built the images")

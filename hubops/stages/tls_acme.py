@@ -49,7 +49,7 @@ from hubops.hub import running
 from hubops.core import labels as L, operator, secrets
 from hubops.core import certs
 from hubops.core.engine import Clients, docker_op
-from hubops.core.errors import ConflictError, HubopsError, TLSError
+from hubops.core.errors import ConflictError, TLSError, ImageNotBuilt
 from hubops.core.params import Loaded
 from hubops.core.result import Result
 
@@ -419,7 +419,7 @@ def _responder_image(p: Loaded, clients: Clients, r: Result) -> str:
     src = images.builder(p, clients)
     try:
         wanted = images.desired_refs(p, src)["hub"]
-    except HubopsError:
+    except ImageNotBuilt:
         wanted = None
     for ref in (wanted, running.running_image(p, clients)):
         if ref is None:
