@@ -199,12 +199,11 @@ def backup(p: Loaded, clients: Clients, *, reason: str = "", dry_run: bool = Fal
         PARAMETERS: p.source.read_bytes(),
     }
     _no_secret_in(p, files)
-    cs = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
     final, manifest = write_folder(root, files, {
         "deployment": p.deployment,
         "reason": reason,
         "hub_service": p.hub_service,
-        "hub_image": cs.get("Image", "").split("@")[0],
+        "hub_image": running.service_image(svc),
         "jupyterhub_version": inside.get("jupyterhub"),
         "sqlite_version": inside.get("sqlite"),
     })

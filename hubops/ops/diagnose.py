@@ -20,6 +20,7 @@ import docker
 import docker.errors
 
 from hubops.core import labels as L
+from hubops.hub import running
 from hubops.ops.status import quorum_lost_text, running_containers, swarm_health
 from hubops.stages import storage
 from hubops.core.facts import node_name
@@ -269,7 +270,7 @@ def _swarm_report(p: Loaded, c, r: Result, texts: list, findings: list, log_line
     # -- the hub service --------------------------------------------------------------------------
     with docker_op("list services"):
         services = c.services.list(filters={"label": L.selector(p.deployment)})
-    hub = next((s for s in services if s.name == p.hub_service), None)
+    hub = running.find_service(c, p)
     if hub is None:
         r.check(f"service {p.hub_service}", "PROBLEM: missing")
         findings.append(_finding("hub-missing", f"service {p.hub_service}", "no such service",
@@ -277,17 +278,17 @@ def _swarm_report(p: Loaded, c, r: Result, texts: list, findings: list, log_line
     else:
         us = hub.attrs.get("UpdateStatus") or {}
         tasks = sorted(hub.tasks(), key=lambda t: t["Status"].get("Timestamp", ""), reverse=True)
-        running = [t for t in tasks if t["Status"]["State"] == "running"]
+        up = [t for t in tasks if t["Status"]["State"] == "running"]
         r.facts["hub service"] = {
-            "image": hub.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0],
+            "image": running.service_image(hub),
             "replicas": (hub.attrs["Spec"].get("Mode", {}).get("Replicated") or {}).get("Replicas"),
-            "running tasks": len(running),
+            "running tasks": len(up),
             "last update": f"{us.get('State', 'none')} {us.get('Message', '')}".strip(),
         }
         r.facts["hub tasks"] = [_task_row(t, names) for t in tasks[:10]]
         for t in tasks[:10]:
             texts.append((f"hub task {t['ID'][:12]}", f"{t['Status'].get('Err', '')} {t['Status'].get('Message', '')}"))
-        r.check(f"service {p.hub_service}", f"{len(running)} running task(s)" if running else "PROBLEM: no running task")
+        r.check(f"service {p.hub_service}", f"{len(up)} running task(s)" if up else "PROBLEM: no running task")
         if not running:
             findings.append(_finding("hub-down", f"service {p.hub_service}", "no running task",
                                      "the hub is not serving", "see the hub's tasks and log lines; the signatures "

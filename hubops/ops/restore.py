@@ -160,7 +160,7 @@ def restore(p: Loaded, clients: Clients, which: str = "latest", *, safety_backup
     if m["deployment"] != p.deployment:
         checked.check("deployment", f"a backup of {m['deployment']}, restored onto {p.deployment}")
     svc = running.hub_service(p, clients)
-    image = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
+    image = running.service_image(svc)
     head = _schema_head(p, clients, image)
     if head["head"] != info["alembic_revision"]:
         raise BackupError(
