@@ -31,7 +31,7 @@ import docker
 import nbformat
 import pytest
 
-from hubops import images
+from hubops.stages import images
 from tests.helpers import ensure_swarm
 
 pytestmark = pytest.mark.engine
