@@ -57,3 +57,9 @@ def restore_process_state():
         lg = logging.getLogger(n)  # a logger a test made: no handler of its own left behind
         lg.handlers.clear()
         lg.propagate = True
+
+
+def pytest_report_header(config):
+    from tests.helpers import RUN
+
+    return f"hubops test run {RUN}: this run's deployments and labs end in -{RUN} (HUBOPS_TEST_RUN sets it)"
