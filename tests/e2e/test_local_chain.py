@@ -68,6 +68,17 @@ def labelled_objects() -> list[str]:
             for o in coll.list(filters={"label": f"hubops.deployment={DEPLOYMENT}"})]
 
 
+def hub_tasks(p) -> str:
+    """The hub service's task history (a hub Swarm restarted, e.g. after failed healthchecks on a
+    machine too busy to answer them, shows here), for failure messages."""
+    try:
+        tasks = docker.from_env().services.get(p.hub_service).tasks()
+    except docker.errors.DockerException as e:
+        return f"\nhub tasks: unreadable ({e})"
+    rows = sorted((t["CreatedAt"][:19], t["Status"]["State"], t["Status"].get("Err", "")) for t in tasks)
+    return "\nhub tasks (created, state, error):\n" + "\n".join("  " + "  ".join(r) for r in rows)
+
+
 def test_plan_first_changes_nothing(deployed):
     plan = deployed["plan"]
     assert plan.returncode == 0, plan.stderr[-4000:]
@@ -172,7 +183,7 @@ def test_second_deploy_changes_nothing_and_the_hub_keeps_serving(deployed):
     warm_s = time.monotonic() - t0
     deployed["warm"] = warm  # its log is scanned for secrets too
     print(f"\nwarm deploy: {warm_s:.1f} s (cold was {deployed['cold_s']:.1f} s)")
-    assert warm.returncode == 0, warm.stderr[-4000:]
+    assert warm.returncode == 0, warm.stderr[-4000:] + hub_tasks(p)
     run = runs(deployed["outputs"])[-1]
     assert run["status"] == "ok" and run["changed"] == 0, [s.get("changes") for s in run["stages"]]
     assert all(s["kept"] > 0 for s in run["stages"]), "every stage says what it found already right"
