@@ -31,6 +31,7 @@ import docker
 import nbformat
 import pytest
 
+from hubops.core.nodes import update_node
 from hubops.stages import images
 from tests.helpers import ensure_swarm
 
@@ -134,17 +135,9 @@ def fixed_state():
     images.ensure_base_image(client)
     # A node any hubops deployment has used carries hubops.managed=true (teardown keeps it); the plans
     # are recorded against such a node, whether or not an earlier test or deploy labelled it.
-    for attempt in range(5):  # another run may update the node's labels at the same moment
-        node = client.nodes.get(client.info()["Swarm"]["NodeID"])
-        if (node.attrs["Spec"].get("Labels") or {}).get("hubops.managed") == "true":
-            break
-        spec = dict(node.attrs["Spec"])
-        spec["Labels"] = {**(spec.get("Labels") or {}), "hubops.managed": "true"}
-        try:
-            node.update(spec)
-        except docker.errors.APIError:
-            if attempt == 4:
-                raise
+    node = client.nodes.get(client.info()["Swarm"]["NodeID"])
+    if (node.attrs["Spec"].get("Labels") or {}).get("hubops.managed") != "true":
+        update_node(node, lambda spec: spec["Labels"].update({"hubops.managed": "true"}))  # others label it too
     sel = {"label": "hubops.deployment=nb2"}
     left = [o.name for coll in (client.services, client.secrets, client.configs, client.networks, client.volumes)
             for o in coll.list(filters=sel)]
