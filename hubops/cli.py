@@ -393,7 +393,7 @@ def record_show(run_id: str, stages: tuple[str, ...]) -> None:
     for p in v.problems[1:]:
         Console().print(f"    · {p}", markup=False, highlight=False)
     Console().print(f"  what a stage found: hubops record show {m['run_id']} --stage {m['stages'][-1]['name']}",
-                    markup=False, highlight=False)
+                    markup=False, highlight=False, soft_wrap=True)  # one line: it is a command to copy
 
 
 @main.command("report")
