@@ -95,29 +95,30 @@ def deploy(params_file: str, plan: bool, resume: str | None, only: tuple[str, ..
         console.print(f"[red]Run {run.id} stopped at {failed['name']}.[/red]")
         console.print(f"  notebook: {run.dir / failed.get('notebook', '')}  (failing cell {failed['error'].get('cell')})")
         console.print(f"  fix the cause, then: hubops deploy -p {params_file} --resume {run.id}")
-        console.print(f"  record: {run.dir}/index.html")
+        console.print(f"  record: {run.dir}/index.html", soft_wrap=True)
         sys.exit(1)
     p = load_params(params_file)
     verb = "would change" if plan else "changed"
     console.print(f"[green bold]{'Plan' if plan else 'Deployed'}[/green bold]: {m['changed']} {verb} in {m['duration_s']} s")
     if not plan:
         _print_access(p)
-    console.print(f"  record:    {run.dir}/  (report: {run.dir}/index.html)")
+    console.print(f"  record:    {run.dir}/  (report: {run.dir}/index.html)", soft_wrap=True)
 
 
 def _print_access(p) -> None:
     from .tls import trust_path
 
-    console.print(f"  hub:       {p.hub_url}/")
+    # soft_wrap: paths and commands stay whole on their line, so they can be copied
+    console.print(f"  hub:       {p.hub_url}/", soft_wrap=True)
     ca = trust_path(p)
     if isinstance(ca, str):
-        console.print(f"  CA:        {ca}  (e.g. curl --cacert {ca} {p.hub_url}/hub/health)")
+        console.print(f"  CA:        {ca}  (e.g. curl --cacert {ca} {p.hub_url}/hub/health)", soft_wrap=True)
     if p.auth.mode == "shared-password":
-        console.print(f"  log in as: any of {', '.join(p.allowed)}")
+        console.print(f"  log in as: any of {', '.join(p.allowed)}", soft_wrap=True)
         console.print(f"  password:  users: {p.operator_path}/user-password; admins ({', '.join(p.admins)}): "
-                      f"{p.operator_path}/admin-password  (files readable only by you)")
+                      f"{p.operator_path}/admin-password  (files readable only by you)", soft_wrap=True)
     else:
-        console.print(f"  log in:    with GitHub, as one of {', '.join(p.allowed)}")
+        console.print(f"  log in:    with GitHub, as one of {', '.join(p.allowed)}", soft_wrap=True)
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:
@@ -166,9 +167,11 @@ def ops(runbook: str, params_file: str, settings: tuple[str, ...], plan: bool, t
         from .redact import redactor_for
 
         _print_stage(run, entry, redactor_for(params_file=params_file))
-    console.print(f"  record: {run.dir}/  (report: {run.dir}/index.html)")
+    # soft_wrap: the paths stay whole on one line, so they can be copied
+    console.print(f"  record: {run.dir}/  (report: {run.dir}/index.html)", soft_wrap=True)
     if run.manifest["status"] != "ok":
-        console.print(f"  failing notebook: {run.dir / entry.get('notebook', '')} (cell {entry['error'].get('cell')})")
+        console.print(f"  failing notebook: {run.dir / entry.get('notebook', '')} (cell {entry['error'].get('cell')})",
+                      soft_wrap=True)
         sys.exit(1)
     if _rolled_back(run.dir / entry.get("notebook", "")):
         console.print(f"[yellow]rolled back[/yellow]: the new image failed and Swarm put the previous one back; "
@@ -355,14 +358,17 @@ def record_show(run_id: str, stages: tuple[str, ...]) -> None:
 
     m = run.manifest
     if stages:
+        import textwrap
+
+        from . import textview
         from .redact import redactor_for
 
         picked = _pick_stages(m, stages)
         redactor = redactor_for(params_file=m.get("params_file"))
         click.echo(f"{m['run_id']}: {m['status']} ({m['kind']}, by {m['who']} on {m['machine']})")
         for s in picked:
-            click.echo(f"\n== {s['name']}: {s['status']}, {s.get('duration_s', '?')} s "
-                       f"(notebook {run.dir / s.get('notebook', s['name'] + '.ipynb')})\n")
+            click.echo(f"\n== {s['name']}: {s['status']}, {s.get('duration_s', '?')} s\n"
+                       f"   notebook: {run.dir / s.get('notebook', s['name'] + '.ipynb')}\n")
             if s["status"] in ("pending", "skipped"):
                 click.echo("(the stage did not run)")
                 continue
@@ -371,7 +377,9 @@ def record_show(run_id: str, stages: tuple[str, ...]) -> None:
                 e = s["error"]
                 click.echo(redactor.redact(f"✘ failed in cell {e.get('cell')}: {e.get('ename')}: {e.get('evalue')}"))
         v = verify_run(run.dir)
-        click.echo(f"\nrecord: {v.verdict}")
+        width = textview.terminal_width(sys.stdout)
+        click.echo("\n" + textwrap.fill(f"record: {v.verdict}", width, break_long_words=False, break_on_hyphens=False,
+                                        subsequent_indent="  "))
         return
     Console().print(f"{m['run_id']}: {m['status']} ({m['kind']}, {m.get('duration_s')} s, by {m['who']} on {m['machine']})")
     stopped = stopped_stage(m)
