@@ -159,3 +159,15 @@ def test_record_show_prints_a_chosen_stage(small):
 
     summary = cli("record", "show", deploy, outputs=outputs)
     assert f"hubops record show {deploy} --stage 50-auth" in summary.stdout
+
+
+def test_a_plan_prints_what_it_would_do(small):
+    res = cli("ops", "teardown", "-p", str(small["params"]), "--plan", outputs=small["outputs"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    assert out.startswith("teardown: PLAN, nothing was changed"), out
+    assert re.search(rf"^  would remove +network hubops-{DEPLOYMENT}$", out, re.M), out
+    assert re.search(rf"^  would remove +secret hubops-{DEPLOYMENT}-", out, re.M), out
+    plain_and_fitting(out)
+    no_secret(small, out, res.stderr)
+    assert any(o.startswith("network ") for o in labelled(docker.from_env())), "a plan removed the network"
