@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Optional
 DEFAULT_WIDTH = 120  # when the output is not a terminal and COLUMNS is not set
 MIN_WIDTH = 40
 GAP = "  "
+LONG_WORD = 24  # a word longer than this may be broken to fit a column
 # CSI and OSC escape sequences (colours, titles, hyperlinks) and the other C0/C1 controls but \n and \t.
 _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[@-_]")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -66,15 +67,18 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def _fit(natural: list[int], floors: list[int], avail: int) -> list[int]:
-    """Column widths within `avail`: narrow columns keep their width, the wide ones share the rest."""
-    if sum(natural) <= avail:
-        return natural
+    """Column widths within `avail`, taken from the widest columns first (free text such as a
+    reason or a log line) and never below a column's floor; may stay wider than `avail` when the
+    floors do not fit (then the terminal folds the line, as it does `docker node ls`)."""
     widths = list(natural)
-    left, todo = avail, sorted(range(len(natural)), key=lambda i: natural[i])
-    for n, i in enumerate(todo):
-        share = left // (len(todo) - n)
-        widths[i] = min(natural[i], max(share, floors[i]))
-        left -= widths[i]
+    excess = sum(widths) - avail
+    while excess > 0:
+        wide = [i for i in range(len(widths)) if widths[i] > floors[i]]
+        if not wide:
+            break
+        i = max(wide, key=lambda k: widths[k] - floors[k])
+        widths[i] -= 1
+        excess -= 1
     return widths
 
 
@@ -88,12 +92,11 @@ def table(rows: Iterable[Mapping[str, Any]], width: int = DEFAULT_WIDTH, indent:
     cells = [[clean(r.get(c, "")) for c in cols] for r in rows]
     natural = [max([len(h)] + [len(line) for row in cells for line in row[i].split("\n")]) for i, h in enumerate(heads)]
     avail = width - indent - len(GAP) * (len(cols) - 1)
-    # A column is never narrower than its header, nor than 12 (or its own width when less), unless
-    # that is too wide for the line: then only its header's width is kept.
-    floors = [min(natural[i], max(len(heads[i]), 12)) for i in range(len(cols))]
-    if sum(floors) > avail:
-        floors = [min(natural[i], len(heads[i])) for i in range(len(cols))]
-    avail = max(avail, sum(floors))
+    # A column is never narrower than its header nor than its longest word, so names, addresses
+    # and versions are not broken; words over LONG_WORD (paths, digests, long log tokens) may be.
+    longest = [max([0] + [len(w) for row in cells for w in row[i].split() if len(w) <= LONG_WORD])
+               for i in range(len(cols))]
+    floors = [min(natural[i], max(len(heads[i]), longest[i])) for i in range(len(cols))]
     widths = _fit(natural, floors, avail)
     pad = " " * indent
     out = [pad + GAP.join(h.ljust(w) for h, w in zip(heads, widths)).rstrip()]

@@ -119,6 +119,7 @@ def test_ops_status_prints_the_nodes_table(small):
     assert re.search(r"^  check +node local +manager, active, ready$", out, re.M), out
     # progress and the record's place go to stderr, the findings to stdout
     assert "✔ status" in res.stderr and "record:" in res.stderr and "✔ status" not in out
+    assert "\x1b" not in res.stderr, "colour codes on a stderr that is not a terminal"
     plain_and_fitting(out)
     no_secret(small, out, res.stderr)
 
