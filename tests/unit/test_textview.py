@@ -175,6 +175,7 @@ def ops_runbooks(tmp_path, monkeypatch, params_factory):
     note = "rotated on " + "hl-manager " * 3 + "because the disk was full"
     notebook(books / "ops" / "status.ipynb", STAGE.format(name="status", note=note))
     notebook(books / "ops" / "backup.ipynb", STAGE.format(name="backup", note=note))
+    notebook(books / "ops" / "broken.ipynb", "raise RuntimeError('engine local does not answer')")
     monkeypatch.setattr(runner, "RUNBOOKS", books)
     monkeypatch.setattr(runner, "OUTPUTS", tmp_path / "outputs")
     monkeypatch.setenv("COLUMNS", "60")
@@ -222,3 +223,14 @@ def test_record_show_prints_a_stage_redacted(ops_runbooks, monkeypatch):
     assert f"hubops record show {run.name} --stage status" in summary.stdout and "NODE" not in summary.stdout
     wrong = CliRunner().invoke(cli.record, ["show", run.name, "--stage", "20-swarm"])
     assert wrong.exit_code == 1 and "has no stage '20-swarm'; its stages are status" in wrong.output
+
+
+def test_record_show_of_a_stage_that_failed_says_where(ops_runbooks):
+    res = CliRunner().invoke(cli.ops, ["broken", "-p", str(ops_runbooks)])
+    assert res.exit_code == 1 and "NODE" not in res.stdout
+    shown = CliRunner().invoke(cli.record, ["show", only_run().name, "--stage", "broken"])
+    print(shown.stdout)
+    assert shown.exit_code == 0, shown.output
+    assert "== broken: failed" in shown.stdout
+    assert "(the stage recorded no results: it stopped before its last cell; see its notebook)" in shown.stdout
+    assert "✘ failed in cell 3: RuntimeError: engine local does not answer" in shown.stdout
