@@ -37,6 +37,18 @@ SECRET_FILES = {
 # What hubops's own service token may do: manage users and servers, reach them for checks.
 API_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:hub", "list:users", "read:users"]
 # What the idle culler may do, and no more: find servers and their activity, stop idle ones.
+# TLS 1.2 suites the proxy offers: AEAD only (GCM, ChaCha20-Poly1305) with forward secrecy, as
+# Mozilla's "intermediate" profile minus DHE; no CBC, no SHA-1 MACs. TLS 1.3's suites are all
+# AEAD; TLS 1.0 and 1.1 are off in Node's defaults. An ECDSA or RSA certificate both work.
+TLS12_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+])
+# Browsers that saw the hub over HTTPS once refuse plain HTTP to it for a year (and no
+# certificate-warning click-through): on the hub's pages and on users' servers.
+HSTS = "max-age=31536000"
+
 CULLER_SERVICE = "idle-culler"
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 
@@ -103,6 +115,8 @@ def render(p: Loaded, *, singleuser_image: str) -> str:
         f'c.JupyterHub.ssl_cert = str(SECRETS / {SECRET_FILES["tls-cert"]!r})',
         f'c.JupyterHub.ssl_key = str(SECRETS / {SECRET_FILES["tls-key"]!r})',
         f'c.JupyterHub.hub_bind_url = "http://0.0.0.0:{HUB_PORT}"',
+        f"c.ConfigurableHTTPProxy.command = ['configurable-http-proxy', '--ssl-ciphers', {TLS12_CIPHERS!r}]",
+        f"c.JupyterHub.tornado_settings = {{'headers': {{'Strict-Transport-Security': {HSTS!r}}}}}",
         # The proxy runs in the hub's container and reaches the hub on loopback. It must not use
         # the service name: Swarm publishes a task's name in DNS only once it is healthy, and the
         # healthcheck itself goes through the proxy.
