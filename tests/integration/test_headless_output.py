@@ -22,9 +22,9 @@ import time
 import docker
 import pytest
 
-from hubops import teardown
-from hubops.engine import Clients
-from hubops.params import load_params
+from hubops.core.engine import Clients
+from hubops.core.params import load_params
+from hubops.ops import teardown
 from tests.helpers import hubops_cli, make_params, secret_hits
 
 pytestmark = pytest.mark.engine

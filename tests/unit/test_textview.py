@@ -1,4 +1,4 @@
-"""Plain-text rendering of a stage's record (hubops.textview) and the commands that print it:
+"""Plain-text rendering of a stage's record (hubops.core.textview) and the commands that print it:
 `hubops ops RUNBOOK` for read-only runbooks and plans, `hubops record show RUN --stage NAME`."""
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import nbformat
 import pytest
 from click.testing import CliRunner
 
-from hubops import cli, runner, textview
-from hubops.record import MIME, read_record, record
-from hubops.result import Result
+from hubops.audit import runner
+from hubops.cli import main as cli
+from hubops.core import textview
+from hubops.core.record import MIME, read_record, record
+from hubops.core.result import Result
 
 ESC = re.compile(r"\x1b")
 
