@@ -27,19 +27,24 @@ def make_params(tmp: Path, deployment: str, *, port: int, subnet: str, extra: st
     return f
 
 
-def fake_dockerspawner(monkeypatch) -> type:
-    """Install a stand-in `dockerspawner` module (the real one lives in the hub image) so that a
-    rendered jupyterhub_config.py, which subclasses SwarmSpawner, can be loaded here."""
-    import sys
-    import types
+def hub_spawner(cfg, name: str, db=None):
+    """The spawner JupyterHub makes for user `name`'s default server from the config `cfg` (the real
+    jupyterhub.user.User over a real ORM user, in `db` or a new in-memory database), as the hub does:
+    its class is cfg.JupyterHub.spawner_class, its state loaded from the database's spawner row."""
+    from jupyterhub import orm
+    from jupyterhub.objects import Hub
+    from jupyterhub.user import User
 
-    from traitlets.config import LoggingConfigurable
-
-    class SwarmSpawner(LoggingConfigurable):
-        pass
-
-    monkeypatch.setitem(sys.modules, "dockerspawner", types.SimpleNamespace(SwarmSpawner=SwarmSpawner))
-    return SwarmSpawner
+    if db is None:
+        db = orm.new_session_factory("sqlite://")()
+    orm_user = db.query(orm.User).filter_by(name=name).first()
+    if orm_user is None:
+        orm_user = orm.User(name=name)
+        db.add(orm_user)
+        db.commit()
+    settings = {"spawner_class": cfg.JupyterHub.spawner_class, "config": cfg,
+                "hub": Hub(ip="127.0.0.1", port=8081, base_url="/hub/")}
+    return User(orm_user, settings=settings, db=db).spawners[""]
 
 
 def hubops_cli(*args: str, outputs: Path):
