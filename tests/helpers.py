@@ -47,6 +47,57 @@ def hub_spawner(cfg, name: str, db=None):
     return User(orm_user, settings=settings, db=db).spawners[""]
 
 
+def hub_config(p, singleuser_image: str = "hubops-singleuser:abc"):
+    """The generated jupyterhub_config.py, executed as JupyterHub executes it (secrets and userlist
+    from files), into a traitlets Config."""
+    import os
+
+    from traitlets.config import Config
+
+    from hubops import hubconfig
+
+    tmp = p.source.parent
+    secrets = tmp / "secrets"
+    secrets.mkdir(exist_ok=True)
+    for name in hubconfig.SECRET_FILES.values():
+        (secrets / name).write_text("ab" * 32 + "\n")
+    (tmp / "userlist-in-hub").write_text(p.userlist_text())
+    env = {"HUBOPS_SECRETS_DIR": str(secrets), "HUBOPS_USERLIST": str(tmp / "userlist-in-hub")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        cfg = Config()
+        exec(compile(hubconfig.render(p, singleuser_image=singleuser_image), "jupyterhub_config.py", "exec"),
+             {"get_config": lambda: cfg})
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return cfg
+
+
+def sleep_image_tar() -> bytes:
+    """An image's root filesystem (for `import_image_from_data`) with /bin/sleep and the libraries it
+    links, from this machine: a server that runs, and ignores SIGTERM as PID 1 (a container that
+    lingers for its stop grace period), for spawner tests without a registry or a build."""
+    import io
+    import subprocess
+    import tarfile
+
+    libs = [line.split("=>")[-1].split("(")[0].strip()
+            for line in subprocess.run(["ldd", "/bin/sleep"], capture_output=True, text=True, check=True).stdout.splitlines()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in ["/bin/sleep", *[lib for lib in libs if lib.startswith("/")]]:
+            data = Path(path).read_bytes()  # through symlinks: the file itself, under the linked name
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def hubops_cli(*args: str, outputs: Path):
     """Run the `hubops` command as a user does, with its records written under `outputs`."""
     import os

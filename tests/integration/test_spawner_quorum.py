@@ -19,8 +19,7 @@ from hubops import lab
 from hubops.engine import Clients
 from hubops.inhub.spawner import HubopsSpawner, no_leader
 from hubops.params import load_params
-from tests.helpers import hub_spawner
-from tests.integration.test_spawner_swarm import _image_tar
+from tests.helpers import hub_spawner, sleep_image_tar
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 NAME = "spq"
@@ -42,7 +41,7 @@ def two_managers(tmp_path_factory):
         m1.swarm.init(advertise_addr=a1)
         m2.swarm.join([f"{a1}:2377"], m1.swarm.attrs["JoinTokens"]["Manager"], advertise_addr=a2)
         for c in (m1, m2):
-            c.api.import_image_from_data(_image_tar(), repository=IMAGE.split(":")[0], tag=IMAGE.split(":")[1])
+            c.api.import_image_from_data(sleep_image_tar(), repository=IMAGE.split(":")[0], tag=IMAGE.split(":")[1])
         print(f"\nlab of two managers up, in one swarm: {time.monotonic() - t0:.1f} s")
         yield {"info": info, "m1": m1, "m2": m2,
                "socket": lab.node_socket(lab.RUN_ROOT / NAME, info.managers[0].name)}

@@ -14,14 +14,10 @@ Takes about 110 s on a busy 2-core machine."""
 from __future__ import annotations
 
 import asyncio
-import io
 import ipaddress
 import os
 import secrets
-import subprocess
-import tarfile
 import time
-from pathlib import Path
 
 import docker
 import dockerspawner
@@ -32,26 +28,11 @@ from hubops import network
 from hubops.engine import Clients
 from hubops.inhub.spawner import HubopsSpawner
 from hubops.params import load_params
-from tests.helpers import hub_spawner, make_params
-from tests.unit.test_spawner import config
+from tests.helpers import hub_config, hub_spawner, make_params, sleep_image_tar
 
 pytestmark = pytest.mark.engine
 
 GRACE_S = 3
-
-
-def _image_tar() -> bytes:
-    """A root filesystem with /bin/sleep and the libraries it links (from this machine)."""
-    libs = [line.split("=>")[-1].split("(")[0].strip()
-            for line in subprocess.run(["ldd", "/bin/sleep"], capture_output=True, text=True, check=True).stdout.splitlines()]
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in ["/bin/sleep", *[lib for lib in libs if lib.startswith("/")]]:
-            data = Path(path).read_bytes()  # through symlinks: the file itself, under the linked name
-            info = tarfile.TarInfo(path.lstrip("/"))
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _free_subnet(client: docker.DockerClient) -> str:
@@ -75,7 +56,7 @@ def swarm(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("spawner")
     p = load_params(make_params(tmp, f"sp{suffix}", port=18100, subnet=_free_subnet(client)))
     image = f"sp-spawner-sleep:{suffix}"
-    client.api.import_image_from_data(_image_tar(), repository=image.split(":")[0], tag=suffix)
+    client.api.import_image_from_data(sleep_image_tar(), repository=image.split(":")[0], tag=suffix)
     clients = Clients(p)
     try:
         network.ensure_network(p, clients)
@@ -105,7 +86,7 @@ def spawner_config(swarm, extra: str = ""):
         d = swarm["tmp"] / secrets.token_hex(3)
         d.mkdir()
         p = load_params(make_params(d, p.deployment, port=18100, subnet=p.network.subnet, extra=extra))
-    cfg = config(p)
+    cfg = hub_config(p)
     cfg.SwarmSpawner.image = swarm["image"]
     cfg.SwarmSpawner.cmd = ["/bin/sleep", "infinity"]
     cfg.SwarmSpawner.extra_container_spec = dict(cfg.SwarmSpawner.extra_container_spec,

@@ -3,7 +3,8 @@ jupyterhub releases the hub image pins: what it may import (it runs in the hub i
 generated config's settings reach it through JupyterHub's own User and ORM objects, users' homes as
 mounts, shared-path home creation, the spawner state across a hub restart, and a swarm without a
 leader. Its behaviour with real Swarm services (task polling, stop, node-local pinning, a shared-path
-home mounted) is in tests/integration/test_spawner_swarm.py."""
+home mounted) is in tests/integration/test_spawner_swarm.py, in a real swarm that loses its quorum in
+tests/integration/test_spawner_quorum.py."""
 from __future__ import annotations
 
 import ast
@@ -27,11 +28,11 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from hubops import deploy, hubconfig
+from hubops import deploy
 from hubops.inhub import spawner as spawner_module
 from hubops.inhub.spawner import HubopsSpawner
 from hubops.params import load_params
-from tests.helpers import PROJECT, hub_spawner, make_params
+from tests.helpers import PROJECT, hub_config, hub_spawner, make_params
 
 INHUB = PROJECT / "hubops" / "inhub"
 # What code in the hub may import besides the standard library: the hub image's packages.
@@ -40,31 +41,6 @@ HUB_IMAGE_PACKAGES = {"jupyterhub", "dockerspawner", "docker", "traitlets", "tor
 
 def params(tmp_path: Path, extra: str = ""):
     return load_params(make_params(tmp_path, "spu", port=18101, subnet="10.161.250.0/24", extra=extra))
-
-
-def config(p) -> Config:
-    """The generated jupyterhub_config.py, executed as JupyterHub executes it (secrets and userlist
-    from files), into a traitlets Config."""
-    tmp = p.source.parent
-    secrets = tmp / "secrets"
-    secrets.mkdir(exist_ok=True)
-    for name in hubconfig.SECRET_FILES.values():
-        (secrets / name).write_text("ab" * 32 + "\n")
-    (tmp / "userlist-in-hub").write_text(p.userlist_text())
-    env = {"HUBOPS_SECRETS_DIR": str(secrets), "HUBOPS_USERLIST": str(tmp / "userlist-in-hub")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        cfg = Config()
-        exec(compile(hubconfig.render(p, singleuser_image="hubops-singleuser:abc"), "jupyterhub_config.py", "exec"),
-             {"get_config": lambda: cfg})
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return cfg
 
 
 # -- the module: real dockerspawner, what it imports, how the hub image holds it -----------------
@@ -151,7 +127,7 @@ def test_the_hub_image_installs_the_module_and_its_tag_covers_it(tmp_path):
 def test_config_settings_reach_the_spawner_jupyterhub_makes(tmp_path):
     users = tmp_path / "homes"
     p = params(tmp_path, f"storage: {{users: {{mode: shared-path, path: {users}, uid: 1234, gid: 99}}}}")
-    cfg = config(p)
+    cfg = hub_config(p)
     assert cfg.JupyterHub.spawner_class is HubopsSpawner
     s = hub_spawner(cfg, "alice")
     assert type(s) is HubopsSpawner
@@ -178,14 +154,14 @@ def test_a_bad_home_mode_is_refused_by_name():
 
 # -- users' homes ------------------------------------------------------------------------------
 def test_no_storage_leaves_swarmspawner_s_mounts(tmp_path):
-    s = hub_spawner(config(params(tmp_path)), "alice")
+    s = hub_spawner(hub_config(params(tmp_path)), "alice")
     assert s.home_mode == "none" and s.mounts == []
     s.volumes = {"/srv/data": "/data"}  # SwarmSpawner's own volumes setting still works
     assert s.mounts == [{"Target": "/data", "Source": "/srv/data", "Type": "bind", "ReadOnly": False}]
 
 
 def test_node_local_home_is_a_labelled_volume_per_user(tmp_path):
-    s = hub_spawner(config(params(tmp_path, "storage: {users: {mode: node-local}}")), "alice")
+    s = hub_spawner(hub_config(params(tmp_path, "storage: {users: {mode: node-local}}")), "alice")
     [m] = s.mounts
     assert (m["Type"], m["Source"], m["Target"]) == ("volume", "hubops-spu-home-alice", "/home/jovyan")
     labels = m["VolumeOptions"]["Labels"]
@@ -200,7 +176,7 @@ def test_volume_driver_home_per_user_with_options(tmp_path):
             driver: local
             driver_opts: {type: nfs, o: "addr=10.0.0.5,rw", device: ":/export/homes/{username}"}
     """)
-    [m] = hub_spawner(config(p), "alice").mounts
+    [m] = hub_spawner(hub_config(p), "alice").mounts
     assert m["Source"] == "hubops-spu-home-alice"
     assert m["VolumeOptions"]["DriverConfig"] == {
         "Name": "local", "Options": {"device": ":/export/homes/alice", "o": "addr=10.0.0.5,rw", "type": "nfs"}}
@@ -211,7 +187,7 @@ def test_shared_path_home_is_created_with_its_owner_and_bind_mounted(tmp_path):
     users.mkdir()
     uid, gid = (1000, 100) if os.geteuid() == 0 else (os.getuid(), os.getgid())
     p = params(tmp_path, f"storage: {{users: {{mode: shared-path, path: {users}, uid: {uid}, gid: {gid}}}}}")
-    s = hub_spawner(config(p), "alice")
+    s = hub_spawner(hub_config(p), "alice")
     [m] = s.mounts
     assert m == docker.types.Mount("/home/jovyan", f"{users}/alice", type="bind")
     s.prepare_home_dir()
@@ -228,7 +204,7 @@ def test_shared_path_home_is_created_with_its_owner_and_bind_mounted(tmp_path):
 
 def test_shared_path_not_mounted_says_what_to_do(tmp_path):
     p = params(tmp_path, f"storage: {{users: {{mode: shared-path, path: {tmp_path / 'not-mounted'}}}}}")
-    s = hub_spawner(config(p), "bob")
+    s = hub_spawner(hub_config(p), "bob")
     # start() prepares the home before it asks Docker anything
     with pytest.raises(RuntimeError, match=r"Is .*not-mounted mounted on the hub's node"):
         asyncio.run(s.start())
@@ -239,7 +215,7 @@ def test_home_node_survives_a_hub_restart(tmp_path):
     a new hub process loads it again (that a stop keeps it is in test_spawner_swarm.py)."""
     from jupyterhub import orm
 
-    cfg = config(params(tmp_path, "storage: {users: {mode: node-local}}"))
+    cfg = hub_config(params(tmp_path, "storage: {users: {mode: node-local}}"))
     db = orm.new_session_factory("sqlite://")()
     s = hub_spawner(cfg, "alice", db)
     s.object_id, s.home_node = "svc1", "node-abc"
@@ -305,8 +281,8 @@ def test_a_swarm_without_leader_does_not_make_the_hub_drop_running_servers(tmp_p
     """SwarmSpawner (real, 14.0) takes Docker's HTTP 500 for a service "on an unhealthy node" and polls
     the server as stopped; when that 500 says the swarm has no leader, hubops's spawner says it runs.
     The Docker answers come from a local HTTP server answering as a leaderless manager does (the text
-    is Docker's); a real leaderless swarm is in tests/e2e/test_lab_faults.py."""
-    cfg = config(params(tmp_path))
+    is Docker's); a real swarm that loses its quorum is in tests/integration/test_spawner_quorum.py."""
+    cfg = hub_config(params(tmp_path))
     cfg.SwarmSpawner.client_kwargs = {"base_url": manager, "version": "1.41"}
     s = hub_spawner(cfg, "alice")
     plain = dockerspawner.SwarmSpawner(user=s.user, hub=s.hub, config=cfg, orm_spawner=s.orm_spawner)
@@ -331,7 +307,7 @@ def test_a_swarm_without_leader_does_not_make_the_hub_drop_running_servers(tmp_p
 def test_wait_until_answering_returns_once_the_server_answers(tmp_path):
     from jupyterhub import orm
 
-    s = hub_spawner(config(params(tmp_path)), "alice")
+    s = hub_spawner(hub_config(params(tmp_path)), "alice")
     s.http_timeout = 30
     s.orm_spawner.server = orm.Server(base_url="/user/alice/")  # as User.spawn sets it before start()
     s.user.db.commit()
