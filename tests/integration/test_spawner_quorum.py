@@ -15,10 +15,10 @@ import dockerspawner
 import pytest
 from traitlets.config import Config
 
-from hubops import lab
-from hubops.engine import Clients
+from hubops.lab import cluster as lab
+from hubops.core.engine import Clients
 from hubops.inhub.spawner import HubopsSpawner, no_leader
-from hubops.params import load_params
+from hubops.core.params import load_params
 from tests.helpers import hub_spawner, sleep_image_tar
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]

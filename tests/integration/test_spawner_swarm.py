@@ -24,10 +24,10 @@ import dockerspawner
 import pytest
 from jupyterhub import orm
 
-from hubops import network
-from hubops.engine import Clients
+from hubops.stages import network
+from hubops.core.engine import Clients
 from hubops.inhub.spawner import HubopsSpawner
-from hubops.params import load_params
+from hubops.core.params import load_params
 from tests.helpers import hub_config, hub_spawner, make_params, sleep_image_tar
 
 pytestmark = pytest.mark.engine

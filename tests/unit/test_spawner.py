@@ -28,10 +28,10 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from hubops import deploy
+from hubops.stages import deploy
 from hubops.inhub import spawner as spawner_module
 from hubops.inhub.spawner import HubopsSpawner
-from hubops.params import load_params
+from hubops.core.params import load_params
 from tests.helpers import PROJECT, hub_config, hub_spawner, make_params
 
 INHUB = PROJECT / "hubops" / "inhub"
@@ -98,7 +98,7 @@ def test_the_module_imports_alone_as_the_hub_image_installs_it(tmp_path):
 
 
 def test_the_hub_image_installs_the_module_and_its_tag_covers_it(tmp_path):
-    from hubops import images
+    from hubops.stages import images
 
     dockerfile = (PROJECT / "images/hub/Dockerfile").read_text()
     assert "COPY hubops/inhub /opt/hubops-inhub/hubops/inhub" in dockerfile
