@@ -46,15 +46,26 @@ fi
 
 # Tools hubops and its tests call: git (the record notes the commit it ran), ip and iptables
 # (`hubops lab`, the lab tests), curl and CA certificates (HTTPS checks of the hub as the README
-# shows them). util-linux (mount, nsenter, unshare, flock) is part of every Debian.
-command -v git >/dev/null 2>&1 || missing+=(git)
-command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-command -v iptables >/dev/null 2>&1 || missing+=(iptables)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
+# shows them). util-linux (mount, nsenter, unshare, flock) is part of every Debian. A deploy on
+# the local engine runs without them, so a user who cannot install them is only warned.
+wanted=()
+command -v git >/dev/null 2>&1 || wanted+=(git)
+command -v ip >/dev/null 2>&1 || wanted+=(iproute2)
+command -v iptables >/dev/null 2>&1 || wanted+=(iptables)
+command -v curl >/dev/null 2>&1 || wanted+=(curl)
 if command -v dpkg-query >/dev/null 2>&1; then
-  dpkg-query -W -f='${Status}' ca-certificates 2>/dev/null | grep -q 'ok installed' || missing+=(ca-certificates)
+  dpkg-query -W -f='${Status}' ca-certificates 2>/dev/null | grep -q 'ok installed' || wanted+=(ca-certificates)
 fi
 
-if [ ${#missing[@]} -gt 0 ]; then
-  apt_install "what make deploy and make test need" "${missing[@]}"
+if can_apt; then
+  all=("${missing[@]}" "${wanted[@]}")
+  [ ${#all[@]} -eq 0 ] || apt_install "what make deploy and make test need" "${all[@]}"
+else
+  if [ ${#wanted[@]} -gt 0 ]; then
+    echo "warning: ${wanted[*]} missing (the lab and its tests need ip and iptables, the record notes" \
+         "the git commit): as root, apt-get update && apt-get install -y ${wanted[*]}" >&2
+  fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "the interpreter make deploy installs hubops with" "${missing[@]}"
+  fi
 fi
