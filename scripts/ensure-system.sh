@@ -54,7 +54,7 @@ command -v ip >/dev/null 2>&1 || wanted+=(iproute2)
 command -v iptables >/dev/null 2>&1 || wanted+=(iptables)
 command -v curl >/dev/null 2>&1 || wanted+=(curl)
 if command -v dpkg-query >/dev/null 2>&1; then
-  dpkg-query -W -f='${Status}' ca-certificates 2>/dev/null | grep -q 'ok installed' || wanted+=(ca-certificates)
+  dpkg-query -W -f='${Status}' ca-certificates 2>/dev/null | grep 'ok installed' >/dev/null || wanted+=(ca-certificates)
 fi
 
 if can_apt; then

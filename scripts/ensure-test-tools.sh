@@ -28,3 +28,12 @@ if ! command -v named >/dev/null 2>&1; then
     echo "warning: named is missing; the DNS-01 test will fail (apt-get install bind9)" >&2
   fi
 fi
+# Playwright's driver (a node binary inside the wheel) links libatomic.so.1, which a minimal Debian
+# lacks: without it every browser test fails with "Connection closed while reading from the driver".
+if ! "$(command -v ldconfig || echo /sbin/ldconfig)" -p 2>/dev/null | grep 'libatomic\.so\.1 ' >/dev/null; then
+  if can_apt; then
+    apt_install "Playwright's driver links libatomic.so.1" libatomic1
+  else
+    echo "warning: libatomic.so.1 is missing; Playwright cannot start (apt-get install libatomic1)" >&2
+  fi
+fi

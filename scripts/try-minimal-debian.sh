@@ -121,7 +121,7 @@ cleanup() {
   [ "$FORWARD_WAS" = 0 ] && echo 0 >/proc/sys/net/ipv4/ip_forward
   if [ -n "$WORK" ] && [ -d "$WORK" ]; then
     # Every mount of the run was made in its own mount namespace; none should show here.
-    if findmnt -rn -o TARGET | grep -q "^$WORK/"; then
+    if findmnt -rn -o TARGET | grep "^$WORK/" >/dev/null; then
       findmnt -rn -o TARGET | grep "^$WORK/" | sort -r | while read -r m; do umount -l "$m" || true; done
     fi
     if [ "$KEEP" = 1 ]; then say "kept the tree: $WORK/root"; else rm -rf --one-file-system "$WORK"; fi
@@ -133,9 +133,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Left over by a run that was killed before its clean-up: ours by name.
-if ip netns list | grep -qw "$NETNS"; then say "removing a left-over namespace $NETNS"; ip netns del "$NETNS"; fi
+if ip netns list | grep -w "$NETNS" >/dev/null; then say "removing a left-over namespace $NETNS"; ip netns del "$NETNS"; fi
 ip link show "$LINK" >/dev/null 2>&1 && ip link del "$LINK"
-if ip route | grep -v "dev $LINK" | grep -q "^$PREFIX\."; then
+if ip route | grep -v "dev $LINK" | grep "^$PREFIX\." >/dev/null; then
   die "$SUBNET overlaps a route of this machine (ip route): set HDEB_PREFIX to a free /24"
 fi
 

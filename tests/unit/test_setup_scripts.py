@@ -36,9 +36,14 @@ def _run_as_nobody(home: Path, *extra: str, env: dict | None = None) -> subproce
         exe = shutil.which(t)
         assert exe, f"{t} is not installed here"
         (bin_dir / Path(t).name).symlink_to(exe)
+    # A copy of the scripts: the checkout may sit in a folder the unprivileged user cannot enter.
+    scripts = home / "scripts"
+    scripts.mkdir()
+    for name in ("ensure-system.sh", "apt.sh"):
+        shutil.copy(PROJECT / "scripts" / name, scripts / name)
     return subprocess.run(
         [shutil.which("setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups",
-         str(bin_dir / "bash"), str(PROJECT / "scripts" / "ensure-system.sh")],
+         str(bin_dir / "bash"), str(scripts / "ensure-system.sh")],
         cwd=home, capture_output=True, text=True, timeout=60,
         env={"PATH": str(bin_dir), "HOME": str(home), **(env or {})})
 
