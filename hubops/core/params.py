@@ -188,6 +188,34 @@ ACME_DIRECTORIES = {
 EMAIL_RE = re.compile(r"^[^@\s]+@[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 
 
+class TLSAcmeDNS(_Model):
+    """DNS-01 through RFC 2136 dynamic updates signed with a TSIG key (BIND, PowerDNS, Knot, many
+    providers)."""
+
+    server: str = Field(description="the DNS server that takes dynamic updates for the hub's zone: HOST or HOST:PORT")
+    zone: Optional[str] = Field(None, description="the zone that holds hub.public_name (default: found by SOA lookup)")
+    tsig_key_name: str = Field(description="the TSIG key's name, as the server knows it")
+    tsig_algorithm: str = Field("hmac-sha256", description="hmac-sha256 (default), hmac-sha384, hmac-sha512, ...")
+    tsig_secret: SecretRef = Field(description="the key's base64 secret: {env: NAME} or {file: PATH}, never inline")
+    propagation_timeout: int = Field(60, ge=1, le=3600,
+                                     description="seconds to wait until the server serves the TXT record")
+
+    @field_validator("tsig_algorithm")
+    @classmethod
+    def _algorithm(cls, v: str) -> str:
+        allowed = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1")
+        if v.lower() not in allowed:
+            raise ValueError(f"{v!r}: choose one of {', '.join(allowed)}")
+        return v.lower()
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, v: str) -> str:
+        if not re.match(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$", v):
+            raise ValueError(f"{v!r}: give HOST or HOST:PORT of the DNS server, e.g. ns1.example.org or 192.0.2.53:53")
+        return v
+
+
 class TLSAcme(_Model):
     """A certificate from an ACME server (Let's Encrypt or any RFC 8555 CA)."""
 
@@ -198,7 +226,9 @@ class TLSAcme(_Model):
     ca_bundle: Optional[Path] = Field(
         None, description="PEM CAs that sign the ACME server's own HTTPS and the issued chain (test CAs such as Pebble's)")
     renew_days: int = Field(30, ge=1, le=365, description="re-issue when fewer days than this are left")
-    challenge: str = Field("http-01", description="http-01: answered on port 80 of the hub's node")
+    challenge: str = Field("http-01", description="http-01: answered on port 80 of the hub's node; dns-01: a TXT "
+                           "record published by RFC 2136 dynamic update (tls.acme.dns)")
+    dns: Optional[TLSAcmeDNS] = Field(None, description="the DNS server and TSIG key for dns-01")
     public_addr: Optional[str] = Field(
         None, description="the address the public name must resolve to (default: the hub host's advertise_addr), "
         "e.g. a NAT's public address")
@@ -223,16 +253,20 @@ class TLSAcme(_Model):
     @classmethod
     def _challenge(cls, v: str) -> str:
         # The names hubops.stages.tls_acme.SOLVERS answers (a unit test keeps the two in step).
-        if v == "dns-01":
-            raise ValueError(
-                "dns-01 is not implemented yet (it needs a DNS provider's API): use http-01, which needs port 80 "
-                "of the hub's node reachable from the ACME server. To add dns-01, implement a ChallengeSolver in "
-                "hubops/acme_tls.py whose answering() publishes the TXT record _acme-challenge.NAME for each "
-                "challenge through the provider's API and removes it afterwards, register it in acme_tls.SOLVERS "
-                "and accept dns-01 here (see the acme_tls module docstring)")
-        if v != "http-01":
-            raise ValueError(f"{v!r}: the challenge is http-01 (dns-01 is a documented extension point)")
+        if v not in ("http-01", "dns-01"):
+            raise ValueError(f"{v!r}: the challenge is http-01 (port 80 of the hub's node) or dns-01 (a TXT record "
+                             "through RFC 2136 dynamic updates, with tls.acme.dns); another DNS provider's API is a "
+                             "ChallengeSolver in hubops/stages/tls_acme.py")
         return v
+
+    @model_validator(mode="after")
+    def _dns_for_dns01(self) -> "TLSAcme":
+        if self.challenge == "dns-01" and self.dns is None:
+            raise ValueError("challenge dns-01 needs tls.acme.dns: {server: HOST[:PORT], tsig_key_name: NAME, "
+                             "tsig_secret: {env: NAME}} (the server that takes dynamic updates for the hub's zone)")
+        if self.challenge != "dns-01" and self.dns is not None:
+            raise ValueError("tls.acme.dns is set but challenge is http-01: set challenge: dns-01, or remove dns")
+        return self
 
     @field_validator("public_addr")
     @classmethod
@@ -315,8 +349,16 @@ class Images(_Model):
 
 
 class Spawner(_Model):
-    mem_limit: Optional[str] = Field(None, description="per user, e.g. 2G")
-    cpu_limit: Optional[float] = Field(None, gt=0)
+    """Each user's server. The defaults fit a small cluster: one user cannot take a node's memory,
+    CPUs or process table; reservations are small so that many servers fit."""
+
+    mem_limit: Optional[str] = Field("2G", description="memory limit per user's server, e.g. 2G (null: none)")
+    cpu_limit: Optional[float] = Field(2.0, gt=0, description="CPUs per user's server (null: none)")
+    mem_guarantee: Optional[str] = Field("128M", description="memory Swarm reserves for each server (null: none)")
+    cpu_guarantee: Optional[float] = Field(None, gt=0, description="CPUs Swarm reserves for each server")
+    pids_limit: int = Field(1024, ge=0, description="processes and threads per server (0: no limit)")
+    cap_add: list[str] = Field(default_factory=list,
+                               description="capabilities given back to users' servers (all are dropped)")
     start_timeout: int = Field(120, ge=10)
     http_timeout: int = Field(60, ge=5)
     placement: Literal["auto", "workers", "any"] = Field(
@@ -598,6 +640,27 @@ class Loaded:
     def userlist_text(self) -> str:
         """The userlist in canonical form (sorted, one entry per line)."""
         return "".join(f"{u} admin\n" if a else f"{u}\n" for u, a in sorted(self.users.items()))
+
+    def secret_refs(self) -> list[tuple[str, SecretRef]]:
+        """Every secret the parameters reference, with its key path (for the redactor: whatever a
+        new parameter references is redacted without anyone remembering to add it)."""
+        found: list[tuple[str, SecretRef]] = []
+
+        def walk(obj: Any, path: str) -> None:
+            if isinstance(obj, SecretRef):
+                found.append((path, obj))
+            elif isinstance(obj, BaseModel):
+                for name in type(obj).model_fields:
+                    walk(getattr(obj, name), f"{path}.{name}" if path else name)
+            elif isinstance(obj, (list, tuple)):
+                for i, item in enumerate(obj):
+                    walk(item, f"{path}[{i}]")
+            elif isinstance(obj, dict):
+                for k, v in obj.items():
+                    walk(v, f"{path}.{k}")
+
+        walk(self.params, "")
+        return found
 
     def resolve_secret(self, ref: SecretRef, key: str) -> str:
         """The value of a referenced secret. Raises ParameterError naming the key; never logs the value."""
