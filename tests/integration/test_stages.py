@@ -6,6 +6,7 @@ import docker
 import pytest
 
 import ipaddress
+import time
 
 from hubops.core import certs
 from hubops.stages import auth, network, storage, swarm, tls
@@ -53,6 +54,11 @@ def test_network_created_kept_and_foreign_one_refused(deployment, docker_client,
     first = network.ensure_network(p, clients)
     assert [i.action for i in first.items] == ["create"]
     net = docker_client.networks.get(p.network_name)
+    for _ in range(120):  # Swarm's allocator fills in the driver shortly after the create (later on a busy engine)
+        if net.attrs["Driver"]:
+            break
+        time.sleep(0.25)
+        net.reload()
     assert net.attrs["Driver"] == "overlay" and net.attrs["Attachable"]
     assert net.attrs["IPAM"]["Config"][0]["Subnet"] == str(p.network.subnet)
     assert not network.ensure_network(p, clients).changed
