@@ -3,12 +3,14 @@ become Swarm secrets.
 
 shared-password (the local default): a user password and an admin password are generated,
 stored as Swarm secrets, and handed to the operator in the operator folder (mode 0600),
-never under outputs/. github: the OAuth client secret, read from its {env:}/{file:} reference.
+never under outputs/. github and oidc: the OAuth client secret, read from its {env:}/{file:}
+reference; oidc first reads the provider's discovery document and refuses an issuer that does not
+answer as OpenID Connect, before anything changes, and keeps a private CA as a Swarm config.
 Undo: teardown removes the secrets and configs (by label).
 """
 from __future__ import annotations
 
-from . import operator, secrets
+from . import oidc, operator, secrets
 from .engine import Clients
 from .params import Loaded
 from .result import Result
@@ -20,9 +22,19 @@ def ensure_auth(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result
     """Userlist config and authenticator secrets, one versioned Swarm object each."""
     r = Result("auth", dry_run=dry_run)
     c = clients.manager
+    discovery = None
+    if p.auth.mode == "oidc":
+        # Before anything changes: an issuer that does not answer, or not as OpenID Connect, stops here.
+        discovery = oidc.discover(p)
+        r.check(f"OpenID provider {p.auth.oidc.issuer}", "answers with a valid discovery document"
+                + (" (verified with auth.oidc.ca_bundle)" if p.auth.oidc.ca_bundle else ""))
     secrets.ensure_versioned(c, p, r, role="userlist", value=p.userlist_text().encode(), stage=STAGE,
                              kind="config", what=f"userlist ({len(p.allowed)} users, {len(p.admins)} admins)")
     r.facts.update({"mode": p.auth.mode, "allowed_users": p.allowed, "admins": p.admins})
+    if p.groups:
+        r.facts["groups"] = p.groups
+    if p.auth.roles:
+        r.facts["roles"] = {role.name: {"groups": role.groups, "scopes": role.scopes} for role in p.auth.roles}
     if p.auth.mode == "shared-password":
         for role, nbytes, who in (("user-password", 12, "users"), ("admin-password", 32, "admins")):
             value, created = operator.kept_secret(p, role, nbytes=nbytes, dry_run=dry_run)
@@ -32,6 +44,21 @@ def ensure_auth(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result
             f"{p.operator_path}/user-password (users), {p.operator_path}/admin-password "
             f"(admins: {', '.join(p.admins)}); readable only by their owner"
         )
+    elif p.auth.mode == "oidc":
+        o = p.auth.oidc
+        value = p.resolve_secret(o.client_secret, "auth.oidc.client_secret")
+        secrets.ensure_versioned(c, p, r, role="oidc-client-secret", value=value.encode(), stage=STAGE,
+                                 what=f"OpenID Connect client secret (from {o.client_secret.describe()})")
+        if o.ca_bundle is not None:
+            secrets.ensure_versioned(c, p, r, role="oidc-ca", kind="config", stage=STAGE,
+                                     value=p.path(o.ca_bundle).read_bytes(),
+                                     what=f"CA of the OpenID provider (auth.oidc.ca_bundle {p.path(o.ca_bundle)})")
+        r.facts.update({
+            "oauth_callback_url": f"{p.hub_url}/hub/oauth_callback", "client_id": o.client_id,
+            "username_claim": o.username_claim, "groups_claim": o.groups_claim,
+            "allowed_groups": o.allowed_groups, "admin_groups": o.admin_groups, "scopes": o.scopes,
+            "discovery": discovery.facts() if discovery else None,
+        })
     else:
         gh = p.auth.github
         value = p.resolve_secret(gh.client_secret, "auth.github.client_secret")

@@ -230,6 +230,17 @@ def check(params_file: str) -> None:
     """Check a parameter file without touching any host."""
     try:
         p = load_params(params_file)
+        if p.auth.mode == "oidc":
+            # The issuer answers with a valid discovery document (no host of the deployment is asked).
+            from . import oidc
+            from .errors import IdentityProviderError
+
+            try:
+                d = oidc.discover(p)
+            except IdentityProviderError as e:
+                raise ParameterError(str(e)) from None
+            console.print(f"OpenID provider {d.issuer}: discovery document valid "
+                          f"(authorize at {d.authorization_endpoint})")
     except ParameterError as e:
         _fail(e, 2)
     console.print(f"[green]{p.source}: valid[/green]: deployment {p.deployment}, "

@@ -21,7 +21,7 @@ import docker.errors
 import docker.types
 import requests
 
-from . import hubconfig, images, labels as L, operator, progress, secrets, tls
+from . import hubconfig, images, labels as L, oidc, operator, progress, secrets, tls
 from .engine import Clients, docker_op
 from .errors import DockerOpError, HubopsError
 from .params import Loaded
@@ -66,11 +66,14 @@ def _secret_refs(c: docker.DockerClient, p: Loaded, r: Result) -> tuple[list, li
 
 
 def _config_refs(c: docker.DockerClient, p: Loaded, r: Result, singleuser_image: str) -> tuple[list, list[str]]:
+    # OpenID Connect: the provider's endpoints, from its discovery document (refused if it does not answer).
+    discovery = oidc.discover(p) if p.auth.mode == "oidc" else None
     secrets.ensure_versioned(c, p, r, role="hub-config", kind="config", stage=STAGE,
-                             value=hubconfig.render(p, singleuser_image=singleuser_image).encode(),
+                             value=hubconfig.render(p, singleuser_image=singleuser_image, discovery=discovery).encode(),
                              what="jupyterhub_config.py")
     refs, names = [], []
-    for role, target in (("hub-config", hubconfig.CONFIG_PATH), ("userlist", hubconfig.USERLIST_PATH)):
+    for role in hubconfig.config_roles(p):
+        target = hubconfig.CONFIG_FILES[role]
         obj = secrets.current(c, p, role, kind="config")
         if obj is None:
             if r.dry_run:

@@ -44,3 +44,8 @@ class ScheduleError(HubopsError):
 
 class StageFailed(HubopsError):
     """A stage notebook failed while the chain runner executed it."""
+
+
+class IdentityProviderError(HubopsError):
+    """An identity provider (OpenID Connect issuer, LDAP server) cannot be used as the parameters say:
+    it does not answer, its certificate does not verify, or what it sends is not what a login needs."""

@@ -34,6 +34,17 @@ class SecretRef(_Model):
     env: Optional[str] = None
     file: Optional[Path] = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _not_inline(cls, v: Any) -> Any:
+        # A value written in the YAML would end up in the record (the parameter file's digest is
+        # kept, the file itself is read by every notebook): refuse it, whatever it looks like.
+        if isinstance(v, (str, int, float, bytes)):
+            raise ValueError("a secret written inline is refused (it would be kept with the parameter file); "
+                             "reference it instead: {env: NAME} (an environment variable) or {file: PATH} "
+                             "(a file readable only by you)")
+        return v
+
     @model_validator(mode="after")
     def _one_source(self) -> "SecretRef":
         if (self.env is None) == (self.file is None):
@@ -290,16 +301,125 @@ class GitHubAuth(_Model):
         return v.rstrip("/") if v else v
 
 
+GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A JupyterHub scope, optionally with one filter: 'access:servers!group=students'.
+SCOPE_RE = re.compile(r"^[a-z][a-z:_-]*[a-z](!(user|group|server|service)=[A-Za-z0-9._/-]+)?$")
+
+
+def _groups(v: list[str]) -> list[str]:
+    for g in v:
+        if not GROUP_RE.match(g):
+            raise ValueError(f"{g!r} is not a valid group name (letters, digits, '.', '_', '-'; 64 at most)")
+    return v
+
+
+class OIDCAuth(_Model):
+    """OpenID Connect (oauthenticator's GenericOAuthenticator), endpoints from the issuer's discovery document."""
+
+    issuer: str = Field(description="the provider's issuer URL; ISSUER/.well-known/openid-configuration is read")
+    client_id: str
+    client_secret: SecretRef
+    username_claim: str = Field("preferred_username", description="the claim that names the user in the hub")
+    groups_claim: Optional[str] = Field(
+        "groups", description="the claim that lists the user's groups (dotted for nested); null: no groups from the provider")
+    allowed_groups: list[str] = Field(default_factory=list, description="members of these groups are let in too")
+    admin_groups: list[str] = Field(default_factory=list, description="members of these groups are admins (and let in)")
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"],
+                              description="scopes asked for; add the one your provider needs for the groups claim")
+    ca_bundle: Optional[Path] = Field(
+        None, description="PEM file with the CA that signs the provider's certificate (private CA); "
+        "trusted by hubops and by the hub, instead of the system CAs")
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        if not re.match(r"^https://[^/\s?#]+(/[^\s?#]*)?$", v):
+            raise ValueError(f"{v!r}: give the issuer as an https:// URL without query, "
+                             "e.g. https://login.example.org/realms/hub (plain http would send the client secret in clear)")
+        return v.rstrip("/")
+
+    @field_validator("client_id", "username_claim")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("empty; copy it from the client's settings at your provider")
+        return v.strip()
+
+    @field_validator("allowed_groups", "admin_groups")
+    @classmethod
+    def _group_names(cls, v: list[str]) -> list[str]:
+        return _groups(v)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, v: list[str]) -> list[str]:
+        if "openid" not in v:
+            raise ValueError("must include 'openid' (without it the provider does not speak OpenID Connect)")
+        return v
+
+    @model_validator(mode="after")
+    def _groups_need_claim(self) -> "OIDCAuth":
+        if (self.allowed_groups or self.admin_groups) and not self.groups_claim:
+            raise ValueError("allowed_groups/admin_groups need groups_claim (the claim that lists a user's groups)")
+        return self
+
+
+class Role(_Model):
+    """A JupyterHub role given to groups: what their members may do (scopes)."""
+
+    name: str
+    groups: list[str] = Field(description="the groups that hold the role")
+    scopes: list[str] = Field(description="JupyterHub scopes, e.g. 'access:servers!group=students'")
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9_-]{1,62}[a-z0-9]$", v) or v in ("admin", "user", "server", "token"):
+            raise ValueError(f"{v!r}: a role name is lower-case letters, digits, '-' or '_' (3 to 64), "
+                             "and not one of JupyterHub's own (admin, user, server, token)")
+        return v
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one group")
+        return _groups(v)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scope_syntax(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one scope, e.g. 'access:servers!group=students'")
+        for sc in v:
+            if not SCOPE_RE.match(sc):
+                raise ValueError(f"{sc!r} is not a JupyterHub scope ('name' or 'name!group=G', '!user=U', ...)")
+        return v
+
+
 class Auth(_Model):
-    mode: Literal["shared-password", "github"] = "shared-password"
-    userlist: Path = Field(description="file with one 'name' or 'name admin' per line")
+    mode: Literal["shared-password", "github", "oidc"] = "shared-password"
+    userlist: Path = Field(description="file with one 'name', 'name admin' or 'name [admin] @group ...' per line")
     github: Optional[GitHubAuth] = None
+    oidc: Optional[OIDCAuth] = None
+    roles: list[Role] = Field(default_factory=list, description="JupyterHub roles given to groups")
 
     @model_validator(mode="after")
     def _mode_needs(self) -> "Auth":
         if self.mode == "github" and self.github is None:
             raise ValueError("mode 'github' needs github: {client_id, client_secret: {env: NAME}}")
+        if self.mode == "oidc" and self.oidc is None:
+            raise ValueError("mode 'oidc' needs oidc: {issuer: https://..., client_id, client_secret: {env: NAME}}")
+        names = [r.name for r in self.roles]
+        if len(set(names)) != len(names):
+            raise ValueError(f"roles: a role name is given twice ({sorted(n for n in names if names.count(n) > 1)})")
         return self
+
+    @property
+    def provider_groups(self) -> bool:
+        """Whether the identity provider tells each user's groups at login."""
+        return self.mode == "oidc" and bool(self.oidc and self.oidc.groups_claim)
 
 
 class Images(_Model):
@@ -583,6 +703,7 @@ class Loaded:
         self.source = source
         self.digest = digest
         self.users = users  # name -> is admin
+        self.groups: dict[str, list[str]] = {}  # group -> its members, from the userlist's '@group' words
 
     def __getattr__(self, name: str) -> Any:  # p.hub, p.prefix, ... read through to Params
         return getattr(self.params, name)
@@ -597,7 +718,13 @@ class Loaded:
 
     def userlist_text(self) -> str:
         """The userlist in canonical form (sorted, one entry per line)."""
-        return "".join(f"{u} admin\n" if a else f"{u}\n" for u, a in sorted(self.users.items()))
+        of = self.groups_of
+        return "".join(" ".join([u, *(["admin"] if a else []), *(f"@{g}" for g in of(u))]) + "\n"
+                       for u, a in sorted(self.users.items()))
+
+    def groups_of(self, user: str) -> list[str]:
+        """The userlist's groups of `user`, sorted."""
+        return sorted(g for g, members in self.groups.items() if user in members)
 
     def resolve_secret(self, ref: SecretRef, key: str) -> str:
         """The value of a referenced secret. Raises ParameterError naming the key; never logs the value."""
@@ -650,32 +777,49 @@ def _explain(err: dict) -> str:
     return msg
 
 
-def parse_userlist(path: Path, source: Path) -> dict[str, bool]:
-    """Read a userlist: one ``name`` or ``name admin`` per line, ``#`` comments. name -> is admin."""
+def parse_userlist(path: Path, source: Path, *, need_admin: bool = True) -> dict[str, bool]:
+    """Read a userlist: one ``name`` or ``name admin`` per line, ``#`` comments, optionally followed
+    by the user's groups as ``@group`` words (``alice @students``). name -> is admin."""
+    return read_userlist(path, source, need_admin=need_admin)[0]
+
+
+def read_userlist(path: Path, source: Path, *, need_admin: bool = True) -> tuple[dict[str, bool], dict[str, list[str]]]:
+    """The userlist's users (name -> is admin) and groups (group -> its users, sorted)."""
     key = f"{source}: auth.userlist"
     try:
         text = path.read_text()
     except OSError as e:
         raise ParameterError(f"{key}: cannot read {path}: {e.strerror}; create it with one 'name' or 'name admin' per line") from None
     users: dict[str, bool] = {}
+    groups: dict[str, list[str]] = {}
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         parts = line.split()
-        if len(parts) > 2 or (len(parts) == 2 and parts[1] != "admin"):
-            raise ParameterError(f"{key}: {path}:{n}: {raw.strip()!r}: a line is 'name' or 'name admin'")
+        words = [w for w in parts[1:] if not w.startswith("@")]
+        tags = [w[1:] for w in parts[1:] if w.startswith("@")]
+        if len(words) > 1 or (words and words[0] != "admin") or (words and parts[1] != "admin"):
+            raise ParameterError(f"{key}: {path}:{n}: {raw.strip()!r}: a line is 'name', 'name admin', "
+                                 "then optionally the user's groups as '@group' words ('alice @students')")
         name = parts[0].lower()
         if not USER_RE.match(name):
             raise ParameterError(f"{key}: {path}:{n}: {parts[0]!r} is not a valid user name")
         if name in users:
             raise ParameterError(f"{key}: {path}:{n}: {name!r} is listed twice; keep one line per user")
-        users[name] = len(parts) == 2
+        for g in tags:
+            if not GROUP_RE.match(g):
+                raise ParameterError(f"{key}: {path}:{n}: '@{g}' is not a valid group name "
+                                     "(letters, digits, '.', '_', '-' after the '@')")
+            groups.setdefault(g, [])
+            if name not in groups[g]:
+                groups[g].append(name)
+        users[name] = bool(words)
     if not users:
         raise ParameterError(f"{key}: {path} lists no users; add at least one 'name admin' line")
-    if not any(users.values()):
+    if need_admin and not any(users.values()):
         raise ParameterError(f"{key}: {path} has no admin; mark at least one user, e.g. '{next(iter(users))} admin'")
-    return users
+    return users, {g: sorted(m) for g, m in sorted(groups.items())}
 
 
 def load_params(params_file: str | os.PathLike) -> Loaded:
@@ -701,9 +845,25 @@ def load_params(params_file: str | os.PathLike) -> Loaded:
         raise ParameterError("\n".join(problems)) from None
     source = source.resolve()
     loaded = Loaded(params, source, hashlib.sha256(raw_bytes).hexdigest(), {})
-    loaded.users = parse_userlist(loaded.path(params.auth.userlist), source)
+    # With admin groups at the provider, the userlist need not name an admin.
+    need_admin = not (params.auth.mode == "oidc" and params.auth.oidc.admin_groups)  # type: ignore[union-attr]
+    loaded.users, loaded.groups = read_userlist(loaded.path(params.auth.userlist), source, need_admin=need_admin)
+    _check_groups(loaded)
     _check_files(loaded)
     return loaded
+
+
+def _check_groups(p: Loaded) -> None:
+    """Every group a role names has members somewhere: in the userlist, or at the identity provider."""
+    if p.auth.provider_groups:
+        return
+    for i, role in enumerate(p.auth.roles):
+        for g in role.groups:
+            if g not in p.groups:
+                raise ParameterError(
+                    f"{p.source}: auth.roles[{i}].groups: group {g!r} has no member in the userlist "
+                    f"{p.path(p.auth.userlist)} and auth.mode {p.auth.mode!r} gets no groups from a provider; "
+                    f"add '@{g}' to its members' lines, or remove it from the role")
 
 
 def _check_files(p: Loaded) -> None:
@@ -720,6 +880,8 @@ def _check_files(p: Loaded) -> None:
             files += [(f"hosts.{group}[{idx}].tls.{k}", getattr(h.tls, k)) for k in ("ca", "cert", "key")]
     if params.tls.acme:
         files += [("tls.acme.ca_bundle", params.tls.acme.ca_bundle)]
+    if params.auth.mode == "oidc":
+        files += [("auth.oidc.ca_bundle", params.auth.oidc.ca_bundle)]  # type: ignore[union-attr]
     for key, f in files:
         if f is not None and not p.path(f).is_file():
             raise ParameterError(f"{p.source}: {key}: file {p.path(f)} does not exist; fix the path")
@@ -730,3 +892,9 @@ def _check_files(p: Loaded) -> None:
                                  "(it starts with '-----BEGIN ... PRIVATE KEY-----')")
     if params.auth.mode == "github":
         p.resolve_secret(params.auth.github.client_secret, "auth.github.client_secret")  # type: ignore[union-attr]
+    if params.auth.mode == "oidc":
+        p.resolve_secret(params.auth.oidc.client_secret, "auth.oidc.client_secret")  # type: ignore[union-attr]
+        ca = params.auth.oidc.ca_bundle  # type: ignore[union-attr]
+        if ca is not None and "-----BEGIN CERTIFICATE-----" not in p.path(ca).read_text(errors="replace"):
+            raise ParameterError(f"{p.source}: auth.oidc.ca_bundle: {p.path(ca)} holds no PEM certificate "
+                                 "('-----BEGIN CERTIFICATE-----'); give the CA that signs the provider's certificate")
