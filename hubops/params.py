@@ -800,7 +800,7 @@ def read_userlist(path: Path, source: Path, *, need_admin: bool = True) -> tuple
         words = [w for w in parts[1:] if not w.startswith("@")]
         tags = [w[1:] for w in parts[1:] if w.startswith("@")]
         if len(words) > 1 or (words and words[0] != "admin") or (words and parts[1] != "admin"):
-            raise ParameterError(f"{key}: {path}:{n}: {raw.strip()!r}: a line is 'name', 'name admin', "
+            raise ParameterError(f"{key}: {path}:{n}: {raw.strip()!r}: a line is 'name' or 'name admin', "
                                  "then optionally the user's groups as '@group' words ('alice @students')")
         name = parts[0].lower()
         if not USER_RE.match(name):
