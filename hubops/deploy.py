@@ -21,7 +21,7 @@ import docker.errors
 import docker.types
 import requests
 
-from . import hubconfig, images, labels as L, oidc, operator, progress, secrets, tls
+from . import hubconfig, images, labels as L, oidc, operator, progress, removal, secrets, tls
 from .engine import Clients, docker_op
 from .errors import DockerOpError, HubopsError
 from .params import Loaded
@@ -186,6 +186,8 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
             f"service {p.hub_service} exists but was not created by hubops for deployment {p.deployment}; "
             "remove it or choose another deployment name"
         )
+    # Who the running hub lets in, to take out those who left the userlist once the new hub serves.
+    userlist_before = removal.running_userlist(c, svc, hubconfig.USERLIST_PATH)
     if svc is None:
         r.change("create", f"service {p.hub_service}", f"hub {refs['hub']} on {p.hub_host.name}, port {p.hub.https_port}")
     elif svc.attrs["Spec"].get("Labels", {}).get(SPEC_DIGEST) != digest:
@@ -204,6 +206,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
             c.api.update_service(svc.id, svc.version, **spec)
     if wait:
         r.facts["answered_after_s"] = wait_until_serving(p, clients, changed=r.items[-1].changed)
+        removal.remove_departed(p, r, userlist_before)
         secrets.prune_unused(c, p, r, keep=set(sec_names) | set(cfg_names))
     return r
 
