@@ -10,7 +10,7 @@ Undo: teardown removes the secrets and configs (by label).
 """
 from __future__ import annotations
 
-from . import oidc, operator, secrets
+from . import ldap_dir, oidc, operator, secrets
 from .engine import Clients
 from .params import Loaded
 from .result import Result
@@ -28,6 +28,12 @@ def ensure_auth(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result
         discovery = oidc.discover(p)
         r.check(f"OpenID provider {p.auth.oidc.issuer}", "answers with a valid discovery document"
                 + (" (verified with auth.oidc.ca_bundle)" if p.auth.oidc.ca_bundle else ""))
+    directory = None
+    if p.auth.mode == "ldap":
+        # Before anything changes: TLS verified, the service account's bind, the base and groups found.
+        directory = ldap_dir.check_directory(p)
+        r.check(f"LDAP server {p.auth.ldap.url}", "TLS verified" + (" (StartTLS)" if p.auth.ldap.starttls else "")
+                + f", bind as {p.auth.ldap.bind_dn} accepted, search base and groups found")
     secrets.ensure_versioned(c, p, r, role="userlist", value=p.userlist_text().encode(), stage=STAGE,
                              kind="config", what=f"userlist ({len(p.allowed)} users, {len(p.admins)} admins)")
     r.facts.update({"mode": p.auth.mode, "allowed_users": p.allowed, "admins": p.admins})
@@ -59,6 +65,17 @@ def ensure_auth(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result
             "allowed_groups": o.allowed_groups, "admin_groups": o.admin_groups, "scopes": o.scopes,
             "discovery": discovery.facts() if discovery else None,
         })
+    elif p.auth.mode == "ldap":
+        lp = p.auth.ldap
+        value = p.resolve_secret(lp.bind_password, "auth.ldap.bind_password")
+        secrets.ensure_versioned(c, p, r, role="ldap-bind-password", value=value.encode(), stage=STAGE,
+                                 what=f"LDAP bind password of {lp.bind_dn} (from {lp.bind_password.describe()})")
+        if lp.ca_bundle is not None:
+            secrets.ensure_versioned(c, p, r, role="ldap-ca", kind="config", stage=STAGE,
+                                     value=p.path(lp.ca_bundle).read_bytes(),
+                                     what=f"CA of the LDAP server (auth.ldap.ca_bundle {p.path(lp.ca_bundle)})")
+        r.facts.update({"ldap": directory, "allowed_groups": lp.allowed_groups, "admin_groups": lp.admin_groups,
+                        "user_search_base": lp.user_search_base, "user_attribute": lp.user_attribute})
     else:
         gh = p.auth.github
         value = p.resolve_secret(gh.client_secret, "auth.github.client_secret")

@@ -241,6 +241,17 @@ def check(params_file: str) -> None:
                 raise ParameterError(str(e)) from None
             console.print(f"OpenID provider {d.issuer}: discovery document valid "
                           f"(authorize at {d.authorization_endpoint})")
+        if p.auth.mode == "ldap":
+            # TLS verified, the service account's bind, the base and groups found (no host of the deployment is asked).
+            from . import ldap_dir
+            from .errors import IdentityProviderError
+
+            try:
+                facts = ldap_dir.check_directory(p)
+            except IdentityProviderError as e:
+                raise ParameterError(str(e)) from None
+            console.print(f"LDAP server {facts['url']}: {facts['tls_version'] or 'TLS'} verified, "
+                          f"bind as {facts['bind_dn']} accepted")
     except ParameterError as e:
         _fail(e, 2)
     console.print(f"[green]{p.source}: valid[/green]: deployment {p.deployment}, "

@@ -34,12 +34,14 @@ SECRET_FILES = {
     "admin-password": "hubops-admin-password",
     "github-client-secret": "hubops-github-client-secret",
     "oidc-client-secret": "hubops-oidc-client-secret",
+    "ldap-bind-password": "hubops-ldap-bind-password",
 }
 # Role -> where the hub container finds a (public) Swarm config besides its jupyterhub_config.py.
 CONFIG_FILES = {
     "hub-config": CONFIG_PATH,
     "userlist": USERLIST_PATH,
     "oidc-ca": "/srv/jupyterhub/oidc-ca.pem",
+    "ldap-ca": "/srv/jupyterhub/ldap-ca.pem",
 }
 
 # What hubops's own service token may do: manage users and servers, reach them for checks.
@@ -56,6 +58,8 @@ def secret_roles(p: Loaded) -> list[str]:
         roles += ["user-password", "admin-password"]
     elif p.auth.mode == "oidc":
         roles += ["oidc-client-secret"]
+    elif p.auth.mode == "ldap":
+        roles += ["ldap-bind-password"]
     else:
         roles += ["github-client-secret"]
     return roles
@@ -66,6 +70,8 @@ def config_roles(p: Loaded) -> list[str]:
     roles = ["hub-config", "userlist"]
     if p.auth.mode == "oidc" and p.auth.oidc.ca_bundle is not None:
         roles.append("oidc-ca")
+    if p.auth.mode == "ldap" and p.auth.ldap.ca_bundle is not None:
+        roles.append("ldap-ca")
     return roles
 
 
@@ -183,6 +189,8 @@ def auth_lines(p: Loaded, *, discovery: Any = None) -> list[str]:
         ]
     elif p.auth.mode == "oidc":
         lines += oidc_lines(p, discovery)
+    elif p.auth.mode == "ldap":
+        lines += ldap_lines(p)
     else:
         gh = p.auth.github
         callback = f"{p.hub_url}/hub/oauth_callback"
@@ -249,6 +257,66 @@ def oidc_lines(p: Loaded, discovery: Any) -> list[str]:
         # The provider's certificate is verified against its CA alone (a private CA).
         lines.append(f"{A}.http_request_kwargs = {{'ca_certs': {CONFIG_FILES['oidc-ca']!r}}}")
     return lines
+
+
+_LDAP_CLASS = '''
+from ldapauthenticator import LDAPAuthenticator
+
+
+class HubopsLDAPAuthenticator(LDAPAuthenticator):
+    """LDAPAuthenticator that also makes admins of LDAP_ADMIN_GROUPS' members and, with groups managed,
+    hands the user's LDAP groups (by their first RDN's value) to JupyterHub."""
+
+    async def authenticate(self, handler, data):
+        model = await super().authenticate(handler, data)
+        if not model:
+            return model
+        dns = set((model.get("auth_state") or {}).get("ldap_groups") or [])
+        model["admin"] = bool(dns & set(LDAP_ADMIN_GROUPS)) or model["name"] in self.admin_users
+        if self.manage_groups:
+            model["groups"] = sorted(LDAP_GROUP_NAMES[dn] for dn in dns if dn in LDAP_GROUP_NAMES)
+        return model
+
+
+c.JupyterHub.authenticator_class = HubopsLDAPAuthenticator
+'''
+
+
+def ldap_lines(p: Loaded) -> list[str]:
+    """jupyterhub-ldapauthenticator: StartTLS or LDAPS verified against the CA, a service account that
+    looks users up, users let in by the userlist or group membership, admins by a group."""
+    from .ldap_dir import tls_kwargs
+    from .params import ldap_group_name
+
+    lp = p.auth.ldap
+    A = "c.LDAPAuthenticator"
+    groups = sorted(set(lp.allowed_groups) | set(lp.admin_groups))
+    ca = CONFIG_FILES["ldap-ca"] if lp.ca_bundle is not None else None
+    tls = tls_kwargs(ca)
+    return [
+        f"LDAP_ADMIN_GROUPS = {sorted(lp.admin_groups)!r}",
+        f"LDAP_GROUP_NAMES = {({dn: ldap_group_name(dn) for dn in groups})!r}",
+        *_LDAP_CLASS.strip("\n").splitlines(),
+        f"{A}.server_address = {lp.host!r}",
+        f"{A}.server_port = {lp.port!r}",
+        # before_bind: StartTLS on ldap://; on_connect: ldaps://. Never "insecure".
+        f"{A}.tls_strategy = {'before_bind' if lp.starttls else 'on_connect'!r}",
+        "import ssl",
+        f"{A}.tls_kwargs = {{'validate': ssl.CERT_REQUIRED, 'version': ssl.PROTOCOL_TLS_CLIENT"
+        + (f", 'ca_certs_file': {tls['ca_certs_file']!r}" if ca else "") + "}",
+        f"{A}.lookup_dn = True",
+        f"{A}.lookup_dn_search_user = {lp.bind_dn!r}",
+        f'{A}.lookup_dn_search_password = secret({SECRET_FILES["ldap-bind-password"]!r})',
+        f"{A}.user_search_base = {lp.user_search_base!r}",
+        f"{A}.user_attribute = {lp.user_attribute!r}",
+        f"{A}.lookup_dn_user_dn_attribute = {lp.user_attribute!r}",
+        # The name users type is their hub name (lower-cased by JupyterHub).
+        f"{A}.use_lookup_dn_username = False",
+        # Members of the admin groups are let in too (as OAuthenticator does for its admin_groups).
+        f"{A}.allowed_groups = {groups!r}",
+        f"{A}.allow_all = False",
+        f"{A}.allow_existing_users = False",
+    ]
 
 
 def group_lines(p: Loaded) -> list[str]:

@@ -364,6 +364,68 @@ class OIDCAuth(_Model):
         return self
 
 
+DN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*=[^,]+(,[A-Za-z][A-Za-z0-9-]*=[^,]+)*$")
+
+
+def _dns(v: list[str]) -> list[str]:
+    for dn in v:
+        if not DN_RE.match(dn.strip()):
+            raise ValueError(f"{dn!r} is not an LDAP DN, e.g. cn=students,ou=groups,dc=example,dc=org")
+    return [dn.strip() for dn in v]
+
+
+class LDAPAuth(_Model):
+    """LDAP or Active Directory (jupyterhub-ldapauthenticator): users found under user_search_base by
+    user_attribute, with a service account (bind_dn) that searches; TLS always, verified."""
+
+    url: str = Field(description="ldaps://HOST[:PORT] (TLS from the start) or ldap://HOST[:PORT] with starttls: true")
+    starttls: bool = Field(False, description="with ldap://: upgrade to TLS (StartTLS) before any password is sent")
+    ca_bundle: Optional[Path] = Field(None, description="PEM file with the CA that signs the LDAP server's "
+                                      "certificate (a private CA); the system CAs otherwise")
+    bind_dn: str = Field(description="the service account that looks users up, e.g. cn=jupyterhub,ou=services,dc=example,dc=org")
+    bind_password: SecretRef
+    user_search_base: str = Field(description="where users are, e.g. ou=people,dc=example,dc=org")
+    user_attribute: str = Field("uid", description="the attribute users log in with (uid; sAMAccountName on AD)")
+    allowed_groups: list[str] = Field(default_factory=list, description="group DNs whose members are let in")
+    admin_groups: list[str] = Field(default_factory=list, description="group DNs whose members are admins (and let in)")
+
+    @model_validator(mode="after")
+    def _tls_always(self) -> "LDAPAuth":
+        m = re.match(r"^(ldaps?)://([^/:\s]+)(:(\d{1,5}))?/?$", self.url)
+        if not m:
+            raise ValueError(f"url {self.url!r}: give ldaps://HOST[:PORT] or ldap://HOST[:PORT]")
+        if m.group(1) == "ldap" and not self.starttls:
+            raise ValueError(f"url {self.url!r}: ldap:// without StartTLS would send users' passwords and the bind "
+                             "password in clear; use ldaps://, or set starttls: true (the server must offer StartTLS)")
+        if m.group(1) == "ldaps" and self.starttls:
+            raise ValueError("starttls: true goes with ldap:// (ldaps:// is TLS from the start); remove one")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1].rstrip("/").split(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        rest = self.url.split("://", 1)[1].rstrip("/")
+        return int(rest.split(":", 1)[1]) if ":" in rest else (636 if self.url.startswith("ldaps") else 389)
+
+    @field_validator("bind_dn", "user_search_base")
+    @classmethod
+    def _dn(cls, v: str) -> str:
+        return _dns([v])[0]
+
+    @field_validator("allowed_groups", "admin_groups")
+    @classmethod
+    def _group_dns(cls, v: list[str]) -> list[str]:
+        return _dns(v)
+
+
+def ldap_group_name(dn: str) -> str:
+    """The JupyterHub group an LDAP group becomes: the value of its first RDN (cn=students,... -> students)."""
+    return dn.split(",", 1)[0].split("=", 1)[1].strip()
+
+
 class Role(_Model):
     """A JupyterHub role given to groups: what their members may do (scopes)."""
 
@@ -399,10 +461,11 @@ class Role(_Model):
 
 
 class Auth(_Model):
-    mode: Literal["shared-password", "github", "oidc"] = "shared-password"
+    mode: Literal["shared-password", "github", "oidc", "ldap"] = "shared-password"
     userlist: Path = Field(description="file with one 'name', 'name admin' or 'name [admin] @group ...' per line")
     github: Optional[GitHubAuth] = None
     oidc: Optional[OIDCAuth] = None
+    ldap: Optional[LDAPAuth] = None
     roles: list[Role] = Field(default_factory=list, description="JupyterHub roles given to groups")
 
     @model_validator(mode="after")
@@ -411,6 +474,9 @@ class Auth(_Model):
             raise ValueError("mode 'github' needs github: {client_id, client_secret: {env: NAME}}")
         if self.mode == "oidc" and self.oidc is None:
             raise ValueError("mode 'oidc' needs oidc: {issuer: https://..., client_id, client_secret: {env: NAME}}")
+        if self.mode == "ldap" and self.ldap is None:
+            raise ValueError("mode 'ldap' needs ldap: {url: ldaps://..., bind_dn, bind_password: {env: NAME}, "
+                             "user_search_base}")
         names = [r.name for r in self.roles]
         if len(set(names)) != len(names):
             raise ValueError(f"roles: a role name is given twice ({sorted(n for n in names if names.count(n) > 1)})")
@@ -419,7 +485,8 @@ class Auth(_Model):
     @property
     def provider_groups(self) -> bool:
         """Whether the identity provider tells each user's groups at login."""
-        return self.mode == "oidc" and bool(self.oidc and self.oidc.groups_claim)
+        return (self.mode == "oidc" and bool(self.oidc and self.oidc.groups_claim)) or (
+            self.mode == "ldap" and bool(self.ldap and (self.ldap.allowed_groups or self.ldap.admin_groups)))
 
 
 class Images(_Model):
@@ -846,7 +913,8 @@ def load_params(params_file: str | os.PathLike) -> Loaded:
     source = source.resolve()
     loaded = Loaded(params, source, hashlib.sha256(raw_bytes).hexdigest(), {})
     # With admin groups at the provider, the userlist need not name an admin.
-    need_admin = not (params.auth.mode == "oidc" and params.auth.oidc.admin_groups)  # type: ignore[union-attr]
+    need_admin = not ((params.auth.mode == "oidc" and params.auth.oidc.admin_groups)  # type: ignore[union-attr]
+                      or (params.auth.mode == "ldap" and params.auth.ldap.admin_groups))  # type: ignore[union-attr]
     loaded.users, loaded.groups = read_userlist(loaded.path(params.auth.userlist), source, need_admin=need_admin)
     _check_groups(loaded)
     _check_files(loaded)
@@ -882,6 +950,8 @@ def _check_files(p: Loaded) -> None:
         files += [("tls.acme.ca_bundle", params.tls.acme.ca_bundle)]
     if params.auth.mode == "oidc":
         files += [("auth.oidc.ca_bundle", params.auth.oidc.ca_bundle)]  # type: ignore[union-attr]
+    if params.auth.mode == "ldap":
+        files += [("auth.ldap.ca_bundle", params.auth.ldap.ca_bundle)]  # type: ignore[union-attr]
     for key, f in files:
         if f is not None and not p.path(f).is_file():
             raise ParameterError(f"{p.source}: {key}: file {p.path(f)} does not exist; fix the path")
@@ -892,6 +962,8 @@ def _check_files(p: Loaded) -> None:
                                  "(it starts with '-----BEGIN ... PRIVATE KEY-----')")
     if params.auth.mode == "github":
         p.resolve_secret(params.auth.github.client_secret, "auth.github.client_secret")  # type: ignore[union-attr]
+    if params.auth.mode == "ldap":
+        p.resolve_secret(params.auth.ldap.bind_password, "auth.ldap.bind_password")  # type: ignore[union-attr]
     if params.auth.mode == "oidc":
         p.resolve_secret(params.auth.oidc.client_secret, "auth.oidc.client_secret")  # type: ignore[union-attr]
         ca = params.auth.oidc.ca_bundle  # type: ignore[union-attr]

@@ -53,6 +53,10 @@ def remove_departed(p: Loaded, r: Result, before: dict[str, list[str]] | None, *
     provider_groups: set[str] = set()
     if p.auth.mode == "oidc":
         provider_groups = set(p.auth.oidc.allowed_groups) | set(p.auth.oidc.admin_groups)
+    elif p.auth.mode == "ldap":
+        from .params import ldap_group_name
+
+        provider_groups = {ldap_group_name(dn) for dn in [*p.auth.ldap.allowed_groups, *p.auth.ldap.admin_groups]}
     removed = []
     for name in gone:
         u = api.user(name)

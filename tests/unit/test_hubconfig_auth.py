@@ -156,3 +156,60 @@ def test_admin_groups_make_a_userlist_admin_optional(tmp_path, monkeypatch):
     assert p.admins == [] and p.allowed == ["ann"]
     with pytest.raises(ParameterError, match="has no admin"):
         oidc_params(tmp_path, monkeypatch, oidc="allowed_groups: [x]\n", users="ann\n")
+
+
+def test_ldap_config(tmp_path, monkeypatch):
+    (tmp_path / "users").write_text("ann @staff\n")
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    f = tmp_path / "p.yaml"
+    f.write_text(textwrap.dedent("""
+        deployment: uni
+        hosts:
+          managers: [{name: m, url: "unix:///var/run/docker.sock", advertise_addr: 127.0.0.1}]
+        hub: {public_name: hub.example.org}
+        auth:
+          mode: ldap
+          userlist: users
+          ldap:
+            url: ldap://ldap.example.org:1389
+            starttls: true
+            ca_bundle: ca.pem
+            bind_dn: cn=jupyterhub,ou=services,dc=example,dc=org
+            bind_password: {env: HUBOPS_T_LDAP}
+            user_search_base: ou=people,dc=example,dc=org
+            allowed_groups: [cn=students,ou=groups,dc=example,dc=org]
+            admin_groups: [cn=hubadmins,ou=groups,dc=example,dc=org]
+          roles:
+            - {name: teaching, groups: [staff], scopes: ["access:servers!group=students"]}
+    """))
+    monkeypatch.setenv("HUBOPS_T_LDAP", "the-bind-password")
+    p = load_params(f)
+    assert p.admins == []  # admins come from the admin group
+    src = hubconfig.render(p, singleuser_image="su:1")
+    assert "the-bind-password" not in src
+    ul = tmp_path / "userlist"
+    ul.write_text(p.userlist_text())
+    d = secrets_dir(tmp_path)
+    (d / "hubops-ldap-bind-password").write_text("value-of-bind-password\n")
+    import sys
+    import types
+
+    from traitlets.config import LoggingConfigurable
+
+    class LDAPAuthenticator(LoggingConfigurable):  # the real one is in the hub image (ldapauthenticator 2.0.2)
+        pass
+
+    monkeypatch.setitem(sys.modules, "ldapauthenticator", types.SimpleNamespace(LDAPAuthenticator=LDAPAuthenticator))
+    c = load(src, d, ul, monkeypatch)
+    lc = c.LDAPAuthenticator
+    assert c.JupyterHub.authenticator_class.__name__ == "HubopsLDAPAuthenticator"
+    assert (lc.server_address, lc.server_port, lc.tls_strategy) == ("ldap.example.org", 1389, "before_bind")
+    assert lc.tls_kwargs["ca_certs_file"] == "/srv/jupyterhub/ldap-ca.pem"
+    import ssl
+
+    assert lc.tls_kwargs["validate"] == ssl.CERT_REQUIRED
+    assert lc.lookup_dn is True and lc.lookup_dn_search_password == "value-of-bind-password"
+    assert lc.allowed_groups == ["cn=hubadmins,ou=groups,dc=example,dc=org", "cn=students,ou=groups,dc=example,dc=org"]
+    assert c.Authenticator.manage_groups is True
+    assert hubconfig.config_roles(p) == ["hub-config", "userlist", "ldap-ca"]
+    assert "ldap-bind-password" in hubconfig.secret_roles(p)
