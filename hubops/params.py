@@ -371,6 +371,10 @@ def _dns(v: list[str]) -> list[str]:
     for dn in v:
         if not DN_RE.match(dn.strip()):
             raise ValueError(f"{dn!r} is not an LDAP DN, e.g. cn=students,ou=groups,dc=example,dc=org")
+        if "," not in dn:
+            # YAML splits an unquoted DN in a [a, b] list at its commas.
+            raise ValueError(f"{dn!r} is a single RDN, not a whole DN (e.g. cn=students,ou=groups,dc=example,dc=org); "
+                             "in a YAML [...] list, put each DN in quotes")
     return [dn.strip() for dn in v]
 
 

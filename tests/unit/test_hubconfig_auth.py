@@ -177,8 +177,8 @@ def test_ldap_config(tmp_path, monkeypatch):
             bind_dn: cn=jupyterhub,ou=services,dc=example,dc=org
             bind_password: {env: HUBOPS_T_LDAP}
             user_search_base: ou=people,dc=example,dc=org
-            allowed_groups: [cn=students,ou=groups,dc=example,dc=org]
-            admin_groups: [cn=hubadmins,ou=groups,dc=example,dc=org]
+            allowed_groups: ["cn=students,ou=groups,dc=example,dc=org"]
+            admin_groups: ["cn=hubadmins,ou=groups,dc=example,dc=org"]
           roles:
             - {name: teaching, groups: [staff], scopes: ["access:servers!group=students"]}
     """))
@@ -213,3 +213,24 @@ def test_ldap_config(tmp_path, monkeypatch):
     assert c.Authenticator.manage_groups is True
     assert hubconfig.config_roles(p) == ["hub-config", "userlist", "ldap-ca"]
     assert "ldap-bind-password" in hubconfig.secret_roles(p)
+
+
+def test_an_unquoted_dn_in_a_yaml_list_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "users").write_text("ann admin\n")
+    f = tmp_path / "p.yaml"
+    f.write_text(textwrap.dedent("""
+        deployment: uni
+        hosts:
+          managers: [{name: m, url: "unix:///var/run/docker.sock", advertise_addr: 127.0.0.1}]
+        auth:
+          mode: ldap
+          userlist: users
+          ldap:
+            url: ldaps://ldap.example.org
+            bind_dn: cn=jupyterhub,ou=services,dc=example,dc=org
+            bind_password: {env: HUBOPS_T_LDAP}
+            user_search_base: ou=people,dc=example,dc=org
+            allowed_groups: [cn=students,ou=groups,dc=example,dc=org]
+    """))
+    with pytest.raises(ParameterError, match=r"auth.ldap.allowed_groups: 'cn=students' is a single RDN.*put each DN in quotes"):
+        load_params(f)
