@@ -886,7 +886,7 @@ def read_userlist(path: Path, source: Path, *, need_admin: bool = True) -> tuple
             if name not in groups[g]:
                 groups[g].append(name)
         users[name] = bool(words)
-    if not users:
+    if not users and need_admin:  # with admin groups at a provider, the groups alone may decide
         raise ParameterError(f"{key}: {path} lists no users; add at least one 'name admin' line")
     if need_admin and not any(users.values()):
         raise ParameterError(f"{key}: {path} has no admin; mark at least one user, e.g. '{next(iter(users))} admin'")
