@@ -790,6 +790,8 @@ class Loaded:
     def userlist_text(self) -> str:
         """The userlist in canonical form (sorted, one entry per line)."""
         of = self.groups_of
+        if not self.users:  # a Swarm config may not be empty
+            return "# no users by name: the identity provider's groups decide\n"
         return "".join(" ".join([u, *(["admin"] if a else []), *(f"@{g}" for g in of(u))]) + "\n"
                        for u, a in sorted(self.users.items()))
 
