@@ -195,6 +195,8 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
     else:
         r.keep(f"service {p.hub_service}", "spec unchanged")
     if dry_run:
+        for name in sorted(set(userlist_before or {}) - set(p.users)):
+            r.change("remove", f"user {name}", "off the userlist: would be removed from the hub, their server stopped")
         return r
 
     if svc is None:
