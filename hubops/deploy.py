@@ -196,7 +196,8 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
         r.keep(f"service {p.hub_service}", "spec unchanged")
     if dry_run:
         for name in sorted(set(userlist_before or {}) - set(p.users)):
-            r.change("remove", f"user {name}", "off the userlist: would be removed from the hub, their server stopped")
+            r.change("remove", f"user {name}", "off the userlist: would be removed from the hub and their server stopped "
+                     "(unless a provider group let them in at their last login)")
         return r
 
     if svc is None:
