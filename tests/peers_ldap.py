@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from hubops import tls
+from hubops.core import certs as tls
 
 SUFFIX = "dc=hubops,dc=test"
 ROOT_DN = f"cn=admin,{SUFFIX}"

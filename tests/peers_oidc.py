@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from hubops import tls
+from hubops.core import certs as tls
 
 OIDC_PROVIDER_VERSION = "9.13.3"
 SCRIPT = Path(__file__).resolve().parent / "oidc" / "provider.mjs"

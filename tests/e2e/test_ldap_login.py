@@ -28,10 +28,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from hubops import teardown
-from hubops.engine import Clients
-from hubops.params import load_params
-from hubops.verify import HubAPI
+from hubops.core.engine import Clients
+from hubops.core.params import load_params
+from hubops.hub.running import HubAPI
+from hubops.ops import teardown
 from tests import helpers
 from tests.helpers import hubops_cli, runs, stage_record
 from tests.peers_ldap import SERVICE_DN, Slapd, group_dn

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from hubops import ldap_dir, tls
-from hubops.errors import IdentityProviderError, ParameterError
-from hubops.params import load_params
+from hubops.core import certs as tls
+from hubops.stages import auth_ldap as ldap_dir
+from hubops.core.errors import IdentityProviderError, ParameterError
+from hubops.core.params import load_params
 from tests.peers_ldap import SERVICE_DN, Slapd, group_dn
 
 PORT, TLS_PORT = 18620, 18621

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from hubops import cli, oidc, tls
-from hubops.errors import IdentityProviderError
-from hubops.params import load_params
+from hubops.cli import main as cli
+from hubops.core import certs as tls
+from hubops.stages import auth_oidc as oidc
+from hubops.core.errors import IdentityProviderError
+from hubops.core.params import load_params
 from tests.peers_oidc import OIDCProvider
 
 PORT = 18610  # this module's provider; 18611: the server that does not speak JSON

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hubops import hubconfig
-from hubops.errors import ParameterError
-from hubops.oidc import Discovery
-from hubops.params import load_params
+from hubops.hub import config as hubconfig
+from hubops.core.errors import ParameterError
+from hubops.stages.auth_oidc import Discovery
+from hubops.core.params import load_params
 from tests.unit.test_hubconfig import load
 
 DISCOVERY = Discovery(issuer="https://login.example.org/realms/hub",
