@@ -252,10 +252,15 @@ def test_removed_from_the_group_in_the_directory_is_refused(deployed, browser):
 
 def test_no_secret_in_the_records_or_the_hub_log(deployed):
     p = deployed["p"]
-    values = helpers.deployment_secrets(p, docker.from_env())
+    client = docker.from_env()
+    values = helpers.deployment_secrets(p, client)
     values["ldap bind password"] = deployed["slapd"].service_password
     values.update({f"password of {u}": pw for u, pw in deployed["slapd"].users.items()})
     log = subprocess.run(["docker", "service", "logs", "--raw", p.hub_service], capture_output=True,
                          text=True, timeout=60)
-    hits = helpers.secret_hits(values, [deployed["outputs"]], {"hub log": log.stdout + log.stderr})
+    image = client.services.get(p.hub_service).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
+    history = subprocess.run(["docker", "history", "--no-trunc", image], capture_output=True, text=True, timeout=60)
+    inspect = subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True, timeout=60)
+    hits = helpers.secret_hits(values, [deployed["outputs"]], {
+        "hub log": log.stdout + log.stderr, f"image {image} history": history.stdout, f"image {image}": inspect.stdout})
     assert not hits, hits

@@ -297,6 +297,10 @@ def test_no_secret_in_the_records_or_the_hub_log(deployed):
     assert any("oidc-client-secret" in k for k in values), sorted(values)
     log = subprocess.run(["docker", "service", "logs", "--raw", p.hub_service], capture_output=True,
                          text=True, timeout=60)
-    hits = helpers.secret_hits(values, [deployed["outputs"]], {"hub log": log.stdout + log.stderr})
+    image = client.services.get(p.hub_service).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
+    history = subprocess.run(["docker", "history", "--no-trunc", image], capture_output=True, text=True, timeout=60)
+    inspect = subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True, timeout=60)
+    hits = helpers.secret_hits(values, [deployed["outputs"]], {
+        "hub log": log.stdout + log.stderr, f"image {image} history": history.stdout, f"image {image}": inspect.stdout})
     assert len(runs(deployed["outputs"])) >= 2
     assert not hits, hits
