@@ -464,6 +464,16 @@ def ldap_group_name(dn: str) -> str:
     return dn.split(",", 1)[0].split("=", 1)[1].strip()
 
 
+class NativeAuth(_Model):
+    """Per-user passwords (jupyterhub-nativeauthenticator): users sign up, an admin approves them."""
+
+    signup: bool = Field(True, description="users may sign up at /hub/signup (then wait for an admin's approval)")
+    minimum_password_length: int = Field(10, ge=8, le=128)
+    check_common_password: bool = Field(True, description="refuse the most common passwords")
+    allowed_failed_logins: int = Field(5, ge=0, description="failed logins before a pause (0: no limit)")
+    seconds_before_next_try: int = Field(600, ge=0)
+
+
 class Role(_Model):
     """A JupyterHub role given to groups: what their members may do (scopes)."""
 
@@ -499,11 +509,12 @@ class Role(_Model):
 
 
 class Auth(_Model):
-    mode: Literal["shared-password", "github", "oidc", "ldap"] = "shared-password"
+    mode: Literal["shared-password", "github", "oidc", "ldap", "native"] = "shared-password"
     userlist: Path = Field(description="file with one 'name', 'name admin' or 'name [admin] @group ...' per line")
     github: Optional[GitHubAuth] = None
     oidc: Optional[OIDCAuth] = None
     ldap: Optional[LDAPAuth] = None
+    native: NativeAuth = Field(default_factory=NativeAuth)
     roles: list[Role] = Field(default_factory=list, description="JupyterHub roles given to groups")
 
     @model_validator(mode="after")

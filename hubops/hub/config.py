@@ -72,6 +72,8 @@ def secret_roles(p: Loaded) -> list[str]:
         roles += ["oidc-client-secret"]
     elif p.auth.mode == "ldap":
         roles += ["ldap-bind-password"]
+    elif p.auth.mode == "native":
+        roles += ["admin-password"]
     else:
         roles += ["github-client-secret"]
     return roles
@@ -205,6 +207,8 @@ def auth_lines(p: Loaded, *, discovery: Any = None) -> list[str]:
         lines += oidc_lines(p, discovery)
     elif p.auth.mode == "ldap":
         lines += ldap_lines(p)
+    elif p.auth.mode == "native":
+        lines += native_lines(p)
     else:
         gh = p.auth.github
         callback = f"{p.hub_url}/hub/oauth_callback"
@@ -328,6 +332,56 @@ def ldap_lines(p: Loaded) -> list[str]:
         f"{A}.allowed_groups = {groups!r}",
         f"{A}.allow_all = False",
         f"{A}.allow_existing_users = False",
+    ]
+
+
+_NATIVE_CLASS = '''
+from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator.orm import UserInfo
+
+
+class HubopsNativeAuthenticator(NativeAuthenticator):
+    """Every sign-up waits for an admin's approval, listed on the userlist or not (a listed name is not
+    approved in advance: anyone could claim it first). The userlist's admins are created and approved
+    when the hub starts, with hubops's generated admin password, so nobody can claim their names."""
+
+    def get_authed_users(self):
+        return {info.username for info in UserInfo.all_users(self.db) if info.is_authorized}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        password = secret(ADMIN_PASSWORD_FILE)
+        signup, self.enable_signup = self.enable_signup, True
+        try:
+            for name in sorted(self.admin_users):
+                info = self.get_user(name) or self.create_user(name, password)
+                if info is not None and not info.is_authorized:
+                    info.is_authorized = True
+                    self.db.commit()
+                    self.log.info("hubops: admin %s created and approved", name)
+        finally:
+            self.enable_signup = signup
+
+
+c.JupyterHub.authenticator_class = HubopsNativeAuthenticator
+'''
+
+
+def native_lines(p: Loaded) -> list[str]:
+    """jupyterhub-nativeauthenticator: each user's own password, sign-up approved by an admin."""
+    n = p.auth.native
+    A = "c.NativeAuthenticator"
+    return [
+        f"ADMIN_PASSWORD_FILE = {SECRET_FILES['admin-password']!r}",
+        *_NATIVE_CLASS.strip("\n").splitlines(),
+        f"{A}.enable_signup = {n.signup!r}",
+        f"{A}.open_signup = False  # an admin approves each sign-up at /hub/authorize",
+        f"{A}.minimum_password_length = {n.minimum_password_length!r}",
+        f"{A}.check_common_password = {n.check_common_password!r}",
+        f"{A}.allowed_failed_logins = {n.allowed_failed_logins!r}",
+        f"{A}.seconds_before_next_try = {n.seconds_before_next_try!r}",
+        # Users must also be on the userlist (allowed_users above): approval alone does not let anyone in.
+        f"{A}.allow_all = False",
     ]
 
 

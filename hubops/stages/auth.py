@@ -42,7 +42,18 @@ def ensure_auth(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result
         r.facts["groups"] = p.groups
     if p.auth.roles:
         r.facts["roles"] = {role.name: {"groups": role.groups, "scopes": role.scopes} for role in p.auth.roles}
-    if p.auth.mode == "shared-password":
+    if p.auth.mode == "native":
+        # Each user's own password; the userlist's admins are created with this one when the hub starts.
+        value, created = operator.kept_secret(p, "admin-password", nbytes=32, dry_run=dry_run)
+        secrets.ensure_versioned(c, p, r, role="admin-password", value=value.encode(), stage=STAGE,
+                                 what="password of the userlist's admins" + (" (generated)" if created else ""))
+        n = p.auth.native
+        r.facts["passwords"] = (
+            f"admins ({', '.join(p.admins)}): {p.operator_path}/admin-password, readable only by its owner; "
+            + (f"other users sign up at {p.hub_url}/hub/signup and an admin approves them at {p.hub_url}/hub/authorize"
+               if n.signup else "sign-up is off: admins add users")
+            + f"; passwords of {n.minimum_password_length} characters at least")
+    elif p.auth.mode == "shared-password":
         for role, nbytes, who in (("user-password", 12, "users"), ("admin-password", 32, "admins")):
             value, created = operator.kept_secret(p, role, nbytes=nbytes, dry_run=dry_run)
             secrets.ensure_versioned(c, p, r, role=role, value=value.encode(), stage=STAGE,

@@ -234,3 +234,56 @@ def test_an_unquoted_dn_in_a_yaml_list_is_refused(tmp_path, monkeypatch):
     """))
     with pytest.raises(ParameterError, match=r"auth.ldap.allowed_groups: 'cn=students' is a single RDN.*put each DN in quotes"):
         load_params(f)
+
+
+def test_native_config(tmp_path, monkeypatch):
+    """The subclass is loaded with a stand-in for nativeauthenticator's classes (the real one is in the
+    hub image and exercised by tests/e2e/test_native_login.py): the admins are created and approved."""
+    from tests.helpers import make_params
+    import sys
+    import types
+
+    from traitlets import Bool
+    from traitlets.config import LoggingConfigurable
+
+    f = make_params(tmp_path, "nat", port=18699, subnet="10.166.99.0/24", users="operator admin\nalice\n")
+    f.write_text(f.read_text().replace("auth: {mode: shared-password, userlist: userlist}",
+                                       "auth: {mode: native, userlist: userlist, native: {minimum_password_length: 14}}"))
+    p = load_params(f)
+    src = hubconfig.render(p, singleuser_image="su:1")
+    ul = tmp_path / "userlist-in-hub"
+    ul.write_text(p.userlist_text())
+    d = secrets_dir(tmp_path)
+    (d / "hubops-admin-password").write_text("generated-admin-password-0123456789\n")
+    created = {}
+
+    class Info:
+        def __init__(self, name):
+            self.username, self.is_authorized = name, False
+
+    class NativeAuthenticator(LoggingConfigurable):
+        enable_signup = Bool(True, config=True)
+        admin_users = {"operator"}
+        db = types.SimpleNamespace(commit=lambda: None)
+
+        def get_user(self, name):
+            return created.get(name)
+
+        def create_user(self, name, password):
+            assert self.enable_signup and password == "generated-admin-password-0123456789"
+            created[name] = Info(name)
+            return created[name]
+
+    monkeypatch.setitem(sys.modules, "nativeauthenticator", types.SimpleNamespace(NativeAuthenticator=NativeAuthenticator))
+    monkeypatch.setitem(sys.modules, "nativeauthenticator.orm", types.SimpleNamespace(
+        UserInfo=types.SimpleNamespace(all_users=lambda db: list(created.values()))))
+    c = load(src, d, ul, monkeypatch)
+    cls = c.JupyterHub.authenticator_class
+    assert cls.__name__ == "HubopsNativeAuthenticator"
+    assert c.NativeAuthenticator.open_signup is False and c.NativeAuthenticator.minimum_password_length == 14
+    assert c.Authenticator.allowed_users == {"operator", "alice"} and c.Authenticator.admin_users == {"operator"}
+    a = cls(enable_signup=False)
+    assert created["operator"].is_authorized and a.enable_signup is False  # restored
+    assert a.get_authed_users() == {"operator"}  # alice, listed, is not approved in advance
+    assert hubconfig.secret_roles(p)[-1] == "admin-password"
+    assert "generated-admin-password" not in src
