@@ -32,7 +32,7 @@ from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
 from hubops.ops import teardown
-from tests import helpers
+from tests import browser as chrome, helpers
 from tests.helpers import hubops_cli, runs, stage_record
 from tests.peers_ldap import SERVICE_DN, Slapd, group_dn
 
@@ -130,12 +130,16 @@ def deployed(tmp_path_factory, slapd):
         assert not left, f"teardown left {left}"
 
 
-def log_in(d, browser, user: str, *, password: str | None = None, next_path: str = "/hub/home"):
+def log_in(*args, **kwargs):
+    return chrome.again(_log_in, *args, **kwargs)
+
+
+def _log_in(d, browser, user: str, *, password: str | None = None, next_path: str = "/hub/home"):
     """`user` logs in with the hub's login form in a fresh browser; (page, status of the POST /hub/login)."""
     hub = d["p"].hub_url
     ctx = browser.new_context(ignore_https_errors=True)  # the hub's CA is hubops's own, not in Chromium's store
     page = ctx.new_page()
-    page.goto(f"{hub}/hub/login?next={next_path}")
+    chrome.goto(page, f"{hub}/hub/login?next={next_path}")
     page.fill("#username_input", user)
     page.fill("#password_input", password if password is not None else d["slapd"].users[user])
     with page.expect_response(lambda r: r.url.startswith(f"{hub}/hub/login") and r.request.method == "POST") as posted:
@@ -149,13 +153,13 @@ def open_server_of(page, d, owner: str) -> int:
     with JupyterHub's confirmation page when the server is not the user's own), then its API.
     The HTTP status the browser ends with: the hub's 403 when the user may not access it."""
     hub = d["p"].hub_url
-    resp = page.goto(f"{hub}/user/{owner}/")
+    resp = chrome.goto(page, f"{hub}/user/{owner}/")
     if "/hub/api/oauth2/authorize" in page.url and resp and resp.status == 200:
         with page.expect_navigation():  # "Authorize access": the user confirms
             page.click("input[type=submit], button[type=submit]")
     elif resp and resp.status >= 400:
         return resp.status
-    resp = page.goto(f"{hub}/user/{owner}/api/status")
+    resp = chrome.goto(page, f"{hub}/user/{owner}/api/status")
     return resp.status if resp else 0
 
 

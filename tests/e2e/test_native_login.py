@@ -30,7 +30,7 @@ from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
 from hubops.ops import teardown
-from tests import helpers
+from tests import browser as chrome, helpers
 from tests.helpers import hubops_cli, runs, stage_record
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]
@@ -105,10 +105,14 @@ def page_for(browser):
     return browser.new_context(ignore_https_errors=True).new_page()  # the hub's CA is hubops's own
 
 
-def sign_up(d, browser, user: str, password: str) -> str:
+def sign_up(*args, **kwargs):
+    return chrome.again(_sign_up, *args, **kwargs)
+
+
+def _sign_up(d, browser, user: str, password: str) -> str:
     """`user` signs up in a browser; the message the sign-up page shows."""
     page = page_for(browser)
-    page.goto(f"{d['p'].hub_url}/hub/signup")
+    chrome.goto(page, f"{d['p'].hub_url}/hub/signup")
     page.fill("input[name=username]", user)
     page.fill("input[name=signup_password]", password)
     page.fill("input[name=signup_password_confirmation]", password)
@@ -119,12 +123,16 @@ def sign_up(d, browser, user: str, password: str) -> str:
     return text
 
 
-def log_in(d, browser, user: str, password: str, *, next_path: str = "/hub/home"):
+def log_in(*args, **kwargs):
+    return chrome.again(_log_in, *args, **kwargs)
+
+
+def _log_in(d, browser, user: str, password: str, *, next_path: str = "/hub/home"):
     """`user` logs in with the hub's login form; (page, status of the POST /hub/login: 302 when let in;
     NativeAuthenticator answers a refused login with its login page and 200)."""
     hub = d["p"].hub_url
     page = page_for(browser)
-    page.goto(f"{hub}/hub/login?next={next_path}")
+    chrome.goto(page, f"{hub}/hub/login?next={next_path}")
     page.fill("#username_input", user)
     page.fill("#password_input", password)
     with page.expect_response(lambda r: r.url.startswith(f"{hub}/hub/login") and r.request.method == "POST") as posted:
@@ -161,14 +169,14 @@ def test_sign_up_needs_a_good_password_and_an_admins_approval(deployed, browser)
     assert status != 302, status  # not approved yet
     page.context.close()
     admin, status = log_in(deployed, browser, "teacher", admin_password(deployed))
-    admin.goto(f"{deployed['p'].hub_url}/hub/authorize/alice")  # the approval link of the admin's page
+    chrome.goto(admin, f"{deployed['p'].hub_url}/hub/authorize/alice")  # the approval link of the admin's page
     admin.context.close()
     t0 = time.monotonic()
     page, status = log_in(deployed, browser, "alice", PASSWORDS["alice"], next_path="/hub/spawn")
     assert status == 302, status
     page.wait_for_url(f"{deployed['p'].hub_url}/user/alice/**", timeout=180_000)
     FIGURES["login_to_own_server_s"] = round(time.monotonic() - t0, 1)
-    resp = page.goto(f"{deployed['p'].hub_url}/user/alice/api/status")
+    resp = chrome.goto(page, f"{deployed['p'].hub_url}/user/alice/api/status")
     assert resp.status == 200 and "started" in json.loads(page.inner_text("body"))
     page.context.close()
     wrong, status = log_in(deployed, browser, "alice", PASSWORDS["alice"] + "x")
@@ -179,7 +187,7 @@ def test_sign_up_needs_a_good_password_and_an_admins_approval(deployed, browser)
 def test_not_on_the_userlist_cannot_log_in_even_approved(deployed, browser):
     sign_up(deployed, browser, "mallory", PASSWORDS["mallory"])
     admin, _ = log_in(deployed, browser, "teacher", admin_password(deployed))
-    admin.goto(f"{deployed['p'].hub_url}/hub/authorize/mallory")
+    chrome.goto(admin, f"{deployed['p'].hub_url}/hub/authorize/mallory")
     admin.context.close()
     page, status = log_in(deployed, browser, "mallory", PASSWORDS["mallory"])
     assert status != 302 and HubAPI(deployed["p"]).user("mallory") is None
@@ -190,7 +198,7 @@ def test_removed_from_the_userlist_cannot_log_in_and_their_server_is_stopped(dep
     api = HubAPI(deployed["p"])
     sign_up(deployed, browser, "carol", PASSWORDS["carol"])
     admin, _ = log_in(deployed, browser, "teacher", admin_password(deployed))
-    admin.goto(f"{deployed['p'].hub_url}/hub/authorize/carol")
+    chrome.goto(admin, f"{deployed['p'].hub_url}/hub/authorize/carol")
     admin.context.close()
     page, status = log_in(deployed, browser, "carol", PASSWORDS["carol"], next_path="/hub/spawn")
     assert status == 302

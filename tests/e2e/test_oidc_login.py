@@ -32,7 +32,7 @@ from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
 from hubops.ops import teardown
-from tests import helpers
+from tests import browser as chrome, helpers
 from tests.helpers import hubops_cli, runs, stage_record
 from tests.peers_oidc import OIDCProvider
 
@@ -132,7 +132,11 @@ def deployed(tmp_path_factory, provider):
 
 
 # -- the browser ----------------------------------------------------------------------------------
-def log_in(d, browser, user: str, *, next_path: str = "/hub/home"):
+def log_in(*args, **kwargs):
+    return chrome.again(_log_in, *args, **kwargs)
+
+
+def _log_in(d, browser, user: str, *, next_path: str = "/hub/home"):
     """`user` logs in in a fresh browser: the hub's login, the provider's login page and consent
     page, back to the hub. Returns (page, status of the hub's answer at /hub/oauth_callback)."""
     hub = d["p"].hub_url
@@ -142,7 +146,7 @@ def log_in(d, browser, user: str, *, next_path: str = "/hub/home"):
     page = ctx.new_page()
     statuses: dict[str, int] = {}
     page.on("response", lambda r: statuses.__setitem__("callback", r.status) if "/hub/oauth_callback" in r.url else None)
-    page.goto(f"{hub}/hub/oauth_login?next={next_path}")
+    chrome.goto(page, f"{hub}/hub/oauth_login?next={next_path}")
     assert page.url.startswith(d["provider"].issuer + "/interaction/"), page.url  # the provider's login page
     page.fill("input[name=login]", user)
     page.fill("input[name=password]", "any")
@@ -161,13 +165,13 @@ def open_server_of(page, d, owner: str) -> int:
     with JupyterHub's confirmation page when the server is not the user's own), then its API.
     The HTTP status the browser ends with: the hub's 403 when the user may not access it."""
     hub = d["p"].hub_url
-    resp = page.goto(f"{hub}/user/{owner}/")
+    resp = chrome.goto(page, f"{hub}/user/{owner}/")
     if "/hub/api/oauth2/authorize" in page.url and resp and resp.status == 200:
         with page.expect_navigation():  # "Authorize access": the user confirms
             page.click("input[type=submit], button[type=submit]")
     elif resp and resp.status >= 400:
         return resp.status
-    resp = page.goto(f"{hub}/user/{owner}/api/status")
+    resp = chrome.goto(page, f"{hub}/user/{owner}/api/status")
     return resp.status if resp else 0
 
 
