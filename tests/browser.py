@@ -28,3 +28,12 @@ def again(step, *args, tries: int = 5, **kwargs):
 def goto(page, url: str):
     """page.goto, again after ERR_NETWORK_CHANGED; the response."""
     return again(page.goto, url)
+
+
+def hub_log_tail(service: str, lines: int = 60) -> str:
+    """The hub's last log lines (for a failed step's message: a 500 says nothing by itself)."""
+    import subprocess
+
+    out = subprocess.run(["docker", "service", "logs", "--raw", "--tail", str(lines), service],
+                         capture_output=True, text=True, timeout=60)
+    return out.stdout + out.stderr

@@ -145,6 +145,8 @@ def _log_in(d, browser, user: str, *, password: str | None = None, next_path: st
     with page.expect_response(lambda r: r.url.startswith(f"{hub}/hub/login") and r.request.method == "POST") as posted:
         page.click("#login_submit")
     page.wait_for_load_state()
+    if posted.value.status >= 500:
+        print(chrome.hub_log_tail(d["p"].hub_service))
     return page, posted.value.status
 
 

@@ -157,6 +157,8 @@ def _log_in(d, browser, user: str, *, next_path: str = "/hub/home"):
     page.wait_for_url(lambda url: url.startswith(hub) and "oauth_callback" not in url or "callback" in statuses,
                       timeout=120_000)
     page.wait_for_load_state()
+    if (statuses.get("callback") or 0) >= 500:
+        print(chrome.hub_log_tail(d["p"].hub_service))
     return page, statuses.get("callback")
 
 
