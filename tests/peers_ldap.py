@@ -86,7 +86,7 @@ olcRootDN: {ROOT_DN}
 olcRootPW: {self.root_password}
 olcSecurity: tls=1
 olcAccess: {{0}}to attrs=userPassword by self =w by anonymous auth by * none
-olcAccess: {{1}}to * by dn.exact="{SERVICE_DN}" read by self read by * none
+olcAccess: {{1}}to * by dn.exact="{SERVICE_DN}" read by users read by * none
 """
 
     def _data_ldif(self) -> str:
