@@ -181,6 +181,26 @@ def test_tls_only_1_2_and_up_with_aead_suites_and_hsts_on_hub_and_users_servers(
         api.wait_server("alice", ready=False, timeout=120)
 
 
+def test_announce_shows_a_notice_until_cleared(deployed):
+    """`hubops ops announce` puts a message on every user's hub pages; clear takes it down."""
+    from tests.helpers import admin_session
+
+    p, params, outputs = deployed["p"], str(deployed["params"]), deployed["outputs"]
+    s = admin_session(p)
+    shown = hubops_cli("ops", "announce", "-p", params, "--set", "message=Maintenance Saturday 9b1e",
+                       "--set", "hours=2", outputs=outputs)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "Maintenance Saturday 9b1e" in s.get(f"{p.hub_url}/hub/home", timeout=10).text
+    again = hubops_cli("ops", "announce", "-p", params, "--set", "message=Maintenance Saturday 9b1e",
+                       "--set", "hours=2", outputs=outputs)
+    assert again.returncode == 0 and "same text" in again.stdout + again.stderr
+    cleared = hubops_cli("ops", "announce", "-p", params, "--set", "clear=true", outputs=outputs)
+    assert cleared.returncode == 0, cleared.stderr[-2000:]
+    assert "Maintenance Saturday 9b1e" not in s.get(f"{p.hub_url}/hub/home", timeout=10).text
+    bad = hubops_cli("ops", "announce", "-p", params, "--set", "message=x", "--set", "users=nobody", outputs=outputs)
+    assert bad.returncode != 0 and "nobody not in the userlist" in bad.stdout + bad.stderr
+
+
 def test_second_deploy_changes_nothing_and_the_hub_keeps_serving(deployed):
     p = deployed["p"]
     ca = str(p.operator_path / "ca.pem")

@@ -12,7 +12,7 @@ from hubops.hub import config as hubconfig
 from hubops.core.errors import ParameterError
 from hubops.stages.auth_oidc import Discovery
 from hubops.core.params import load_params
-from tests.unit.test_hubconfig import load
+from tests.unit.test_hub_config import load
 
 DISCOVERY = Discovery(issuer="https://login.example.org/realms/hub",
                       authorization_endpoint="https://login.example.org/realms/hub/auth",
