@@ -2,7 +2,6 @@
 loaded as JupyterHub loads it (a traitlets Config)."""
 from __future__ import annotations
 
-import asyncio
 import textwrap
 from pathlib import Path
 
