@@ -269,6 +269,28 @@ def check(params_file: str) -> None:
     """Check a parameter file without touching any host."""
     try:
         p = load_params(params_file)
+        if p.auth.mode == "oidc":
+            # The issuer answers with a valid discovery document (no host of the deployment is asked).
+            from hubops.core.errors import IdentityProviderError
+            from hubops.stages import auth_oidc
+
+            try:
+                d = auth_oidc.discover(p)
+            except IdentityProviderError as e:
+                raise ParameterError(str(e)) from None
+            console.print(f"OpenID provider {d.issuer}: discovery document valid "
+                          f"(authorize at {d.authorization_endpoint})")
+        if p.auth.mode == "ldap":
+            # TLS verified, the service account's bind, the base and groups found (no host of the deployment is asked).
+            from hubops.core.errors import IdentityProviderError
+            from hubops.stages import auth_ldap
+
+            try:
+                facts = auth_ldap.check_directory(p)
+            except IdentityProviderError as e:
+                raise ParameterError(str(e)) from None
+            console.print(f"LDAP server {facts['url']}: {facts['tls_version'] or 'TLS'} verified, "
+                          f"bind as {facts['bind_dn']} accepted")
     except ParameterError as e:
         _fail(e, 2)
     console.print(f"[green]{p.source}: valid[/green]: deployment {p.deployment}, "
