@@ -15,7 +15,7 @@ import docker
 import pytest
 
 from hubops.stages import images as im
-from tests.helpers import RUN
+from tests.helpers import RUN, machine_lock
 
 pytestmark = pytest.mark.engine
 
@@ -154,6 +154,16 @@ def base(docker_client):
 
 @pytest.fixture(scope="module")
 def built(docker_client, base, extra_ca) -> dict:
+    out = {}
+    # One build of a tag at a time on this machine: builds are not bit-for-bit reproducible, so two runs
+    # building the same content-addressed tag at once would each see the other's image under it.
+    with machine_lock("image-build") as waited:
+        print(f"\nimage build lock taken after {waited:.1f} s")
+        out.update(_build_all(docker_client, extra_ca))
+    return out
+
+
+def _build_all(docker_client, extra_ca) -> dict:
     out = {}
     for kind in KINDS:
         lines: list[str] = []
