@@ -609,11 +609,12 @@ class Loaded:
                     f"export it before running hubops"
                 )
             return value.strip()
+        from .paramfile import MAX_SECRET_BYTES, read_text
+
         path = _relative(self.source, ref.file)  # type: ignore[arg-type]
-        try:
-            value = path.read_text().strip()
-        except OSError as e:
-            raise ParameterError(f"{self.source}: {key}: cannot read secret file {path}: {e.strerror}") from None
+        # A small regular text file: a device (/dev/zero), a pipe or a huge file is refused unread.
+        value = read_text(path, MAX_SECRET_BYTES, where=f"{self.source}: {key}", what="a secret file",
+                          show_line=False).strip()
         if not value:
             raise ParameterError(f"{self.source}: {key}: secret file {path} is empty")
         return value
@@ -642,7 +643,11 @@ def _explain(err: dict) -> str:
     kind = err["type"]
     msg = err["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
-        return "unknown key; remove it or check its spelling against parameters/production.example.yaml"
+        from .paramfile import known_keys, suggest
+
+        hint = suggest(err["loc"][-1], known_keys(Params, tuple(err["loc"])))
+        return (f"unknown key{hint} (remove it or check its spelling against "
+                "parameters/production.example.yaml)")
     if kind == "missing":
         return "required key is missing; add it"
     if kind == "literal_error":
@@ -652,11 +657,14 @@ def _explain(err: dict) -> str:
 
 def parse_userlist(path: Path, source: Path) -> dict[str, bool]:
     """Read a userlist: one ``name`` or ``name admin`` per line, ``#`` comments. name -> is admin."""
+    from .paramfile import MAX_USERLIST_BYTES, read_text, shown
+
     key = f"{source}: auth.userlist"
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ParameterError(f"{key}: cannot read {path}: {e.strerror}; create it with one 'name' or 'name admin' per line") from None
+    if not path.exists():
+        raise ParameterError(f"{key}: cannot read {path}: No such file or directory; create it with one 'name' or "
+                             "'name admin' per line")
+    # A regular text file of bounded size: never a device, a pipe or a binary (refused, not read).
+    text = read_text(path, MAX_USERLIST_BYTES, where=key, what="the userlist ('name' or 'name admin' per line)")
     users: dict[str, bool] = {}
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -664,10 +672,11 @@ def parse_userlist(path: Path, source: Path) -> dict[str, bool]:
             continue
         parts = line.split()
         if len(parts) > 2 or (len(parts) == 2 and parts[1] != "admin"):
-            raise ParameterError(f"{key}: {path}:{n}: {raw.strip()!r}: a line is 'name' or 'name admin'")
+            raise ParameterError(f"{key}: {path}:{n}: {shown(raw.strip())}: a line is 'name' or 'name admin'")
         name = parts[0].lower()
         if not USER_RE.match(name):
-            raise ParameterError(f"{key}: {path}:{n}: {parts[0]!r} is not a valid user name")
+            raise ParameterError(f"{key}: {path}:{n}: {shown(parts[0])} is not a valid user name (lower-case "
+                                 "letters, digits, '.', '_', '-')")
         if name in users:
             raise ParameterError(f"{key}: {path}:{n}: {name!r} is listed twice; keep one line per user")
         users[name] = len(parts) == 2
@@ -684,26 +693,33 @@ def load_params(params_file: str | os.PathLike) -> Loaded:
     if not source.is_absolute() and not source.exists() and (PROJECT / source).exists():
         # Opened in JupyterLab the notebook runs in runbooks/: the default path is the project's.
         source = PROJECT / source
+    from . import param_checks
+    from .paramfile import load_yaml, scrub
+
+    # Size, type, encoding, depth, alias expansion and duplicate keys are checked before and while
+    # parsing (paramfile), so no input can hang, exhaust memory or end in a traceback.
+    data, raw_bytes = load_yaml(source)
     try:
-        raw_bytes = source.read_bytes()
-    except OSError as e:
-        raise ParameterError(f"{source}: cannot read the parameter file: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(raw_bytes)
-    except yaml.YAMLError as e:
-        raise ParameterError(f"{source}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ParameterError(f"{source}: the file must hold a mapping of keys (deployment, hosts, auth, ...)")
-    try:
-        params = Params.model_validate(data)
-    except ValidationError as e:
-        problems = [f"{source}: {_loc(err['loc'])}: {_explain(err)}" for err in e.errors()]
-        raise ParameterError("\n".join(problems)) from None
-    source = source.resolve()
-    loaded = Loaded(params, source, hashlib.sha256(raw_bytes).hexdigest(), {})
-    loaded.users = parse_userlist(loaded.path(params.auth.userlist), source)
-    _check_files(loaded)
-    return loaded
+        if not isinstance(data, dict):
+            raise ParameterError(f"{source}: the file must hold a mapping of keys (deployment, hosts, auth, ...)")
+        try:
+            params = Params.model_validate(data)
+        except ValidationError as e:
+            problems = [f"{source}: {_loc(err['loc'])}: {_explain(err)}" for err in e.errors()]
+            raise ParameterError("\n".join(problems)) from None
+        loaded = Loaded(params, source.resolve(), hashlib.sha256(raw_bytes).hexdigest(), {})
+        loaded.users = parse_userlist(loaded.path(params.auth.userlist), loaded.source)
+        _check_files(loaded)
+        problems = param_checks.check(loaded)
+        if problems:
+            raise ParameterError("\n".join(f"{loaded.source}: {m}" for m in problems))
+        return loaded
+    except ParameterError as e:
+        # A message never shows a value that looks like a secret, nor a known secret (a token
+        # pasted under the wrong key is named by its key path only).
+        from .redact import env_secrets
+
+        raise ParameterError(scrub(str(e), data, env_secrets())) from None
 
 
 def _check_files(p: Loaded) -> None:
@@ -720,9 +736,13 @@ def _check_files(p: Loaded) -> None:
             files += [(f"hosts.{group}[{idx}].tls.{k}", getattr(h.tls, k)) for k in ("ca", "cert", "key")]
     if params.tls.acme:
         files += [("tls.acme.ca_bundle", params.tls.acme.ca_bundle)]
+    from .paramfile import MAX_PEM_BYTES, read_small
+
     for key, f in files:
-        if f is not None and not p.path(f).is_file():
+        if f is not None and not p.path(f).exists():
             raise ParameterError(f"{p.source}: {key}: file {p.path(f)} does not exist; fix the path")
+        if f is not None:  # a regular file of bounded size (not a device, a pipe or a folder)
+            read_small(p.path(f), MAX_PEM_BYTES, where=f"{p.source}: {key}", what="a PEM file")
     if params.tls.mode == "acme" and params.tls.acme.account_key is not None:  # type: ignore[union-attr]
         key = p.resolve_secret(params.tls.acme.account_key, "tls.acme.account_key")  # type: ignore[union-attr]
         if "PRIVATE KEY-----" not in key:

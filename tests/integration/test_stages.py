@@ -7,7 +7,7 @@ import pytest
 
 from hubops import auth, network, secrets, storage, swarm, teardown, tls
 from hubops.engine import Clients
-from hubops.errors import ConflictError, ParameterError, TLSError
+from hubops.errors import ConflictError, ParameterError
 from hubops.params import load_params
 from hubops.result import Result
 
@@ -114,10 +114,10 @@ def test_tls_files_mode_refuses_mismatched_key_before_any_change(deployment, doc
     _, other_key = tls.issue_server_cert(ca, ca_key, ["localhost"])
     (tmp_path / "cert.pem").write_bytes(cert)
     (tmp_path / "key.pem").write_bytes(other_key)
-    q = load_params(params_factory("itest5", subnet="10.236.0.0/24", port=8449,
+    # Refused when the parameters are read (hubops check), before any stage runs.
+    with pytest.raises(ParameterError, match="tls.files.key: .* is not the key of tls.files.cert"):
+        load_params(params_factory("itest5", subnet="10.236.0.0/24", port=8449,
                                    extra=f"tls: {{mode: files, files: {{cert: {tmp_path}/cert.pem, key: {tmp_path}/key.pem}}}}\n"))
-    with pytest.raises(TLSError, match="does not match"):
-        tls.ensure_tls(q, Clients(q))
     assert not docker_client.secrets.list(filters={"label": "hubops.deployment=itest5"})
 
 

@@ -54,9 +54,9 @@ def test_bad_day2_parameters_are_refused_with_the_key(tmp_path, extra, message):
 def test_backup_dir_under_outputs_is_refused(tmp_path):
     from hubops.runner import OUTPUTS
 
-    p = params(tmp_path, f"backup: {{dir: {OUTPUTS / 'backups'}}}")
-    with pytest.raises(ParameterError, match="backup.dir: .* is under"):
-        backup.backup_root(p)
+    # Refused when the parameters are read (hubops check), before any backup is attempted.
+    with pytest.raises(ParameterError, match="backup.dir: .* is inside"):
+        params(tmp_path, f"backup: {{dir: {OUTPUTS / 'backups'}}}")
     p = params(tmp_path, "backup: {dir: saved}")
     assert backup.backup_root(p) == tmp_path / "saved"  # relative to the parameter file
 
