@@ -90,7 +90,7 @@ def _subnet(p: "Loaded") -> list[str]:
 def _ports(p: "Loaded") -> list[str]:
     port, out = p.hub.https_port, []
     swarm_ports = dict(SWARM_PORTS)
-    swarm_ports[p.swarm.listen_port] = "Swarm's cluster management (swarm.listen_port)"
+    swarm_ports.setdefault(p.swarm.listen_port, "Swarm's cluster management (swarm.listen_port)")
     if port in swarm_ports:
         out.append(f"hub.https_port: {port} is {swarm_ports[port]} port on every node; use 443 or 8443")
     if port == ACME_PORT and p.tls.mode == "acme":

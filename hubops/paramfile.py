@@ -141,6 +141,8 @@ def _size(n: int) -> str:
 def load_yaml(source: Path) -> tuple[Any, bytes]:
     """The parameter file's data and raw bytes, or a ParameterError saying what is wrong where."""
     raw = read_small(source, MAX_BYTES, where=str(source), what="a parameter file")
+    if _utf16_hint(raw):
+        raise ParameterError(f"{source}: not UTF-8{_utf16_hint(raw)}; save the file as UTF-8")
     if b"\0" in raw:
         line = raw[:raw.index(b"\0")].count(b"\n") + 1
         raise ParameterError(f"{source}: line {line}: a NUL byte; this is a binary file, not a YAML parameter file")
@@ -174,20 +176,22 @@ def load_yaml(source: Path) -> tuple[Any, bytes]:
 
 
 def _compose(source: Path, text: str) -> Optional[Node]:
-    loader = _CappedLoader(text)
+    loader: Optional[_CappedLoader] = None
     try:
+        loader = _CappedLoader(text)  # the reader refuses control characters here already
         return loader.get_single_node()
     except _Refused as e:
         raise ParameterError(f"{source}: line {e.line}: {e.msg}") from None
     except yaml.YAMLError as e:
-        raise ParameterError(_yaml_message(source, e)) from None
+        raise ParameterError(_yaml_message(source, e, text)) from None
     except RecursionError:  # not reached with MAX_DEPTH; a last guard, never a traceback
         raise ParameterError(f"{source}: nested too deep; a parameter file is a shallow tree") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
-def _yaml_message(source: Path, e: yaml.YAMLError) -> str:
+def _yaml_message(source: Path, e: yaml.YAMLError, text: str = "") -> str:
     """PyYAML's error without its snippet of the file (the snippet could show a secret)."""
     if isinstance(e, yaml.MarkedYAMLError):
         mark = e.problem_mark or e.context_mark
@@ -196,8 +200,11 @@ def _yaml_message(source: Path, e: yaml.YAMLError) -> str:
         ctx = f" ({e.context}, line {e.context_mark.line + 1})" if e.context and e.problem and e.context_mark else ""
         return f"{source}: {where}not valid YAML: {what}{ctx}; fix the file (an editor with YAML support shows where)"
     if isinstance(e, yaml.reader.ReaderError):
-        return (f"{source}: not valid YAML: character #x{e.character:04x} at position {e.position} is not "
-                "allowed in YAML (a control character); remove it")
+        line = text[:e.position].count("\n") + 1 if text else None
+        key = _key_at_line(text.replace(chr(e.character), " "), line) if line else None
+        where = f"line {line}{f' (under {key})' if key else ''}: " if line else ""
+        return (f"{source}: {where}not valid YAML: character #x{e.character:04x} is not allowed in YAML "
+                "(a control character); remove it")
     return f"{source}: not valid YAML: {type(e).__name__}; fix the file"
 
 
@@ -312,7 +319,9 @@ def looks_secret(value: str) -> bool:
     v = value.strip()
     if "-----BEGIN" in v or "PRIVATE KEY" in v:
         return True
-    if len(v) < 8 or any(c.isspace() for c in v):
+    if any(c.isspace() for c in v):  # a line or a sentence: any one word of it
+        return any(looks_secret(word) for word in v.split())
+    if len(v) < 8:
         return False
     if "://" in v:
         return not _URL_NO_PASSWORD.match(v)
