@@ -125,12 +125,26 @@ def ensure_generated(
 
     Kept as long as a version exists; generated straight into Swarm otherwise.
     """
+    from . import operator
+
     found = current(client, p, role)
-    if found is not None:
+    known = operator.read(p, generated_file(role))
+    if found is not None and known:
         result.keep(f"secret {found.name}", f"{role}: generated earlier, kept")
         return found.name
+    # A copy goes into the operator folder (0600) before the Swarm secret exists, so the redactor
+    # always knows the value (known_secrets reads that folder). A version made by an older hubops,
+    # whose value was never kept, is replaced once: a value nobody here knows cannot be redacted.
     value = (_random.token_hex(nbytes) if hex_value else _random.token_urlsafe(nbytes)).encode()
-    return ensure_versioned(client, p, result, role=role, value=value, stage=stage, what=f"{role} (generated)")
+    why = f"{role} (generated)" if found is None else f"{role} (generated again: the earlier value was not known to the redactor)"
+    if not result.dry_run:
+        operator.write_private(operator.folder(p) / generated_file(role), value + b"\n")
+    return ensure_versioned(client, p, result, role=role, value=value, stage=stage, what=why)
+
+
+def generated_file(role: str) -> str:
+    """The operator-folder file that keeps a generated secret's value, for redaction."""
+    return f"generated-{role}"
 
 
 # Roles kept in Swarm although no service mounts them (only their newest version is kept):
