@@ -118,6 +118,14 @@ def _print_access(p) -> None:
                       f"{p.operator_path}/admin-password  (files readable only by you)")
     else:
         console.print(f"  log in:    with GitHub, as one of {', '.join(p.allowed)}")
+    from .storage import describe_users
+
+    if p.storage.users.mode == "none":
+        console.print("  [red bold]files:     users' files are LOST whenever their server stops[/red bold] (culled "
+                      "after idling, upgraded, restarted): storage.users.mode is none; remove it to keep them")
+    else:
+        console.print(f"  files:     kept across stops, culls and restarts ({describe_users(p)})",
+                      markup=False, highlight=False)
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from . import api_token
 from . import labels as L
 from .params import Loaded
 
@@ -35,7 +36,7 @@ SECRET_FILES = {
 }
 
 # What hubops's own service token may do: manage users and servers, reach them for checks.
-API_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:hub", "list:users", "read:users"]
+# hubops's own role: api_token.scopes(p) (what hubops calls on the hub API, and no more).
 # What the idle culler may do, and no more: find servers and their activity, stop idle ones.
 CULLER_SERVICE = "idle-culler"
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
@@ -122,8 +123,9 @@ def render(p: Loaded, *, singleuser_image: str) -> str:
         f"c.JupyterHub.services = [{{'name': {API_SERVICE!r}, 'api_token': secret({SECRET_FILES['api-token']!r})}}]",
         "c.JupyterHub.load_roles = [",
         f"    {{'name': 'hubops-operator', 'description': 'hubops runbooks: deploy checks and day-2 operations',",
-        f"     'scopes': {API_SCOPES!r}, 'services': [{API_SERVICE!r}]}},",
+        f"     'scopes': {api_token.scopes(p)!r}, 'services': [{API_SERVICE!r}]}},",
         "]",
+        *api_token.hub_lines(p, API_SERVICE, SECRET_FILES["api-token"]),
         "",
         "# --- spawner: each user's server is a Swarm service on the overlay network ----------",
         'c.JupyterHub.spawner_class = "dockerspawner.SwarmSpawner"',

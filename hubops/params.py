@@ -340,8 +340,11 @@ class Verify(_Model):
 class UserStorage(_Model):
     """Where users' home directories live, so their files survive a server's stop and start."""
 
+    # The default keeps every user's files across stops, culls, upgrades and restarts (a per-user
+    # volume on the node of the user's first server; on one node, simply a volume per user). `none`
+    # loses them whenever a server stops: only when asked for, and a deploy then says so.
     mode: Literal["none", "shared-path", "volume-driver", "node-local"] = Field(
-        "none", description="none: nothing kept; shared-path: PATH/USER on storage every node mounts at PATH; "
+        "node-local", description="none: nothing kept (files lost when a server stops); shared-path: PATH/USER on storage every node mounts at PATH; "
         "volume-driver: a named volume per user through `driver`; node-local: a local volume per user, "
         "the user's servers pinned to the node that holds it")
     path: Optional[Path] = Field(

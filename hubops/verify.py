@@ -37,6 +37,11 @@ class HubAPI:
                 f"no hub API token in {p.operator_path}/api-token: run 80-deploy from this machine first "
                 "(the token is generated there and kept in the operator folder)"
             )
+        from . import api_token
+
+        expired = api_token.check_usable(p)
+        if expired:
+            raise VerifyError(expired)
         self.s = tls.hub_session(p)
         self.base = p.hub_url
         if len(p.hub_urls) > 1:  # the hub may run on any manager: the first address where it answers

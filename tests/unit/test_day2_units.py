@@ -29,9 +29,9 @@ def params(tmp_path: Path, extra: str = ""):
 
 
 # -- parameters ------------------------------------------------------------------------------
-def test_defaults_keep_nothing_and_cull_after_an_hour(tmp_path):
+def test_defaults_keep_users_files_and_cull_after_an_hour(tmp_path):
     p = params(tmp_path)
-    assert p.storage.users.mode == "none"
+    assert p.storage.users.mode == "node-local"  # issue 13 item 8: the default loses no data
     assert (p.culler.enabled, p.culler.timeout, p.culler.every) == (True, 3600, 60)
     assert backup.backup_root(p) == p.operator_path / "backups"
 
@@ -173,7 +173,8 @@ def test_culler_disabled(tmp_path, monkeypatch):
 
 
 def test_no_storage_still_uses_hubops_spawner_without_mounts(tmp_path, monkeypatch):
-    cfg = load_config(params(tmp_path), tmp_path, monkeypatch)
+    # storage.users.mode none must be asked for (the default keeps users' files)
+    cfg = load_config(params(tmp_path, "storage: {users: {mode: none}}"), tmp_path, monkeypatch)
     s = spawner(cfg, "alice")
     assert s.mounts == []
 

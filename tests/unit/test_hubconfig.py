@@ -73,7 +73,8 @@ def test_local_default_config(secret_files, tmp_path, monkeypatch):
     svc = next(s for s in c.JupyterHub.services if s["name"] == "hubops")  # the idle culler is the other
     assert svc == {"name": "hubops", "api_token": values["hubops-api-token"]}
     role = next(r for r in c.JupyterHub.load_roles if r["name"] == "hubops-operator")
-    assert role["services"] == ["hubops"] and "admin:servers" in role["scopes"]
+    assert role["services"] == ["hubops"] and "servers" in role["scopes"] and "admin:servers" not in role["scopes"]
+    assert "admin:users!user=hubopsverify" in role["scopes"] and "admin:users" not in role["scopes"]
     # The file itself carries no secret value.
     for v in values.values():
         assert v not in src
