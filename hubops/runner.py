@@ -76,10 +76,13 @@ def _write_private(path: Path, data: bytes) -> None:
 def tighten(run_dir: Path) -> None:
     """The run folder 0700, its folders 0700 and its files 0600 (what other writers, such as the
     report, made with the process's umask; they were never readable through the 0700 folder)."""
-    os.chmod(run_dir, 0o700)
-    for f in run_dir.rglob("*"):
-        if not f.is_symlink():
-            os.chmod(f, 0o700 if f.is_dir() else 0o600)
+    try:
+        os.chmod(run_dir, 0o700)
+        for f in run_dir.rglob("*"):
+            if not f.is_symlink():
+                os.chmod(f, 0o700 if f.is_dir() else 0o600)
+    except OSError as e:  # a record someone else owns (read with `hubops report`): say so, go on
+        log.warning("could not make %s private: %s", run_dir, e.strerror)
 
 
 def _publish(work: Path, out: Path, redact: Optional[Redactor]) -> None:
