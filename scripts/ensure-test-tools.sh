@@ -21,3 +21,13 @@ if [ ! -x /usr/bin/pebble ] || [ ! -x /usr/bin/pebble-challtestsrv ]; then
     echo "warning: pebble is missing; the ACME e2e test will fail (apt-get install pebble)" >&2
   fi
 fi
+# BIND 9: the authoritative DNS server of the DNS-01 test zone (RFC 2136 updates with TSIG).
+if ! command -v named >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing bind9 (DNS server for the DNS-01 test) ..."
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9 >/dev/null
+  else
+    echo "warning: named is missing; the DNS-01 test will fail (apt-get install bind9)" >&2
+  fi
+fi

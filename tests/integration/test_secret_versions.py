@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hubops.params import load_params
+from hubops.core.params import load_params
 from tests.helpers import make_params
 
 
@@ -19,9 +19,9 @@ def test_every_generated_secret_is_known_to_the_redactor(role, tmp_path, docker_
     """ensure_generated on the real engine's swarm: the value it puts into Swarm is in the operator
     folder (0600) and in the deployment's redactor; a version whose value was never kept (made by an
     older hubops) is replaced once by one the redactor knows."""
-    from hubops import secrets
-    from hubops.redact import known_secrets
-    from hubops.result import Result
+    from hubops.core import secrets
+    from hubops.audit.redact import known_secrets
+    from hubops.core.result import Result
 
     p = load_params(make_params(tmp_path, "hdgen", port=18404, subnet="10.164.4.0/24"))
     try:
@@ -50,9 +50,9 @@ def test_every_generated_secret_is_known_to_the_redactor(role, tmp_path, docker_
 def test_version_names_are_keyed_and_old_names_rotate_once(tmp_path, docker_client):
     import hashlib
 
-    from hubops import labels as L
-    from hubops import secrets
-    from hubops.result import Result
+    from hubops.core import labels as L
+    from hubops.core import secrets
+    from hubops.core.result import Result
 
     p = load_params(make_params(tmp_path, "hdver", port=18405, subnet="10.164.5.0/24"))
     value = b"operator-chosen-password"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from hubops import cli
-from hubops.runner import OUTPUTS
+from hubops.cli import main as cli
+from hubops.core.paths import OUTPUTS
 from tests.helpers import write_cert_pair
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -101,7 +101,7 @@ def _no_engine(*args, **kwargs):
 
 
 def test_the_command_line_exits_2(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "hubops.cli", "check", "-p", str(FILES[0])], cwd=PROJECT,
+    r = subprocess.run([sys.executable, "-m", "hubops.cli.main", "check", "-p", str(FILES[0])], cwd=PROJECT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and str(FILES[0]) in " ".join(r.stderr.split())
 
@@ -125,7 +125,7 @@ def test_pathological_inputs_are_refused_by_construction(tmp_path):
     """The caps are structural: an alias bomb is refused from its composed graph without being
     expanded, nesting is refused when the composer reaches the cap, and a huge file is refused from
     its size before a byte is parsed. Shown by what the loader touched, not by a clock."""
-    from hubops import paramfile
+    from hubops.core import paramfile
 
     counted = []
     real = paramfile._CappedLoader.compose_node

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from hubops import cli, hubconfig, storage
-from hubops.params import load_params
+from hubops.cli import main as cli
+from hubops.hub import config as hubconfig
+from hubops.stages import storage
+from hubops.core.params import load_params
 from tests.helpers import make_params
 
 PROJECT = Path(__file__).resolve().parents[2]

@@ -7,8 +7,9 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta, timezone
 
-from hubops import api_token, hubconfig, secrets
-from hubops.params import load_params
+from hubops.core import api_token, secrets
+from hubops.hub import config as hubconfig
+from hubops.core.params import load_params
 from tests.helpers import make_params
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import nbformat
 
-from hubops import runner
-from hubops.params import load_params
+from hubops.audit import runner
+from hubops.core.params import load_params
 from tests.helpers import make_params
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -65,7 +65,7 @@ def test_run_folder_is_0700_and_every_file_0600_whatever_the_umask(tmp_path, mon
 DRIVER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from hubops import runner
+    from hubops.audit import runner
     stages = [Path(a) for a in sys.argv[2:]]
     runner.deploy_stages = lambda: stages
     runner.run_chain(sys.argv[1])
@@ -121,7 +121,7 @@ def test_a_runner_killed_mid_stage_leaves_nothing_unredacted_under_outputs(tmp_p
 
     # --resume redacts the leftover into the record, then runs the stage again.
     resumed = subprocess.run(
-        [sys.executable, "-m", "hubops.cli", "deploy", "-p", str(params), "--resume", run_dir.name],
+        [sys.executable, "-m", "hubops.cli.main", "deploy", "-p", str(params), "--resume", run_dir.name],
         cwd=PROJECT, env={**env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
         capture_output=True, text=True, timeout=300)
     print(resumed.stderr[-2000:])
@@ -138,7 +138,7 @@ def test_a_runner_killed_mid_stage_leaves_nothing_unredacted_under_outputs(tmp_p
 def test_resume_redacts_leftovers_in_process(tmp_path, monkeypatch):
     """recover_leftovers on its own: a leftover with a known secret is redacted, moved in 0600, and
     its working folder removed."""
-    from hubops.redact import Redactor
+    from hubops.audit.redact import Redactor
 
     monkeypatch.setattr(runner, "OUTPUTS", tmp_path / "outputs")
     p = load_params(make_params(tmp_path, "hdpriv3", port=18403, subnet="10.164.3.0/24"))
