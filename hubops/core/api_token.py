@@ -11,9 +11,10 @@ left; `HubAPI` refuses an expired token with what to do.
 
 What hubops calls on the hub API, and so all its role allows (`scopes`): list users and read them
 with their servers (status, backup, teardown, renew-tls, verify), start and stop servers (verify,
-teardown), reach servers through the proxy (`/user/NAME/api/status`: verify, renew-tls), and create
-and delete one user, the verify stage's test user (`admin:users!user=NAME`). No other user can be
-created, deleted or made admin with it.
+teardown), reach servers through the proxy (`/user/NAME/api/status`: verify, renew-tls), and create,
+delete and read the server state (which Swarm service runs it) of one user, the verify stage's test
+user (`admin:users!user=NAME`, `admin:server_state!user=NAME`). No other user can be created, deleted
+or made admin with it.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ RENEW_DAYS = 14
 def scopes(p: Loaded) -> list[str]:
     """The hubops service role's scopes: what hubops calls, and no more."""
     return ["list:users", "read:users", "read:servers", "servers", "access:servers",
-            f"admin:users!user={p.verify.user}"]
+            f"admin:users!user={p.verify.user}", f"admin:server_state!user={p.verify.user}"]
 
 
 def _now() -> datetime:

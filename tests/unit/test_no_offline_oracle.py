@@ -40,7 +40,8 @@ def test_api_token_scopes_are_what_hubops_calls(tmp_path):
     p = params(tmp_path)
     scopes = api_token.scopes(p)
     assert "admin:users" not in scopes and "admin:servers" not in scopes and "read:hub" not in scopes
-    assert f"admin:users!user={p.verify.user}" in scopes
+    assert f"admin:users!user={p.verify.user}" in scopes and f"admin:server_state!user={p.verify.user}" in scopes
+    assert "admin:server_state" not in scopes
     assert {"list:users", "read:users", "servers", "access:servers"} <= set(scopes)
 
 
