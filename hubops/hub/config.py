@@ -20,6 +20,9 @@ ANNOUNCEMENTS = f"{DATA_DIR}/hubops-announcements.json"
 HUB_PORT = 8081
 PROXY_PORT = 8000
 API_SERVICE = "hubops"
+# hubops's spawner: a module of its own that the hub image installs (hubops/inhub/spawner.py).
+SPAWNER_MODULE = "hubops.inhub.spawner"
+SPAWNER_CLASS = "HubopsSpawner"
 
 # Role -> file name under /run/secrets inside the hub container.
 SECRET_FILES = {
@@ -145,7 +148,7 @@ def render(p: Loaded, *, singleuser_image: str) -> str:
         "]",
         "",
         "# --- spawner: each user's server is a Swarm service on the overlay network ----------",
-        'c.JupyterHub.spawner_class = "dockerspawner.SwarmSpawner"',
+        "# (SwarmSpawner's settings; hubops's subclass, set below, inherits them)",
         f"c.SwarmSpawner.image = {singleuser_image!r}",
         f"c.SwarmSpawner.network_name = {p.network_name!r}",
         "c.SwarmSpawner.use_internal_ip = True",
@@ -161,10 +164,22 @@ def render(p: Loaded, *, singleuser_image: str) -> str:
     ]
     lines += user_storage_lines(p, user_labels)
     lines += culler_lines(p)
+    # Users' servers locked down: every capability dropped (the server runs as the image's user and
+    # needs none), no privilege gained through exec, a process limit, memory and CPU limits.
+    lines += [
+        "c.HubopsSpawner.cap_drop = ['ALL']",
+        f"c.HubopsSpawner.cap_add = {sorted(set(p.spawner.cap_add))!r}",
+        "c.HubopsSpawner.no_new_privileges = True",
+        f"c.HubopsSpawner.pids_limit = {p.spawner.pids_limit}",
+    ]
     if p.spawner.mem_limit:
         lines.append(f"c.Spawner.mem_limit = {p.spawner.mem_limit!r}")
     if p.spawner.cpu_limit:
         lines.append(f"c.Spawner.cpu_limit = {p.spawner.cpu_limit!r}")
+    if p.spawner.mem_guarantee:
+        lines.append(f"c.Spawner.mem_guarantee = {p.spawner.mem_guarantee!r}")
+    if p.spawner.cpu_guarantee:
+        lines.append(f"c.Spawner.cpu_guarantee = {p.spawner.cpu_guarantee!r}")
     lines += ["", "# --- authentication ---------------------------------------------------------------"]
     if p.auth.mode == "shared-password":
         lines += [
@@ -217,255 +232,22 @@ def culler_lines(p: Loaded) -> list[str]:
     ]
 
 
-# The spawner subclass shipped in the hub's config: SwarmSpawner ignores its own `mounts` for
-# volumes (it turns them into bind mounts), so each user's home mount is made here, per user.
-_SPAWNER = '''
-from docker.types import DriverConfig, Mount
-from dockerspawner import SwarmSpawner
-
-
-def no_leader(error):
-    """Whether a Docker API error says the swarm has no leader (its managers lost their quorum)."""
-    text = str(error) + " " + str(getattr(error, "explanation", "") or "")
-    return any(s in text for s in ("does not have a leader", "too few managers are online", "context deadline exceeded"))
-
-
-LIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
-
-
-class HubopsSpawner(SwarmSpawner):
-    """SwarmSpawner with a persistent home per user (hubops parameter storage.users), a closer
-    watch on the task and the server while they start, and a stop that waits for the old task."""
-
-    # node-local: the ID of the node that holds the user's home volume. Kept in the spawner's
-    # state (get_state), and not cleared when the server stops, so later servers go there.
-    home_node = None
-
-    @property
-    def home_volume(self):
-        return HOME["prefix"] + "-home-" + self.escaped_name
-
-    @property
-    def home_path(self):
-        return HOME["path"].rstrip("/") + "/" + self.escaped_name
-
-    @property
-    def mounts(self):
-        mode = HOME["mode"]
-        if mode == "none":
-            return super().mounts
-        if mode == "shared-path":
-            return [Mount(target=HOME["target"], source=self.home_path, type="bind")]
-        labels = dict(HOME["labels"], **{"hubops.user": self.user.name})
-        driver = None
-        if mode == "volume-driver":
-            opts = {k: v.replace("{username}", self.escaped_name) for k, v in HOME["driver_opts"].items()}
-            driver = DriverConfig(HOME["driver"], opts or None)
-        return [Mount(target=HOME["target"], source=self.home_volume, type="volume", labels=labels,
-                      driver_config=driver)]
-
-    def load_state(self, state):
-        super().load_state(state)
-        self.home_node = state.get("home_node") or self.home_node
-
-    def get_state(self):
-        state = super().get_state()
-        if self.home_node:
-            state["home_node"] = self.home_node
-        return state
-
-    def prepare_home_dir(self):
-        """shared-path: PATH/USER exists, owned by the single-user image's user, before the server starts."""
-        import os
-
-        path, uid, gid = self.home_path, HOME["uid"], HOME["gid"]
-        try:
-            if not os.path.isdir(path):
-                os.mkdir(path, 0o700)
-                os.chown(path, uid, gid)
-                self.log.info("hubops: created home %s (owner %s:%s) for %s", path, uid, gid, self.user.name)
-            st = os.stat(path)
-            if (st.st_uid, st.st_gid) != (uid, gid):
-                self.log.warning("hubops: home %s is owned by %s:%s, not %s:%s; the server may not write to it",
-                                 path, st.st_uid, st.st_gid, uid, gid)
-        except OSError as e:
-            raise RuntimeError(
-                f"hubops: cannot prepare the home {path} (owner {uid}:{gid}) of {self.user.name}: {e}. "
-                f"Is {HOME['path']} mounted on the hub's node and writable by root there "
-                "(NFS: export with no_root_squash, or create the directory beforehand with that owner)?"
-            ) from e
-
-    async def node_exists(self, node_id):
-        from docker.errors import NotFound
-
-        try:
-            await self.docker("inspect_node", node_id)
-        except NotFound:
-            return False
-        return True
-
-    async def get_object(self):
-        """As SwarmSpawner's, except that a swarm without a leader (quorum lost) is an error, not "gone":
-        Docker answers it with HTTP 500, which SwarmSpawner takes for a service on an unhealthy node."""
-        from docker.errors import APIError
-
-        try:
-            obj = await self.docker("inspect_%s" % self.object_type, self.object_name)
-        except APIError as e:
-            if no_leader(e):
-                raise
-            return await super().get_object()
-        self.object_id = obj[self.object_id_key]
-        return obj
-
-    async def poll(self):
-        """While the swarm has no leader, nothing can be known about services, and nothing stops them
-        either: the server is taken as running (the hub would otherwise drop its route and record)."""
-        from docker.errors import APIError
-
-        try:
-            return await super().poll()
-        except APIError as e:
-            if not no_leader(e):
-                raise
-            self.log.warning("hubops: the swarm has no leader (quorum lost); %s's server is taken as still "
-                             "running: %s", self.user.name, e)
-            return None
-
-    async def node_down(self, node_id):
-        from docker.errors import NotFound
-
-        if not node_id:
-            return False
-        try:
-            node = await self.docker("inspect_node", node_id)
-        except NotFound:
-            return True
-        return (node.get("Status") or {}).get("State") == "down"
-
-    async def create_object(self):
-        self._creating = True
-        try:
-            return await super().create_object()
-        finally:
-            self._creating = False
-
-    async def docker(self, method, *args, **kwargs):
-        """While the service is being created, SwarmSpawner asks for its task and sleeps a whole
-        second when there is none yet; Swarm makes it within milliseconds. Ask again sooner."""
-        import asyncio
-
-        result = await super().docker(method, *args, **kwargs)
-        if method == "tasks" and getattr(self, "_creating", False) and not result:
-            for _ in range(40):
-                await asyncio.sleep(0.05)
-                result = await super().docker(method, *args, **kwargs)
-                if result:
-                    break
-        return result
-
-    async def start_object(self):
-        """Wait for the service's task to run, checking every 0.1 s: SwarmSpawner waits 1 s, then
-        1.5 times longer each time up to 11 s, which alone can double a spawn."""
-        import asyncio
-
-        waiting = {"new", "assigned", "accepted", "starting", "pending", "preparing", "ready", "rejected"}
-        while True:
-            task = await self.get_task()
-            if not task:
-                raise RuntimeError("Service %s not found" % self.service_name)
-            state = task["Status"]["State"].lower()
-            if state not in waiting:
-                break
-            await asyncio.sleep(0.1)
-        if state != "running":
-            raise RuntimeError("Service %s not running: %s" % (self.service_name, task["Status"]))
-
-    async def wait_until_answering(self, ip, port):
-        """Return once the server answers HTTP at all. The hub's own check backs off exponentially
-        (0.2 s, 0.4 s, ... up to 5 s); answering here, in 0.1 s steps, makes its first try succeed."""
-        import asyncio
-        import time
-
-        from tornado.httpclient import AsyncHTTPClient
-
-        base = getattr(getattr(self, "server", None), "base_url", None) or "/"
-        url = "http://%s:%s%sapi" % (ip, port, base)
-        client = AsyncHTTPClient()
-        deadline = time.monotonic() + self.http_timeout
-        while time.monotonic() < deadline:
-            try:
-                await client.fetch(url, raise_error=False, request_timeout=2, follow_redirects=False)
-                return
-            except Exception:  # not listening yet, or its name not yet in DNS
-                await asyncio.sleep(0.1)
-        # Give up quietly: the hub's own check decides, with its own timeout and message.
-
-    async def stop(self, now=False):
-        """Stop, then wait until the old container is gone: Swarm removes a service's tasks only once
-        their containers have stopped, and until then the service's DNS name still reaches the old
-        container, so an immediate restart could be judged "up" by it while both use the same home."""
-        import asyncio
-        import time
-
-        service_id, name = self.object_id, self.object_name
-        await super().stop(now=now)
-        if not service_id or not name:
-            return
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            tasks = await self.docker("tasks", filters={"name": name})
-            live = [t for t in tasks if t.get("ServiceID") == service_id and t["Status"]["State"] in LIVE]
-            # A task on a node that is down stays "running" in Swarm's records until the node returns
-            # (and is then shut down): nothing to wait for.
-            if not [t for t in live if not await self.node_down(t.get("NodeID"))]:
-                return
-            await asyncio.sleep(0.5)
-        self.log.warning("hubops: the old container of %s still runs 60 s after its service was removed", name)
-
-    async def start(self):
-        mode = HOME["mode"]
-        if mode == "shared-path":
-            self.prepare_home_dir()
-        elif mode == "node-local":
-            if self.home_node and not await self.node_exists(self.home_node):
-                # The node left the swarm (removed, or a restore onto another cluster): its volume is
-                # gone with it. Start anew on any node rather than wait forever for "no suitable node".
-                self.log.warning("hubops: the home of %s was on node %s, which is no longer in the swarm; "
-                                 "a new, empty home is made where the server starts", self.user.name, self.home_node)
-                self.home_node = None
-            spec = dict(self.extra_placement_spec)
-            constraints = [c for c in spec.get("constraints") or [] if not c.startswith("node.id==")]
-            if self.home_node:
-                constraints.append("node.id==" + self.home_node)
-            self.extra_placement_spec = dict(spec, constraints=constraints)
-        result = await super().start()
-        await self.wait_until_answering(*result)
-        if mode == "node-local" and not self.home_node:
-            task = await self.get_task()
-            self.home_node = (task or {}).get("NodeID") or None
-            self.log.info("hubops: home volume %s of %s is on node %s; later servers go there",
-                          self.home_volume, self.user.name, self.home_node)
-        return result
-
-
-c.JupyterHub.spawner_class = HubopsSpawner
-'''
-
-
 def user_storage_lines(p: Loaded, user_labels: dict[str, str]) -> list[str]:
-    """The spawner subclass that mounts each user's persistent home (storage.users)."""
+    """hubops's spawner (hubops/inhub/spawner.py, installed in the hub image) and its settings for
+    users' persistent homes (storage.users), as data."""
     us = p.storage.users
-    home = {
-        "mode": us.mode,
-        "target": us.target,
-        "path": us.shared_path,
-        "uid": us.uid,
-        "gid": us.gid,
-        "driver": us.driver or "",
-        "driver_opts": dict(us.driver_opts),
-        "prefix": p.prefix,
-        "labels": {**user_labels, L.ROLE: "user-home"},
+    settings = {
+        "home_mode": us.mode,
+        "home_target": us.target,
+        "home_shared_path": us.shared_path or "",
+        "home_uid": us.uid,
+        "home_gid": us.gid,
+        "home_driver": us.driver or "",
+        "home_driver_opts": dict(sorted(us.driver_opts.items())),
+        "home_volume_prefix": p.prefix,
+        "home_labels": dict(sorted({**user_labels, L.ROLE: "user-home"}.items())),
     }
     return ["", f"# --- hubops's spawner; users' homes: storage.users.mode {us.mode} ---",
-            f"HOME = {home!r}", *_SPAWNER.strip("\n").splitlines()]
+            f"from {SPAWNER_MODULE} import {SPAWNER_CLASS}",
+            f"c.JupyterHub.spawner_class = {SPAWNER_CLASS}",
+            *(f"c.{SPAWNER_CLASS}.{k} = {v!r}" for k, v in settings.items())]
