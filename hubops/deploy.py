@@ -183,6 +183,13 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
             f"service {p.hub_service} exists but was not created by hubops for deployment {p.deployment}; "
             "remove it or choose another deployment name"
         )
+    running_image = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0] if svc is not None else ""
+    if running_image != refs["hub"] and (svc is not None or not dry_run):
+        # Before any change: an image that cannot use the database (older JupyterHub than its schema,
+        # or one that needs a migration, which `ops upgrade` does with a way back) is refused.
+        from . import schema
+
+        schema.guard(p, clients, refs["hub"], current_image=running_image)
     if svc is None:
         r.change("create", f"service {p.hub_service}", f"hub {refs['hub']} on {p.hub_host.name}, port {p.hub.https_port}")
     elif svc.attrs["Spec"].get("Labels", {}).get(SPEC_DIGEST) != digest:
