@@ -49,7 +49,7 @@ def hubops_cli(*args: str, outputs: Path):
     import sys
 
     env = {**os.environ, "HUBOPS_OUTPUTS": str(outputs)}
-    return subprocess.run([sys.executable, "-m", "hubops.cli", *args], cwd=PROJECT, env=env,
+    return subprocess.run([sys.executable, "-m", "hubops.cli.main", *args], cwd=PROJECT, env=env,
                           capture_output=True, text=True, timeout=3600)
 
 
@@ -137,7 +137,7 @@ def stage_record(outputs: Path, run: dict, stage: str) -> dict:
     """The record a stage's notebook of `run` holds (what it changed and kept, its results)."""
     import json
 
-    from hubops.record import read_record
+    from hubops.core.record import read_record
 
     return read_record(json.loads((outputs / run["run_id"] / f"{stage}.ipynb").read_text()))
 

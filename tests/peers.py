@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlparse
 
 import requests
 
-from hubops import tls
+from hubops.core import certs
 
 
 def _free(port: int, host: str = "127.0.0.1") -> bool:
@@ -79,8 +79,8 @@ class Pebble:
             if not _free(int(port), host):
                 raise RuntimeError(f"{addr} is taken: is another Pebble running? (ss -ltnp | grep {port})")
         self.dir.mkdir(parents=True, exist_ok=True)
-        ca, ca_key = tls.make_ca("pebble https test CA")
-        cert, key = tls.issue_server_cert(ca, ca_key, ["127.0.0.1", "localhost"], days=30)
+        ca, ca_key = certs.make_ca("pebble https test CA")
+        cert, key = certs.issue_server_cert(ca, ca_key, ["127.0.0.1", "localhost"], days=30)
         (self.dir / "https-cert.pem").write_bytes(cert)
         (self.dir / "https-key.pem").write_bytes(key)
         self.https_ca.write_bytes(ca)

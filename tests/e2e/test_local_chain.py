@@ -21,9 +21,9 @@ import docker
 import pytest
 import requests
 
-from hubops import teardown
-from hubops.engine import Clients
-from hubops.params import load_params
+from hubops.ops import teardown
+from hubops.core.engine import Clients
+from hubops.core.params import load_params
 from tests.helpers import deployment_secrets, hubops_cli, make_params, runs, secret_hits
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
@@ -129,14 +129,14 @@ def test_hub_serves_https_and_the_generated_password_logs_in(deployed):
     assert me.status_code == 200 and me.json()["name"] == "operator" and me.json()["admin"] is True
 
     # Day-2 runbooks warn users through the hub: a notice on their hub pages, for them only.
-    from hubops import nodes
+    from hubops.hub import running
 
     clients = Clients(p)
-    nodes.announce(p, clients, {"operator": "Maintenance notice 7f3a: your server moves"})
+    running.announce(p, clients, {"operator": "Maintenance notice 7f3a: your server moves"})
     assert "Maintenance notice 7f3a" in s.get(f"{p.hub_url}/hub/home", timeout=10).text
-    nodes.announce(p, clients, {"alice": "Maintenance notice 7f3a"})
+    running.announce(p, clients, {"alice": "Maintenance notice 7f3a"})
     assert "Maintenance notice 7f3a" not in s.get(f"{p.hub_url}/hub/home", timeout=10).text
-    nodes.announce(p, clients, {})
+    running.announce(p, clients, {})
 
 
 def test_second_deploy_changes_nothing_and_the_hub_keeps_serving(deployed):

@@ -27,11 +27,11 @@ import docker
 import pytest
 import requests
 
-from hubops import teardown, upgrade
-from hubops.engine import Clients
-from hubops.params import load_params
-from hubops.record import read_record
-from hubops.verify import HubAPI
+from hubops.core.engine import Clients
+from hubops.core.params import load_params
+from hubops.core.record import read_record
+from hubops.hub.running import HubAPI
+from hubops.ops import teardown, upgrade
 from tests.helpers import admin_session, hubops_cli, make_params
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]

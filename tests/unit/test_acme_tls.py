@@ -14,10 +14,12 @@ from tests.helpers import fake_dockerspawner
 from acme import messages
 from traitlets.config import Config
 
-from hubops import acme_tls, hubconfig, operator, tls
-from hubops.errors import TLSError
-from hubops.params import load_params
-from hubops.result import Result
+from hubops.stages import tls_acme as acme_tls, tls
+from hubops.hub import config as hubconfig
+from hubops.core import operator
+from hubops.core.errors import TLSError
+from hubops.core.params import load_params
+from hubops.core.result import Result
 
 DIRECTORY = "https://acme.example.org/dir"
 

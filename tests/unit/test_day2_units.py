@@ -12,15 +12,18 @@ import sys
 import textwrap
 import types
 from pathlib import Path
+from hubops.core.paths import PROJECT as PROJECT_ROOT
 
 import docker.types
 import pytest
 from traitlets import Dict, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
-from hubops import backup, deploy, diagnose, hubconfig, upgrade
-from hubops.errors import BackupError, HubopsError, ParameterError
-from hubops.params import load_params
+from hubops.ops import backup, diagnose, upgrade
+from hubops.stages import deploy
+from hubops.hub import config as hubconfig
+from hubops.core.errors import BackupError, HubopsError, ParameterError
+from hubops.core.params import load_params
 from tests.helpers import make_params
 
 
@@ -52,7 +55,7 @@ def test_bad_day2_parameters_are_refused_with_the_key(tmp_path, extra, message):
 
 
 def test_backup_dir_under_outputs_is_refused(tmp_path):
-    from hubops.runner import OUTPUTS
+    from hubops.audit.runner import OUTPUTS
 
     p = params(tmp_path, f"backup: {{dir: {OUTPUTS / 'backups'}}}")
     with pytest.raises(ParameterError, match="backup.dir: .* is under"):
@@ -164,7 +167,7 @@ def test_culler_is_a_hub_service_with_the_least_scopes(tmp_path, monkeypatch):
     assert role["services"] == ["idle-culler"]
     assert sorted(role["scopes"]) == sorted(["list:users", "read:users:activity", "read:servers", "delete:servers"])
     assert "admin:users" not in role["scopes"] and "admin:servers" not in role["scopes"]
-    assert "jupyterhub-idle-culler==" in (Path(hubconfig.__file__).parent.parent / "images/hub/requirements.txt").read_text()
+    assert "jupyterhub-idle-culler==" in (PROJECT_ROOT / "images/hub/requirements.txt").read_text()
 
 
 def test_culler_disabled(tmp_path, monkeypatch):
@@ -417,7 +420,7 @@ def test_latest_is_the_newest_finished_backup(tmp_path, saved):
 
 
 def test_backups_are_not_read_as_secrets_for_redaction(tmp_path):
-    from hubops.redact import known_secrets
+    from hubops.audit.redact import known_secrets
 
     p = params(tmp_path)
     (p.operator_path / "backups" / "x").mkdir(parents=True)
@@ -443,9 +446,9 @@ def test_a_rolled_back_upgrade_is_told_apart_by_its_record(tmp_path, verdict, ro
     """`hubops ops upgrade` exits 3 (cli.ROLLED_BACK) when the record's verdict is "rolled back"."""
     import nbformat
 
-    from hubops import cli
-    from hubops.record import record
-    from hubops.result import Result
+    from hubops.cli import main as cli
+    from hubops.core.record import record
+    from hubops.core.result import Result
 
     up = Result("upgrade")
     up.facts["verdict"] = verdict

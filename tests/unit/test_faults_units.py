@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from hubops import deploy, lab
-from hubops.errors import ParameterError
-from hubops.params import load_params
-from hubops.record import stopped_stage
-from hubops.storage import describe_hub
+from hubops.stages import deploy
+from hubops.lab import cluster as lab
+from hubops.core.errors import ParameterError
+from hubops.core.params import load_params
+from hubops.core.record import stopped_stage
+from hubops.stages.storage import describe_hub
 from tests.helpers import make_params
 
 THREE_MANAGERS = """
@@ -131,7 +132,7 @@ def test_a_swarm_without_leader_does_not_make_the_hub_drop_running_servers(tmp_p
     import requests
     from traitlets.config import Config, LoggingConfigurable
 
-    from hubops import hubconfig
+    from hubops.hub import config as hubconfig
 
     def api_error(code: int, text: str) -> docker.errors.APIError:
         resp = requests.Response()
@@ -182,7 +183,7 @@ def test_a_swarm_without_leader_does_not_make_the_hub_drop_running_servers(tmp_p
 
 
 def test_quorum_lost_names_the_surviving_manager_and_the_recovery(tmp_path):
-    from hubops.nodes import quorum_lost_text
+    from hubops.ops.status import quorum_lost_text
 
     p = load_params(three(tmp_path, ""))
     rows = [{"manager": "m1", "address": "10.0.0.1", "engine": "NO ANSWER (down or unreachable)", "swarm": ""},

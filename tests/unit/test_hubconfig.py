@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from traitlets.config import Config
 
-from hubops import hubconfig
-from hubops.params import load_params
+from hubops.hub import config as hubconfig
+from hubops.core.params import load_params
 from tests.helpers import fake_dockerspawner
 
 PROJECT = Path(__file__).resolve().parents[2]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hubops import tls
-from hubops.errors import ParameterError
-from hubops.params import ACME_DIRECTORIES, load_params
+from hubops.hub import running
+from hubops.core.errors import ParameterError
+from hubops.core.params import ACME_DIRECTORIES, load_params
 
 HEAD = """
 deployment: t1
@@ -49,13 +49,13 @@ def test_acme_loads_with_defaults(tmp_path):
     a = p.tls.acme
     assert p.tls.mode == "acme" and a.renew_days == 30 and a.challenge == "http-01"
     assert a.account_key is None and a.ca_bundle is None and a.public_addr is None
-    assert tls.trust_path(p) is True  # a public CA: the system roots
+    assert running.trust_path(p) is True  # a public CA: the system roots
 
 
 def test_acme_ca_bundle_is_what_clients_trust(tmp_path):
     (tmp_path / "pebble.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     p = load_params(write(tmp_path, ACME.replace("email: ops@example.org}", "email: ops@example.org, ca_bundle: pebble.pem}")))
-    assert tls.trust_path(p) == str(tmp_path / "pebble.pem")
+    assert running.trust_path(p) == str(tmp_path / "pebble.pem")
 
 
 @pytest.mark.parametrize("name,url", sorted(ACME_DIRECTORIES.items()))
@@ -196,7 +196,7 @@ def test_dns01_refusal_says_what_to_implement(tmp_path):
 
 def test_accepted_challenges_are_the_solvers(tmp_path):
     """params accepts exactly the challenge types acme_tls can answer."""
-    from hubops import acme_tls
+    from hubops.stages import tls_acme as acme_tls
 
     accepted = set()
     for typ in ("http-01", "dns-01", "tls-alpn-01"):

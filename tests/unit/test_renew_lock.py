@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 
-from hubops import renew
-from hubops.errors import HubopsError, TLSError
-from hubops.params import load_params
+from hubops.ops import renew_tls as renew
+from hubops.core.errors import HubopsError, TLSError
+from hubops.core.params import load_params
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from hubops import images, pinned, schema
-from hubops.errors import HubopsError, ParameterError
-from hubops.params import load_params
+from hubops.core.errors import HubopsError, ParameterError
+from hubops.core.params import load_params
+from hubops.hub import schema
+from hubops.stages import images, pinned
 from tests.helpers import make_params
 
 # Revisions as JupyterHub 6.1.1 lists them, newest first (walk_revisions), cut short.
@@ -48,7 +49,7 @@ def test_downgrade_message_names_the_backup_to_restore(tmp_path):
     assert "refused, nothing was changed" in msg and f"schema {V6[0]}" in msg
     assert "--set backup=20261201T150000Z --set image=hubops-hub:old" in msg
     (folder / "manifest.json").unlink()
-    assert "none under" in schema.downgrade_message(p, s)
+    assert "none of j6unit's has schema" in schema.downgrade_message(p, s)
 
 
 def test_jupyterhub_version_parameter(tmp_path):

@@ -1,4 +1,4 @@
-"""hubops.tls: CA, issuance, checks, and a real TLS handshake with what it issues."""
+"""hubops.stages.tls: CA, issuance, checks, and a real TLS handshake with what it issues."""
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hubops import tls
-from hubops.errors import HubopsError, TLSError
+from hubops.core import certs as tls
+from hubops.core.errors import HubopsError, TLSError
 
 UTC = dt.timezone.utc
 
