@@ -10,7 +10,9 @@ an extra admin and the idle culler polling every 10 s; in order:
 2. the upgrade to JupyterHub 6.1.1 (`--set jupyterhub_version=6.1.1`): backup, `upgrade-db`
    (schema 4621fec11365 -> f460b0348206), the new hub; everything intact, the server still reached;
 3. back to 5.5.4 is refused before anything changes, by `ops upgrade` and by `deploy`, naming the
-   backup to restore.
+   backup to restore and the image;
+4. that restore (`ops restore --set backup=... --set image=...`) puts JupyterHub 5.5.4 back with the
+   database of its schema, everything intact; a deploy then changes nothing.
 
 Teardown at the end leaves no object labelled for the deployment. Takes about 8 minutes with the
 base image cached (the 5.5.4 and 6.1.1 images are built here): marked slow.
@@ -211,6 +213,7 @@ def test_going_back_across_the_migration_is_refused_before_anything_changes(j6up
     assert err["ename"] == "DowngradeRefused" and "refused, nothing was changed" in err["evalue"], err
     assert f"--set backup={Path(j6up['upgrade_backup']).name}" in err["evalue"], err["evalue"]
     print(f"\n{err['evalue']}")
+    j6up["refusal"] = err["evalue"]
     # The parameter file still says 5.5.4: a plain deploy is refused as well, at 80-deploy.
     res = hubops_cli("deploy", "-p", str(j6up["params"]), "--only", "80-deploy", outputs=outputs)
     assert res.returncode != 0
@@ -219,3 +222,23 @@ def test_going_back_across_the_migration_is_refused_before_anything_changes(j6up
     assert hub_state(p) == before, "the hub was touched"
     assert hub_version(p) == "6.1.1"
     intact(p, j6up["token"])
+
+
+def test_the_way_back_the_refusal_names_restores_jupyterhub_5(j6up):
+    """`ops restore` of the backup taken before the upgrade, with the image the refusal names: the
+    older JupyterHub and the database of its schema together, everything of that moment back."""
+    p, outputs = j6up["p"], j6up["outputs"]
+    cmd = re.search(r"`hubops ops restore -p \S+ (--set backup=\S+) (--set image=\S+) (--set confirm=true)`",
+                    j6up.get("refusal", ""))
+    assert cmd, j6up.get("refusal")
+    t0 = time.monotonic()
+    res = hubops_cli("ops", "restore", "-p", str(j6up["params"]), *" ".join(cmd.groups()).split(), outputs=outputs)
+    print(f"\nrestore onto JupyterHub 5.5.4 with the backup taken before the upgrade: {time.monotonic() - t0:.1f} s")
+    assert res.returncode == 0, res.stderr[-4000:]
+    run, rec = last_run(outputs)
+    assert any("image " in ch and "-> hubops-hub:" in ch for ch in run["stages"][0]["changes"]), run["stages"][0]["changes"]
+    assert hub_version(p) == "5.5.4"
+    intact(p, j6up["token"])
+    # The parameter file says 5.5.4, and so does the hub now: a deploy changes nothing on it.
+    res = hubops_cli("deploy", "-p", str(j6up["params"]), "--only", "80-deploy", outputs=outputs)
+    assert res.returncode == 0 and "no change" in res.stderr, res.stderr[-3000:]
