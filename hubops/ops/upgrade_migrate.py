@@ -185,7 +185,7 @@ def upgrade_with_migration(p: Loaded, clients: Clients, svc, *, current: str, ta
         return results
     bdir = Path(results[0].facts["path"])
     before = snapshot(p)
-    before_tokens = schema.read(p, clients, target).user_tokens
+    before_tokens = sch.user_tokens  # read with the hub running, just now
     up.facts["before"] = {"users": len(before["users"]), "admins": before["admins"],
                           "running": sorted(before["running"]), "user_tokens": len(before_tokens)}
     t0 = time.monotonic()
