@@ -153,7 +153,9 @@ def _stop_servers_through_hub(p: Loaded, r: Result, dry_run: bool, timeout: floa
     if dry_run:
         return
     for name in busy:
-        api.request("DELETE", f"/hub/api/users/{name}/server", ok=(202, 204))
+        # JupyterHub answers a stop after at most slow_stop_timeout (10 s); the 5 s of the lookup above
+        # is too short for it under load (a ReadTimeout failed teardown while servers ran).
+        api.request("DELETE", f"/hub/api/users/{name}/server", ok=(202, 204), timeout=30)
     for name in busy:
         api.wait_server(name, ready=False, timeout=timeout)
 

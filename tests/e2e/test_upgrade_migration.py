@@ -114,6 +114,7 @@ def intact(p, token: str) -> None:
     assert alice["groups"] == ["students"], alice
     assert (alice["servers"].get("") or {}).get("ready"), alice["servers"]
     s = requests.Session()
+    s.trust_env = False  # REQUESTS_CA_BUNDLE would replace the deployment's CA
     s.verify = str(p.operator_path / "ca.pem")
     me = s.get(f"{p.hub_url}/hub/api/user", headers={"Authorization": f"token {token}"}, timeout=10)
     assert me.status_code == 200 and me.json()["name"] == "alice", me.text[:300]
