@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -234,7 +235,11 @@ def migrate(p: Loaded, clients: Clients, image: str, *, expect_from: str, expect
         raise MigrationFailed(f"`jupyterhub upgrade-db` of {image} ended, but the database has schema {after.db}, not "
                               f"{expect_head} (from {expect_from}):\n{tail}")
     log.info("database of %s migrated from %s to %s in %s s", p.deployment, expect_from, after.db, secs)
-    return {"from": expect_from, "to": after.db, "seconds": secs, "log": tail}
+    # JupyterHub copies a SQLite database before migrating it, beside it in the data directory: say where,
+    # so that an operator knows what takes the space (hubops's own backup is the way back).
+    copy = re.search(r"Backing up \S+ => (\S+)", out)
+    return {"from": expect_from, "to": after.db, "seconds": secs, "log": tail,
+            "jupyterhub_copy": copy.group(1) if copy else None}
 
 
 def guard(p: Loaded, clients: Clients, image: str, *, current_image: str = "") -> Optional[Schema]:
