@@ -121,9 +121,9 @@ def _watch(p: Loaded, clients: Clients, image: str, *, since: str, timeout: floa
                               + (f": {st.get('Err')}" if st.get("Err") else ""))
         if failed:
             return False, "; ".join(failed), time.monotonic() - t0
-        running = [t for t in tasks if t["Status"]["State"] == "running"]
+        up_tasks = [t for t in tasks if t["Status"]["State"] == "running"]
         ok = False
-        if running:
+        if up_tasks:
             for url in p.hub_urls:
                 try:
                     if session.get(f"{url}/hub/health", timeout=5).status_code == 200:
@@ -193,16 +193,13 @@ def upgrade_with_migration(p: Loaded, clients: Clients, svc, *, current: str, ta
         _restore.scale(svc, 0)
         _restore.wait_hub_stopped(p, clients)
     up.change(*steps[0])
-    why = ""
+    why, unexpected = "", None
     try:
         with progress.step(f"jupyterhub upgrade-db ({sch.db} -> {sch.head})"):
             mig = schema.migrate(p, clients, target, expect_from=sch.db or "", expect_head=sch.head)
         up.facts["migration"] = {k: v for k, v in mig.items() if k != "log"}
         up.change("update", _restore.data_where(p), f"migrated by `jupyterhub upgrade-db` of {target}: schema "
                   f"{mig['from']} -> {mig['to']} in {mig['seconds']} s")
-    except schema.MigrationFailed as e:
-        why = f"the migration failed: {e}"
-    if not why:
         since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         applied = deploy.ensure_hub(p, clients, hub_image=target, wait=False)
         up.items += [i for i in applied.items if i.target == f"service {p.hub_service}"]
@@ -213,11 +210,19 @@ def upgrade_with_migration(p: Loaded, clients: Clients, svc, *, current: str, ta
             version = _hub_version(p)
             up.facts.update({"verdict": "upgraded", "serving_image": target, "serving_version": version,
                              "serving_schema": sch.head, "hub_down_s": round(time.monotonic() - t0, 1)})
-            up.check(f"{p.hub_url}/hub/health", f"JupyterHub {version} serves on {target}, database schema {sch.head}")
             after_tokens = schema.read(p, clients, target).user_tokens
+            # What the hub held must all be there, else the upgrade is undone like a failed one.
             check_same(p, before, before_tokens, after_tokens, up, where="upgraded hub")
+            up.check(f"{p.hub_url}/hub/health", f"JupyterHub {version} serves on {target}, database schema {sch.head}")
             secrets.prune_unused(clients.manager, p, up, keep=set())
             return results
+    except schema.MigrationFailed as e:
+        why = f"the migration failed: {e}"
+    except VerifyError as e:
+        why = f"the new hub serves but {e}"
+    except Exception as e:  # noqa: BLE001 - the hub is stopped: whatever went wrong, the way back comes first
+        why, unexpected = f"{e.__class__.__name__}: {e}", e
+    up.facts.pop("verdict", None)
     # The way back: the database of the backup (the old schema), then the old image.
     log.warning("upgrade of %s to %s failed (%s): putting back the database and %s", p.hub_service, target, why, current)
     up.facts["failure"] = why
@@ -234,4 +239,7 @@ def upgrade_with_migration(p: Loaded, clients: Clients, svc, *, current: str, ta
               f"rolled back: {target} failed ({why}); the database was put back from {bdir.name} (schema {now.db}) "
               f"and {current} serves again (JupyterHub {version})")
     check_same(p, before, before_tokens, now.user_tokens, up, where="rolled-back hub")
+    if unexpected is not None:
+        raise DockerOpError(f"the upgrade of {p.hub_service} to {target} failed unexpectedly ({why}); the database was "
+                            f"put back from {bdir} and {current} serves again") from unexpected
     return results
