@@ -50,11 +50,11 @@ def snapshot(p: Loaded) -> dict[str, Any]:
     }
 
 
-def _routes_answer(p: Loaded, running: dict[str, str], limit: int = 20) -> dict[str, str]:
+def _routes_answer(p: Loaded, servers: dict[str, str], limit: int = 20) -> dict[str, str]:
     """For each running server (up to `limit`), whether the proxy routes to it: its /api/status answers."""
     api = running.HubAPI(p)
     out = {}
-    for key, url in sorted(running.items())[:limit]:
+    for key, url in sorted(servers.items())[:limit]:
         try:
             r = api.request("GET", f"{url.rstrip('/')}/api/status", ok=(200, 302, 403, 404, 503), timeout=15)
             out[key] = "answers" if r.status_code == 200 else f"HTTP {r.status_code}"
