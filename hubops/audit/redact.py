@@ -242,20 +242,20 @@ def known_secrets(p: Any) -> list[str]:
                     found += _read_secret_file(f)
     except Exception as e:  # noqa: BLE001 - redaction must not stop a run; say why it is partial
         log.warning("could not read the operator folder for redaction: %s", e)
+    # Every secret the parameters reference (OAuth client secrets, TSIG keys, bind passwords, ...).
     try:
-        if p.auth.mode == "github" and p.auth.github is not None:
-            found.append(p.resolve_secret(p.auth.github.client_secret, "auth.github.client_secret"))
-    except Exception:  # noqa: BLE001 - not set yet: then it cannot be in any output either
-        pass
+        refs = p.secret_refs()
+    except Exception:  # noqa: BLE001 - parameters of another shape (tests' stand-ins): nothing referenced
+        refs = []
+    for key, ref in refs:
+        try:
+            found.append(p.resolve_secret(ref, key))
+        except Exception:  # noqa: BLE001 - not set or not readable: then it cannot be in any output either
+            pass
     try:
         if p.tls.mode == "files" and p.tls.files is not None:
             found += _read_secret_file(p.path(p.tls.files.key))
     except Exception:  # noqa: BLE001
-        pass
-    try:
-        if p.tls.mode == "acme" and p.tls.acme.account_key is not None:
-            found.append(p.resolve_secret(p.tls.acme.account_key, "tls.acme.account_key"))
-    except Exception:  # noqa: BLE001 - not readable: then it cannot be in any output either
         pass
     found += env_secrets()
     return [v for v in dict.fromkeys(found) if v]

@@ -95,29 +95,30 @@ def deploy(params_file: str, plan: bool, resume: str | None, only: tuple[str, ..
         console.print(f"[red]Run {run.id} stopped at {failed['name']}.[/red]")
         console.print(f"  notebook: {run.dir / failed.get('notebook', '')}  (failing cell {failed['error'].get('cell')})")
         console.print(f"  fix the cause, then: hubops deploy -p {params_file} --resume {run.id}")
-        console.print(f"  record: {run.dir}/index.html")
+        console.print(f"  record: {run.dir}/index.html", soft_wrap=True)
         sys.exit(1)
     p = load_params(params_file)
     verb = "would change" if plan else "changed"
     console.print(f"[green bold]{'Plan' if plan else 'Deployed'}[/green bold]: {m['changed']} {verb} in {m['duration_s']} s")
     if not plan:
         _print_access(p)
-    console.print(f"  record:    {run.dir}/  (report: {run.dir}/index.html)")
+    console.print(f"  record:    {run.dir}/  (report: {run.dir}/index.html)", soft_wrap=True)
 
 
 def _print_access(p) -> None:
     from hubops.hub.running import trust_path
 
-    console.print(f"  hub:       {p.hub_url}/")
+    # soft_wrap: paths and commands stay whole on their line, so they can be copied
+    console.print(f"  hub:       {p.hub_url}/", soft_wrap=True)
     ca = trust_path(p)
     if isinstance(ca, str):
-        console.print(f"  CA:        {ca}  (e.g. curl --cacert {ca} {p.hub_url}/hub/health)")
+        console.print(f"  CA:        {ca}  (e.g. curl --cacert {ca} {p.hub_url}/hub/health)", soft_wrap=True)
     if p.auth.mode == "shared-password":
-        console.print(f"  log in as: any of {', '.join(p.allowed)}")
+        console.print(f"  log in as: any of {', '.join(p.allowed)}", soft_wrap=True)
         console.print(f"  password:  users: {p.operator_path}/user-password; admins ({', '.join(p.admins)}): "
-                      f"{p.operator_path}/admin-password  (files readable only by you)")
+                      f"{p.operator_path}/admin-password  (files readable only by you)", soft_wrap=True)
     else:
-        console.print(f"  log in:    with GitHub, as one of {', '.join(p.allowed)}")
+        console.print(f"  log in:    with GitHub, as one of {', '.join(p.allowed)}", soft_wrap=True)
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:
@@ -143,8 +144,16 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 @click.option("--set", "settings", multiple=True, metavar="NAME=VALUE", help="a runbook parameter, e.g. node=lab-node0")
 @click.option("--plan", is_flag=True, help="show what the runbook would change; change nothing")
 @click.option("--timeout", default=runner.DEFAULT_TIMEOUT, show_default=True, help="seconds a cell may run")
-def ops(runbook: str, params_file: str, settings: tuple[str, ...], plan: bool, timeout: int) -> None:
+@click.option("--show/--no-show", default=None,
+              help="print what the runbook found (its tables, as plain text) on stdout; "
+                   "default: for the read-only runbooks (status, diagnose) and with --plan")
+def ops(runbook: str, params_file: str, settings: tuple[str, ...], plan: bool, timeout: int,
+        show: bool | None) -> None:
     """Run a day-2 runbook (runbooks/ops/RUNBOOK.ipynb): status, add-node, remove-node, teardown, ...
+
+    The read-only runbooks (status, diagnose) and any run with --plan print what they found on
+    stdout, as plain-text tables; progress goes to stderr. `hubops record show RUN --stage NAME`
+    prints it again later.
 
     Exit status: 0 done; 1 failed (the record names the cell); 2 bad parameters; 3 rolled back
     (upgrade: the new image failed, the hub serves on the previous one)."""
@@ -154,14 +163,44 @@ def ops(runbook: str, params_file: str, settings: tuple[str, ...], plan: bool, t
         raise click.BadParameter(f"{', '.join(sorted(forbidden))}: use -p / --plan instead")
     run = _run_chain(params_file, dry_run=plan, runbook=runbook, runbook_parameters=extra, timeout=timeout)
     entry = run.manifest["stages"][0]
-    console.print(f"  record: {run.dir}/  (report: {run.dir}/index.html)")
+    if run.manifest["status"] == "ok" and (show if show is not None else (plan or runbook in READ_ONLY_RUNBOOKS)):
+        from hubops.audit.redact import redactor_for
+
+        _print_stage(run, entry, redactor_for(params_file=params_file))
+    # soft_wrap: the paths stay whole on one line, so they can be copied
+    console.print(f"  record: {run.dir}/  (report: {run.dir}/index.html)", soft_wrap=True)
     if run.manifest["status"] != "ok":
-        console.print(f"  failing notebook: {run.dir / entry.get('notebook', '')} (cell {entry['error'].get('cell')})")
+        console.print(f"  failing notebook: {run.dir / entry.get('notebook', '')} (cell {entry['error'].get('cell')})",
+                      soft_wrap=True)
         sys.exit(1)
     if _rolled_back(run.dir / entry.get("notebook", "")):
         console.print(f"[yellow]rolled back[/yellow]: the new image failed and Swarm put the previous one back; "
                       f"the hub serves on it (exit status {ROLLED_BACK}; the record says why)")
         sys.exit(ROLLED_BACK)
+
+
+# Day-2 runbooks that change nothing on the cluster: a run prints what it found (see `ops`).
+READ_ONLY_RUNBOOKS = ("status", "diagnose")
+
+
+def _print_stage(run: "runner.Run", entry: dict, redactor) -> None:
+    """A stage's record (its results and their tables) as plain text on stdout, redacted: no colour,
+    lines fitting the terminal (or COLUMNS, or 120 columns when stdout is not a terminal)."""
+    import nbformat
+
+    from hubops.core import textview
+    from hubops.core.record import read_record
+
+    notebook = run.dir / entry.get("notebook", f"{entry['name']}.ipynb")
+    try:
+        rec = read_record(nbformat.read(notebook, as_version=4))
+    except (OSError, ValueError) as e:
+        click.echo(f"(cannot read {notebook}: {e})")
+        return
+    text = textview.stage_text(rec, textview.terminal_width(sys.stdout))
+    # The notebook was redacted when the run sealed it; the deployment's secrets as they are now,
+    # the environment's and what this process learnt are taken out again before printing.
+    click.echo(redactor.redact(text), nl=False)
 
 
 # Exit status of a runbook that ran to its end but whose change was rolled back (an upgrade whose
@@ -230,6 +269,28 @@ def check(params_file: str) -> None:
     """Check a parameter file without touching any host."""
     try:
         p = load_params(params_file)
+        if p.auth.mode == "oidc":
+            # The issuer answers with a valid discovery document (no host of the deployment is asked).
+            from hubops.core.errors import IdentityProviderError
+            from hubops.stages import auth_oidc
+
+            try:
+                d = auth_oidc.discover(p)
+            except IdentityProviderError as e:
+                raise ParameterError(str(e)) from None
+            console.print(f"OpenID provider {d.issuer}: discovery document valid "
+                          f"(authorize at {d.authorization_endpoint})")
+        if p.auth.mode == "ldap":
+            # TLS verified, the service account's bind, the base and groups found (no host of the deployment is asked).
+            from hubops.core.errors import IdentityProviderError
+            from hubops.stages import auth_ldap
+
+            try:
+                facts = auth_ldap.check_directory(p)
+            except IdentityProviderError as e:
+                raise ParameterError(str(e)) from None
+            console.print(f"LDAP server {facts['url']}: {facts['tls_version'] or 'TLS'} verified, "
+                          f"bind as {facts['bind_dn']} accepted")
     except ParameterError as e:
         _fail(e, 2)
     console.print(f"[green]{p.source}: valid[/green]: deployment {p.deployment}, "
@@ -291,10 +352,26 @@ def record_verify(run_id: str) -> None:
     sys.exit(0 if v.ok else 1)
 
 
+def _pick_stages(m: dict, wanted: tuple[str, ...]) -> list[dict]:
+    """The run's stage entries named by --stage: `20-swarm`, `20` or `swarm` (an ops run: `status`)."""
+    picked = []
+    for w in wanted:
+        found = [s for s in m["stages"]
+                 if w == s["name"] or (s["name"][:2].isdigit() and w in (s["name"][:2], s["name"][3:]))]
+        if not found:
+            names = ", ".join(s["name"] for s in m["stages"])
+            _fail(HubopsError(f"run {m['run_id']} has no stage {w!r}; its stages are {names}"), 1)
+        picked += [s for s in found if s not in picked]
+    return picked
+
+
 @record.command("show")
 @click.argument("run_id")
-def record_show(run_id: str) -> None:
-    """Stages of one run, what each changed, where it failed."""
+@click.option("--stage", "stages", multiple=True, metavar="NAME",
+              help="print this stage's findings: its results and tables as plain text (e.g. --stage status, "
+                   "--stage 20-swarm or --stage 20); repeat for several")
+def record_show(run_id: str, stages: tuple[str, ...]) -> None:
+    """Stages of one run, what each changed, where it failed; with --stage, what a stage found."""
     try:
         run = runner.Run.load(run_id)
     except HubopsError as e:
@@ -302,6 +379,30 @@ def record_show(run_id: str) -> None:
     from hubops.audit.ledger import verify_run
 
     m = run.manifest
+    if stages:
+        import textwrap
+
+        from hubops.core import textview
+        from hubops.audit.redact import redactor_for
+
+        picked = _pick_stages(m, stages)
+        redactor = redactor_for(params_file=m.get("params_file"))
+        click.echo(f"{m['run_id']}: {m['status']} ({m['kind']}, by {m['who']} on {m['machine']})")
+        for s in picked:
+            click.echo(f"\n== {s['name']}: {s['status']}, {s.get('duration_s', '?')} s\n"
+                       f"   notebook: {run.dir / s.get('notebook', s['name'] + '.ipynb')}\n")
+            if s["status"] in ("pending", "skipped"):
+                click.echo("(the stage did not run)")
+                continue
+            _print_stage(run, s, redactor)
+            if s.get("error"):
+                e = s["error"]
+                click.echo(redactor.redact(f"✘ failed in cell {e.get('cell')}: {e.get('ename')}: {e.get('evalue')}"))
+        v = verify_run(run.dir)
+        width = textview.terminal_width(sys.stdout)
+        click.echo("\n" + textwrap.fill(f"record: {v.verdict}", width, break_long_words=False, break_on_hyphens=False,
+                                        subsequent_indent="  "))
+        return
     Console().print(f"{m['run_id']}: {m['status']} ({m['kind']}, {m.get('duration_s')} s, by {m['who']} on {m['machine']})")
     stopped = stopped_stage(m)
     if stopped:
@@ -321,6 +422,8 @@ def record_show(run_id: str) -> None:
     Console().print(f"  record: {v.verdict}", markup=False, highlight=False)
     for p in v.problems[1:]:
         Console().print(f"    · {p}", markup=False, highlight=False)
+    Console().print(f"  what a stage found: hubops record show {m['run_id']} --stage {m['stages'][-1]['name']}",
+                    markup=False, highlight=False, soft_wrap=True)  # one line: it is a command to copy
 
 
 @main.command("report")

@@ -6,10 +6,11 @@ why, and the facts the stage found.
 """
 from __future__ import annotations
 
+import html
 import json
 from typing import Any
 
-from hubops.core.result import Result, render_html
+from hubops.core.result import Result
 
 MIME = "application/vnd.hubops.record+json"
 
@@ -38,9 +39,14 @@ class Record:
         return f"{self.stage}: {d['changed']} {verb}, {len(d['kept'])} already right or checked"
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, Any]:
+        # The results themselves are shown by the cells above (each returns its result); the
+        # record cell shows one line and carries the whole record as data for the runner, the
+        # report and the CLI (`hubops record show RUN --stage NAME` prints it as text).
+        from hubops.core import textview
+
         d = self.to_dict()
-        summary = f"<p><b>{self.stage}</b>: {repr(self).split(': ', 1)[1]}</p>"
-        return {MIME: d, "text/html": summary + render_html(self.results), "text/plain": repr(self)}
+        line = textview.summary(d)
+        return {MIME: d, "text/html": f"<p class='hubops-record'>{html.escape(line)}</p>", "text/plain": line}
 
 
 def record(stage: str, *results: Result) -> Record:

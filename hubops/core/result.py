@@ -66,6 +66,8 @@ class Result:
             "dry_run": self.dry_run,
             "items": [asdict(i) for i in self.items],
             "facts": _plain(self.facts),
+            # A notebook stores JSON with its keys sorted: the facts' and tables' own order is kept here.
+            "order": key_order(_plain(self.facts)),
         }
 
     # -- rendering ----------------------------------------------------------------------
@@ -106,6 +108,18 @@ def html_table(rows: list[dict]) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def key_order(value: Any) -> Any:
+    """The order of a plain value's keys, which a JSON file with sorted keys loses: for a dict
+    {"keys": [...], "sub": {key: order of its value}}, for a table (a list of dicts) {"keys": its
+    columns}, else None. `textview` puts it back when it prints a record read from a notebook."""
+    if isinstance(value, dict):
+        sub = {k: o for k, v in value.items() if (o := key_order(v)) is not None}
+        return {"keys": list(value), **({"sub": sub} if sub else {})}
+    if _is_rows(value):
+        return {"keys": list(dict.fromkeys(k for r in value for k in r))}
+    return None
 
 
 def _plain(value: Any) -> Any:

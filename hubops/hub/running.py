@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import docker
+import docker.errors
 import requests
 
 from hubops.core import labels as L, operator, progress
@@ -79,9 +80,32 @@ def hub_container(p: Loaded, clients: Clients):
 
 
 # -- notices on the hub's pages (ops/remove-node, announcements) ------------------------------
-def announce(p: Loaded, clients: Clients, notes: dict[str, str]) -> None:
-    """Show `notes` (user name -> text, "*" for everyone) on the users' hub pages; {} clears them."""
-    data = json.dumps(notes).encode()
+def announcements(p: Loaded, clients: Clients) -> dict[str, Any]:
+    """The notices the hub shows now: user name (or "*" for everyone) -> text, or
+    {"text": ..., "until": EPOCH} for one that expires. {} when there are none."""
+    ctr = hub_container(p, clients)
+    try:
+        stream, _ = ctr.get_archive(hubconfig.ANNOUNCEMENTS)
+        raw = b"".join(stream)
+    except docker.errors.NotFound:  # none written yet
+        return {}
+    except docker.errors.APIError as e:
+        raise DockerOpError(f"read the hub's announcements from {ctr.name}: {e.explanation or e}") from e
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        member = next((m for m in tar.getmembers() if m.isfile()), None)
+        data = tar.extractfile(member).read() if member else b"{}"  # type: ignore[union-attr]
+    try:
+        notes = json.loads(data or b"{}")
+    except ValueError:
+        log.warning("the hub's announcements file is not JSON; treating it as empty")
+        return {}
+    return notes if isinstance(notes, dict) else {}
+
+
+def announce(p: Loaded, clients: Clients, notes: dict[str, Any]) -> None:
+    """Show `notes` on the users' hub pages (user name or "*" for everyone -> text, or
+    {"text": ..., "until": EPOCH}); the whole set is replaced, {} clears them all."""
+    data = json.dumps(notes, sort_keys=True).encode()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         info = tarfile.TarInfo(name=hubconfig.ANNOUNCEMENTS.rsplit("/", 1)[1])

@@ -59,8 +59,10 @@ def remove_node(p: Loaded, clients: Clients, name: str, *, notice_seconds: float
         return r
     if users:
         when = time.strftime("%H:%M UTC", time.gmtime(time.time() + notice_seconds))
-        running.announce(p, clients, {u: f"Maintenance: your server moves to another machine at {when}. "
-                                 "Save your work; running kernels will restart." for u in users})
+        # beside the notices already shown (an operator's announcement stays)
+        kept = running.announcements(p, clients)
+        running.announce(p, clients, {**kept, **{u: f"Maintenance: your server moves to another machine at {when}. "
+                                                  "Save your work; running kernels will restart." for u in users}})
         if notice_seconds:
             log.info("notice shown to %s; draining %s in %s s", ", ".join(users), name, notice_seconds)
             time.sleep(notice_seconds)
@@ -91,8 +93,8 @@ def remove_node(p: Loaded, clients: Clients, name: str, *, notice_seconds: float
         except DockerOpError as e:
             log.warning("node %s did not leave cleanly (%s); removing it from the swarm by force", name, e)
     _remove_from_swarm(c, node.id, name, force=not left)
-    if users:
-        running.announce(p, clients, {})
+    if users:  # take down only this runbook's notices
+        running.announce(p, clients, {k: v for k, v in running.announcements(p, clients).items() if k not in users})
     r.facts["left cleanly"] = left
     return r
 

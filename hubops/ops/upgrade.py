@@ -7,6 +7,10 @@ stop-first order (one hub owns the SQLite database); Swarm watches the new task 
 monitor period) and, when it fails, rolls the service back to the previous image by itself
 (`update_config.failure_action=rollback`, set by 80-deploy). This waits for Swarm's verdict,
 checks that the hub serves on whichever image it ended on, and says which it was.
+
+An `image` must hold hubops's spawner (hubops/inhub, which the generated jupyterhub_config.py
+imports): build it FROM a hubops-hub image, or from images/hub with hubops; a hub image built by
+an older hubops, before the spawner was a module, fails to start and Swarm rolls it back.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import docker.errors
 import docker.types
 
 from hubops.hub import config as hubconfig, running
-from hubops.stages import images
+from hubops.stages import auth_oidc, images, removal
 from hubops.core import labels as L, operator, secrets
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import HubopsError, ImageNotBuilt
@@ -66,11 +66,14 @@ def _secret_refs(c: docker.DockerClient, p: Loaded, r: Result) -> tuple[list, li
 
 
 def _config_refs(c: docker.DockerClient, p: Loaded, r: Result, singleuser_image: str) -> tuple[list, list[str]]:
+    # OpenID Connect: the provider's endpoints, from its discovery document (refused if it does not answer).
+    discovery = auth_oidc.discover(p) if p.auth.mode == "oidc" else None
     secrets.ensure_versioned(c, p, r, role="hub-config", kind="config", stage=STAGE,
-                             value=hubconfig.render(p, singleuser_image=singleuser_image).encode(),
+                             value=hubconfig.render(p, singleuser_image=singleuser_image, discovery=discovery).encode(),
                              what="jupyterhub_config.py")
     refs, names = [], []
-    for role, target in (("hub-config", hubconfig.CONFIG_PATH), ("userlist", hubconfig.USERLIST_PATH)):
+    for role in hubconfig.config_roles(p):
+        target = hubconfig.CONFIG_FILES[role]
         obj = secrets.current(c, p, role, kind="config")
         if obj is None:
             if r.dry_run:
@@ -185,6 +188,8 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
         from hubops.hub import schema
 
         schema.guard(p, clients, refs["hub"], current_image=running_image)
+    # Who the running hub lets in, to take out those who left the userlist once the new hub serves.
+    userlist_before = removal.running_userlist(c, svc, hubconfig.USERLIST_PATH)
     if svc is None:
         r.change("create", f"service {p.hub_service}", f"hub {refs['hub']} on {p.hub_host.name}, port {p.hub.https_port}")
     elif svc.attrs["Spec"].get("Labels", {}).get(SPEC_DIGEST) != digest:
@@ -192,6 +197,9 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
     else:
         r.keep(f"service {p.hub_service}", "spec unchanged")
     if dry_run:
+        for name in sorted(set(userlist_before or {}) - set(p.users)):
+            r.change("remove", f"user {name}", "off the userlist: would be removed from the hub and their server stopped "
+                     "(unless a provider group let them in at their last login)")
         return r
 
     if svc is None:
@@ -203,6 +211,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
             c.api.update_service(svc.id, svc.version, **spec)
     if wait:
         r.facts["answered_after_s"] = running.wait_until_serving(p, clients, changed=r.items[-1].changed)
+        removal.remove_departed(p, r, userlist_before)
         secrets.prune_unused(c, p, r, keep=set(sec_names) | set(cfg_names))
     return r
 

@@ -38,6 +38,14 @@ BASE_IMAGE = "hubops-base:bookworm"
 # The build context gets the optional extra CA bundle under this name (empty when none).
 EXTRA_CA_NAME = "extra-ca.pem"
 _TAIL_LINES = 30
+# Code of hubops's own that an image runs, added to its build context under the given path: the
+# hub image installs hubops/inhub (the spawner the generated jupyterhub_config.py imports). It is
+# part of the context digest, so a change to the spawner gives a new hub image tag.
+CONTEXT_EXTRAS: dict[str, dict[str, Path]] = {
+    "hub": {"hubops/inhub": Path(__file__).resolve().parent.parent / "inhub"},  # hubops/stages/ -> hubops/inhub
+}
+# Never part of a context: what running Python leaves beside the sources.
+_NOT_CONTEXT = ("__pycache__", "*.pyc", "*.pyo")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STEP = re.compile(r"Step (\d+)/(\d+) ")
 
@@ -194,24 +202,48 @@ def _umount_below(root: Path) -> None:
 # --------------------------------------------------------------------------------------
 # hub and single-user images
 # --------------------------------------------------------------------------------------
-def image_ref(kind: str, *, images_dir: Path | str, base_id: str, extra_ca_digest: str | None) -> str:
+def image_ref(kind: str, *, images_dir: Path | str, base_id: str, extra_ca_digest: str | None,
+              extras: dict[str, Path] | None = None) -> str:
     """The tag `hubops-<kind>:<12 hex>` for a build of `images_dir/<kind>`.
 
     The digest covers every file of the context (sorted relative paths, executable bits and
-    contents), the base image ID and the extra CA bundle's digest: the same inputs give the
-    same tag, so an image with that tag never needs rebuilding.
+    contents), hubops's own code added to it (`extras`, by default CONTEXT_EXTRAS[kind]), the
+    base image ID and the extra CA bundle's digest: the same inputs give the same tag, so an
+    image with that tag never needs rebuilding.
     """
     ctx = Path(images_dir) / kind
     if not (ctx / "Dockerfile").is_file():
         raise HubopsError(f"no Dockerfile in {ctx}: is images_dir the project's images/ folder?")
     h = hashlib.sha256()
-    for path in sorted(p for p in ctx.rglob("*") if p.is_file()):
-        rel = path.relative_to(ctx).as_posix()
+    for rel, path in _context_files(ctx, CONTEXT_EXTRAS.get(kind, {}) if extras is None else extras):
         data = path.read_bytes()
         h.update(f"file\0{rel}\0{os.access(path, os.X_OK):d}\0{len(data)}\0".encode())
         h.update(data)
     h.update(f"base\0{base_id}\0extra-ca\0{extra_ca_digest or 'none'}\0".encode())
     return f"hubops-{kind}:{h.hexdigest()[:12]}"
+
+
+def _context_files(ctx: Path, extras: dict[str, Path]) -> list[tuple[str, Path]]:
+    """Every file a build of `ctx` sends, as (path in the context, file), sorted: the folder's own
+    and each extra folder's, under its place in the context (no Python caches)."""
+    import fnmatch
+
+    def files(root: Path, under: str) -> list[tuple[str, Path]]:
+        out = []
+        for path in root.rglob("*"):
+            rel = path.relative_to(root)
+            if path.is_file() and not any(fnmatch.fnmatch(part, pat) for part in rel.parts for pat in _NOT_CONTEXT):
+                out.append(((Path(under) / rel).as_posix() if under else rel.as_posix(), path))
+        return out
+
+    found = files(ctx, "")
+    for under, root in sorted(extras.items()):
+        if not root.is_dir():
+            raise HubopsError(f"{root} is missing: the {ctx.name} image needs it at {under}/ of its build context")
+        if (ctx / under).exists():
+            raise HubopsError(f"{ctx / under} is in the way: hubops adds {root} there when it builds {ctx.name}")
+        found += files(root, under)
+    return sorted(found)
 
 
 def ensure_image_built(
@@ -272,7 +304,9 @@ def _build(client: docker.DockerClient, kind: str, *, ref: str, ctx: Path, base:
             progress_step(f"build {ref}", unit="steps") as bar:
         # A temp copy: the CA bundle must never be written into the project's images/ dir.
         work = Path(tmp) / kind
-        shutil.copytree(ctx, work, symlinks=False)
+        shutil.copytree(ctx, work, symlinks=False, ignore=shutil.ignore_patterns(*_NOT_CONTEXT))
+        for under, root in CONTEXT_EXTRAS.get(kind, {}).items():  # hubops's own code the image runs
+            shutil.copytree(root, work / under, symlinks=False, ignore=shutil.ignore_patterns(*_NOT_CONTEXT))
         (work / EXTRA_CA_NAME).write_bytes(ca_bytes)
         log.info("building %s from %s on %s", ref, ctx, base)
         try:

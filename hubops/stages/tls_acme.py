@@ -19,11 +19,11 @@ ACME error (the server's own message is shown, e.g. a rate limit), and port 80 o
 not reachable (probed from this machine with a known file before the challenge is answered).
 
 Challenges are answered by a `ChallengeSolver` chosen by `tls.acme.challenge` from `SOLVERS`.
-HTTP-01 (`Http01Solver`, the responder above) is the only one hubops ships. DNS-01, for hubs whose
-port 80 cannot be opened, is the extension point: a `Dns01Solver` whose `answering` publishes each
-challenge's `validation` as the TXT record ``_acme-challenge.NAME`` through a DNS provider's API,
-waits until the provider's authoritative servers serve it, yields, and removes the records also
-on failure; register it in `SOLVERS` and accept "dns-01" in `params.TLSAcme._challenge`.
+HTTP-01 (`Http01Solver`, the responder above) and DNS-01 (`Dns01Solver`: RFC 2136 dynamic updates
+signed with a TSIG key, in tls_dns01.py) ship with hubops. Another DNS provider (a cloud API) is
+another solver whose `answering` publishes each challenge's `validation` as the TXT record
+``_acme-challenge.NAME``, waits until the authoritative servers serve it, yields, and removes the
+records also on failure; register it in `SOLVERS` and accept its name in `params.TLSAcme`.
 """
 from __future__ import annotations
 
@@ -109,8 +109,19 @@ class Http01Solver(ChallengeSolver):
         return _responder(p, clients, r, {c.token: c.validation for c in challenges})
 
 
+class Dns01Solver(ChallengeSolver):
+    """DNS-01: TXT records published by RFC 2136 dynamic updates with a TSIG key (tls_dns01.py)."""
+
+    typ = "dns-01"
+
+    def answering(self, p: Loaded, clients: Clients, r: Result, challenges: list[Challenge]):
+        from hubops.stages import tls_dns01
+
+        return tls_dns01.answering(p, r, challenges)
+
+
 # tls.acme.challenge -> its solver. params.TLSAcme accepts exactly these names.
-SOLVERS: dict[str, ChallengeSolver] = {"http-01": Http01Solver()}
+SOLVERS: dict[str, ChallengeSolver] = {"http-01": Http01Solver(), "dns-01": Dns01Solver()}
 
 
 # -- reading what is there ----------------------------------------------------------------
@@ -300,12 +311,14 @@ def _acme_error(url: str, what: str, e: BaseException) -> TLSError:
 
 def issue(p: Loaded, clients: Clients, r: Result, *, stage: str = "40-tls") -> Issued:
     """A new certificate (and a new key) for p.cert_names from the ACME server, validated by
-    HTTP-01 on port 80 of the hub's node. Writes it to the operator folder; not to Swarm."""
+    the challenge tls.acme.challenge names (HTTP-01 on port 80 of the hub's node, or DNS-01 through
+    RFC 2136). Writes it to the operator folder; not to Swarm."""
     from acme import crypto_util, errors as acme_errors, messages
 
     acme = p.tls.acme
     url = acme.directory_url
-    check_names(p, clients, r)
+    if acme.challenge == "http-01":  # DNS-01 proves control of the zone; the name may point anywhere
+        check_names(p, clients, r)
 
     key_pem = account_key_pem(p)
     generated = key_pem is None
@@ -377,11 +390,11 @@ def issue(p: Loaded, clients: Clients, r: Result, *, stage: str = "40-tls") -> I
             for c in authz.body.challenges:
                 if c.error is not None:
                     problems.append(f"{authz.body.identifier.value}: {_acme_message(c.error)}")
-        raise TLSError(
-            f"ACME server {url} could not validate {'; '.join(problems) or 'the names'}; it fetched "
-            f"http://NAME{WELL_KNOWN}TOKEN from port 80 of what the name resolves to: open port 80 of the hub's "
-            "node to the ACME server"
-        ) from None
+        how = (f"it looked up TXT _acme-challenge.NAME through its own resolvers: they must reach the zone's "
+               f"authoritative servers, which must serve what {acme.dns.server} was given" if acme.challenge == "dns-01"
+               else f"it fetched http://NAME{WELL_KNOWN}TOKEN from port 80 of what the name resolves to: open port 80 "
+               "of the hub's node to the ACME server")
+        raise TLSError(f"ACME server {url} could not validate {'; '.join(problems) or 'the names'}; {how}") from None
     except acme_errors.TimeoutError:
         raise TLSError(f"ACME server {url} did not finish the order within {ISSUE_TIMEOUT} s; run the stage again") from None
     except (messages.Error, acme_errors.Error) as e:

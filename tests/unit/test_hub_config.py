@@ -1,23 +1,23 @@
 """The hub's configuration, produced by one function, loaded as JupyterHub loads it: into a
-traitlets Config."""
+traitlets Config, with the real dockerspawner and hubops's spawner module it imports."""
 from __future__ import annotations
 
 import textwrap
 from pathlib import Path
 
 import pytest
+from dockerspawner import SwarmSpawner
 from traitlets.config import Config
 
-from hubops.hub import config as hubconfig
 from hubops.core.params import load_params
-from tests.helpers import fake_dockerspawner
+from hubops.hub import config as hubconfig
+from hubops.inhub.spawner import HubopsSpawner
+from tests.helpers import hub_spawner
 
 PROJECT = Path(__file__).resolve().parents[2]
 
 
 def load(source: str, secrets_dir: Path, userlist: Path, monkeypatch) -> Config:
-    global SwarmSpawner
-    SwarmSpawner = fake_dockerspawner(monkeypatch)
     monkeypatch.setenv("HUBOPS_SECRETS_DIR", str(secrets_dir))
     monkeypatch.setenv("HUBOPS_USERLIST", str(userlist))
     cfg = Config()
@@ -50,8 +50,10 @@ def test_local_default_config(secret_files, tmp_path, monkeypatch):
     ul = tmp_path / "userlist"
     ul.write_text(p.userlist_text())
     c = load(src, d, ul, monkeypatch)
-    assert c.JupyterHub.spawner_class.__name__ == "HubopsSpawner"
-    assert issubclass(c.JupyterHub.spawner_class, SwarmSpawner)
+    # The spawner is hubops's module (as the hub image installs it), a real SwarmSpawner subclass.
+    assert c.JupyterHub.spawner_class is HubopsSpawner and issubclass(HubopsSpawner, SwarmSpawner)
+    assert "from hubops.inhub.spawner import HubopsSpawner\n" in src and "\nclass " not in src
+    assert c.HubopsSpawner.home_mode == "none" and c.HubopsSpawner.home_volume_prefix == "hubops-local"
     assert c.SwarmSpawner.image == "hubops-singleuser:abc"
     assert c.SwarmSpawner.network_name == "hubops-local"
     assert c.SwarmSpawner.extra_endpoint_spec == {"mode": "dnsrr"}
@@ -116,5 +118,9 @@ def test_github_multi_host_config(secret_files, tmp_path, monkeypatch):
     assert c.SwarmSpawner.extra_endpoint_spec == {"mode": "vip"}
     assert c.Spawner.mem_limit == "2G" and c.Spawner.cpu_limit == 1.5
     assert c.Authenticator.admin_users == {"jtyberg"}
+    # What JupyterHub makes of it: SwarmSpawner's and hubops's settings on one spawner.
+    s = hub_spawner(c, "alice")
+    assert (s.image, s.network_name, s.extra_endpoint_spec, s.mem_limit) == ("su:1", "hubops-prod", {"mode": "vip"}, 2 * 1024**3)
+    assert (s.home_mode, s.object_name, s.home_labels["hubops.role"]) == ("none", "hubops-prod-user-alice", "user-home")
     assert "github-client-secret" in hubconfig.secret_roles(p)
     assert "user-password" not in hubconfig.secret_roles(p)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import fake_dockerspawner
 from acme import messages
 from traitlets.config import Config
 
@@ -185,7 +184,6 @@ def load(source: str, tmp_path: Path, userlist: str, monkeypatch) -> Config:
     (tmp_path / "ul").write_text(userlist)
     monkeypatch.setenv("HUBOPS_SECRETS_DIR", str(d))
     monkeypatch.setenv("HUBOPS_USERLIST", str(tmp_path / "ul"))
-    fake_dockerspawner(monkeypatch)
     cfg = Config()
     exec(compile(source, "jupyterhub_config.py", "exec"), {"get_config": lambda: cfg})
     return cfg
