@@ -2,7 +2,6 @@
 lost across an upgrade, the images.jupyterhub_version parameter and its pinned build contexts."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
