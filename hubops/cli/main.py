@@ -119,6 +119,15 @@ def _print_access(p) -> None:
                       f"{p.operator_path}/admin-password  (files readable only by you)", soft_wrap=True)
     else:
         console.print(f"  log in:    with GitHub, as one of {', '.join(p.allowed)}", soft_wrap=True)
+    from hubops.stages.storage import describe_users
+
+    if p.storage.users.mode == "none":
+        console.print("  [red bold]files:     users' files are LOST whenever their server stops[/red bold] (culled "
+                      "after idling, upgraded, restarted): storage.users.mode is none; remove it to keep them",
+                      soft_wrap=True)
+    else:
+        console.print(f"  files:     kept across stops, culls and restarts ({describe_users(p)})",
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:

@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hubops.core.errors import ParameterError
@@ -548,6 +547,17 @@ class Images(_Model):
     trust_host_ca: bool = Field(
         True, description="without extra_ca_bundle, let builds trust the bundle named by PIP_CERT, "
         "REQUESTS_CA_BUNDLE or SSL_CERT_FILE on this machine, as its own pip does")
+    jupyterhub_version: Optional[str] = Field(
+        None, description="JupyterHub release to build the hub and single-user images with, e.g. 5.5.4 (default: "
+        "the pins in images/*/requirements.txt); a newer one than the database's schema is reached with "
+        "`hubops ops upgrade`, which migrates the database")
+
+    @field_validator("jupyterhub_version")
+    @classmethod
+    def _jh_version(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.match(r"^\d+\.\d+\.\d+([a-z]+\d*)?$", str(v)):
+            raise ValueError(f"{v!r} is not a JupyterHub release such as 6.1.1")
+        return str(v) if v is not None else None
 
 
 class Spawner(_Model):
@@ -584,8 +594,11 @@ class Verify(_Model):
 class UserStorage(_Model):
     """Where users' home directories live, so their files survive a server's stop and start."""
 
+    # The default keeps every user's files across stops, culls, upgrades and restarts (a per-user
+    # volume on the node of the user's first server; on one node, simply a volume per user). `none`
+    # loses them whenever a server stops: only when asked for, and a deploy then says so.
     mode: Literal["none", "shared-path", "volume-driver", "node-local"] = Field(
-        "none", description="none: nothing kept; shared-path: PATH/USER on storage every node mounts at PATH; "
+        "node-local", description="none: nothing kept (files lost when a server stops); shared-path: PATH/USER on storage every node mounts at PATH; "
         "volume-driver: a named volume per user through `driver`; node-local: a local volume per user, "
         "the user's servers pinned to the node that holds it")
     path: Optional[Path] = Field(
@@ -883,11 +896,12 @@ class Loaded:
                     f"export it before running hubops"
                 )
             return value.strip()
+        from .paramfile import MAX_SECRET_BYTES, read_text
+
         path = _relative(self.source, ref.file)  # type: ignore[arg-type]
-        try:
-            value = path.read_text().strip()
-        except OSError as e:
-            raise ParameterError(f"{self.source}: {key}: cannot read secret file {path}: {e.strerror}") from None
+        # A small regular text file: a device (/dev/zero), a pipe or a huge file is refused unread.
+        value = read_text(path, MAX_SECRET_BYTES, where=f"{self.source}: {key}", what="a secret file",
+                          show_line=False).strip()
         if not value:
             raise ParameterError(f"{self.source}: {key}: secret file {path} is empty")
         return value
@@ -916,7 +930,11 @@ def _explain(err: dict) -> str:
     kind = err["type"]
     msg = err["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
-        return "unknown key; remove it or check its spelling against parameters/production.example.yaml"
+        from .paramfile import known_keys, suggest
+
+        hint = suggest(err["loc"][-1], known_keys(Params, tuple(err["loc"])))
+        return (f"unknown key{hint} (remove it or check its spelling against "
+                "parameters/production.example.yaml)")
     if kind == "missing":
         return "required key is missing; add it"
     if kind == "literal_error":
@@ -932,11 +950,14 @@ def parse_userlist(path: Path, source: Path, *, need_admin: bool = True) -> dict
 
 def read_userlist(path: Path, source: Path, *, need_admin: bool = True) -> tuple[dict[str, bool], dict[str, list[str]]]:
     """The userlist's users (name -> is admin) and groups (group -> its users, sorted)."""
+    from .paramfile import MAX_USERLIST_BYTES, read_text, shown
+
     key = f"{source}: auth.userlist"
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ParameterError(f"{key}: cannot read {path}: {e.strerror}; create it with one 'name' or 'name admin' per line") from None
+    if not path.exists():
+        raise ParameterError(f"{key}: cannot read {path}: No such file or directory; create it with one 'name' or "
+                             "'name admin' per line")
+    # A regular text file of bounded size: never a device, a pipe or a binary (refused, not read).
+    text = read_text(path, MAX_USERLIST_BYTES, where=key, what="the userlist ('name' or 'name admin' per line)")
     users: dict[str, bool] = {}
     groups: dict[str, list[str]] = {}
     for n, raw in enumerate(text.splitlines(), 1):
@@ -947,11 +968,12 @@ def read_userlist(path: Path, source: Path, *, need_admin: bool = True) -> tuple
         words = [w for w in parts[1:] if not w.startswith("@")]
         tags = [w[1:] for w in parts[1:] if w.startswith("@")]
         if len(words) > 1 or (words and words[0] != "admin") or (words and parts[1] != "admin"):
-            raise ParameterError(f"{key}: {path}:{n}: {raw.strip()!r}: a line is 'name' or 'name admin', "
+            raise ParameterError(f"{key}: {path}:{n}: {shown(raw.strip())}: a line is 'name' or 'name admin', "
                                  "then optionally the user's groups as '@group' words ('alice @students')")
         name = parts[0].lower()
         if not USER_RE.match(name):
-            raise ParameterError(f"{key}: {path}:{n}: {parts[0]!r} is not a valid user name")
+            raise ParameterError(f"{key}: {path}:{n}: {shown(parts[0])} is not a valid user name (lower-case "
+                                 "letters, digits, '.', '_', '-')")
         if name in users:
             raise ParameterError(f"{key}: {path}:{n}: {name!r} is listed twice; keep one line per user")
         for g in tags:
@@ -975,30 +997,38 @@ def load_params(params_file: str | os.PathLike) -> Loaded:
     if not source.is_absolute() and not source.exists() and (PROJECT / source).exists():
         # Opened in JupyterLab the notebook runs in runbooks/: the default path is the project's.
         source = PROJECT / source
+    from . import param_checks
+    from .paramfile import load_yaml, scrub
+
+    # Size, type, encoding, depth, alias expansion and duplicate keys are checked before and while
+    # parsing (paramfile), so no input can hang, exhaust memory or end in a traceback.
+    data, raw_bytes = load_yaml(source)
     try:
-        raw_bytes = source.read_bytes()
-    except OSError as e:
-        raise ParameterError(f"{source}: cannot read the parameter file: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(raw_bytes)
-    except yaml.YAMLError as e:
-        raise ParameterError(f"{source}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ParameterError(f"{source}: the file must hold a mapping of keys (deployment, hosts, auth, ...)")
-    try:
-        params = Params.model_validate(data)
-    except ValidationError as e:
-        problems = [f"{source}: {_loc(err['loc'])}: {_explain(err)}" for err in e.errors()]
-        raise ParameterError("\n".join(problems)) from None
-    source = source.resolve()
-    loaded = Loaded(params, source, hashlib.sha256(raw_bytes).hexdigest(), {})
-    # With admin groups at the provider, the userlist need not name an admin.
-    need_admin = not ((params.auth.mode == "oidc" and params.auth.oidc.admin_groups)  # type: ignore[union-attr]
-                      or (params.auth.mode == "ldap" and params.auth.ldap.admin_groups))  # type: ignore[union-attr]
-    loaded.users, loaded.groups = read_userlist(loaded.path(params.auth.userlist), source, need_admin=need_admin)
-    _check_groups(loaded)
-    _check_files(loaded)
-    return loaded
+        if not isinstance(data, dict):
+            raise ParameterError(f"{source}: the file must hold a mapping of keys (deployment, hosts, auth, ...)")
+        try:
+            params = Params.model_validate(data)
+        except ValidationError as e:
+            problems = [f"{source}: {_loc(err['loc'])}: {_explain(err)}" for err in e.errors()]
+            raise ParameterError("\n".join(problems)) from None
+        loaded = Loaded(params, source.resolve(), hashlib.sha256(raw_bytes).hexdigest(), {})
+        # With admin groups at the provider, the userlist need not name an admin.
+        need_admin = not ((params.auth.mode == "oidc" and params.auth.oidc.admin_groups)  # type: ignore[union-attr]
+                          or (params.auth.mode == "ldap" and params.auth.ldap.admin_groups))  # type: ignore[union-attr]
+        loaded.users, loaded.groups = read_userlist(loaded.path(params.auth.userlist), loaded.source,
+                                                    need_admin=need_admin)
+        _check_groups(loaded)
+        _check_files(loaded)
+        problems = param_checks.check(loaded)
+        if problems:
+            raise ParameterError("\n".join(f"{loaded.source}: {m}" for m in problems))
+        return loaded
+    except ParameterError as e:
+        # A message never shows a value that looks like a secret, nor a known secret (a token
+        # pasted under the wrong key is named by its key path only).
+        from .paramfile import env_secret_values
+
+        raise ParameterError(scrub(str(e), data, env_secret_values())) from None
 
 
 def _check_groups(p: Loaded) -> None:
@@ -1032,9 +1062,13 @@ def _check_files(p: Loaded) -> None:
         files += [("auth.oidc.ca_bundle", params.auth.oidc.ca_bundle)]  # type: ignore[union-attr]
     if params.auth.mode == "ldap":
         files += [("auth.ldap.ca_bundle", params.auth.ldap.ca_bundle)]  # type: ignore[union-attr]
+    from .paramfile import MAX_PEM_BYTES, read_small
+
     for key, f in files:
-        if f is not None and not p.path(f).is_file():
+        if f is not None and not p.path(f).exists():
             raise ParameterError(f"{p.source}: {key}: file {p.path(f)} does not exist; fix the path")
+        if f is not None:  # a regular file of bounded size (not a device, a pipe or a folder)
+            read_small(p.path(f), MAX_PEM_BYTES, where=f"{p.source}: {key}", what="a PEM file")
     if params.tls.mode == "acme" and params.tls.acme.account_key is not None:  # type: ignore[union-attr]
         key = p.resolve_secret(params.tls.acme.account_key, "tls.acme.account_key")  # type: ignore[union-attr]
         if "PRIVATE KEY-----" not in key:

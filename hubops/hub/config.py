@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hubops.core import api_token
 from hubops.core import labels as L
 from hubops.core.params import Loaded
 
@@ -48,7 +49,7 @@ CONFIG_FILES = {
 }
 
 # What hubops's own service token may do: manage users and servers, reach them for checks.
-API_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:hub", "list:users", "read:users"]
+# hubops's own role: api_token.scopes(p) (what hubops calls on the hub API, and no more).
 # What the idle culler may do, and no more: find servers and their activity, stop idle ones.
 # TLS 1.2 suites the proxy offers: AEAD only (GCM, ChaCha20-Poly1305) with forward secrecy, as
 # Mozilla's "intermediate" profile minus DHE; no CBC, no SHA-1 MACs. TLS 1.3's suites are all
@@ -164,6 +165,9 @@ def render(p: Loaded, *, singleuser_image: str, discovery: Any = None) -> str:
         f"c.JupyterHub.log_level = {p.hub.log_level!r}",
         # Users' servers are Swarm services that outlive a hub restart (upgrade, renewal).
         "c.JupyterHub.cleanup_servers = False",
+        # JupyterHub 6 (aiohttp): resolve a user's server afresh on every connection; Swarm gives it a
+        # new address each time it starts (JupyterHub 5 ignores this section).
+        "c.JupyterHubHTTPClient.connector_options = {'use_dns_cache': False}",
         "c.JupyterHub.cleanup_proxy = True",
         "",
         "# --- generated secrets (Swarm secrets, never in this file) --------------------------",
@@ -173,8 +177,9 @@ def render(p: Loaded, *, singleuser_image: str, discovery: Any = None) -> str:
         f"c.JupyterHub.services = [{{'name': {API_SERVICE!r}, 'api_token': secret({SECRET_FILES['api-token']!r})}}]",
         "c.JupyterHub.load_roles = [",
         "    {'name': 'hubops-operator', 'description': 'hubops runbooks: deploy checks and day-2 operations',",
-        f"     'scopes': {API_SCOPES!r}, 'services': [{API_SERVICE!r}]}},",
+        f"     'scopes': {api_token.scopes(p)!r}, 'services': [{API_SERVICE!r}]}},",
         "]",
+        *api_token.hub_lines(p, API_SERVICE, SECRET_FILES["api-token"]),
         "",
         "# --- spawner: each user's server is a Swarm service on the overlay network ----------",
         "# (SwarmSpawner's settings; hubops's subclass, set below, inherits them)",

@@ -21,7 +21,7 @@ import docker.types
 
 from hubops.hub import config as hubconfig, running
 from hubops.stages import auth_oidc, images, removal
-from hubops.core import labels as L, operator, secrets
+from hubops.core import api_token, labels as L, secrets
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import HubopsError, ImageNotBuilt
 from hubops.core.params import Loaded
@@ -48,9 +48,11 @@ def _secret_refs(c: docker.DockerClient, p: Loaded, r: Result) -> tuple[list, li
         elif role == "proxy-token":
             secrets.ensure_generated(c, p, r, role=role, stage=STAGE)
         elif role == "api-token":
-            value, created = operator.kept_secret(p, "api-token", dry_run=r.dry_run)
+            # Scoped to what hubops calls, with an expiry; a new one when none is kept, the kept one
+            # has no expiry, or it is near it (hubops.api_token).
+            value, why = api_token.ensure(p, dry_run=r.dry_run)
             secrets.ensure_versioned(c, p, r, role=role, value=value.encode(), stage=STAGE,
-                                     what="hubops's hub API token" + (" (generated)" if created else ""))
+                                     what="hubops's hub API token" + (f" ({why})" if why else ""))
         obj = secrets.current(c, p, role)
         if obj is None:
             if r.dry_run:
@@ -181,6 +183,13 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
             f"service {p.hub_service} exists but was not created by hubops for deployment {p.deployment}; "
             "remove it or choose another deployment name"
         )
+    running_image = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0] if svc is not None else ""
+    if running_image != refs["hub"] and (svc is not None or not dry_run):
+        # Before any change: an image that cannot use the database (older JupyterHub than its schema,
+        # or one that needs a migration, which `ops upgrade` does with a way back) is refused.
+        from hubops.hub import schema
+
+        schema.guard(p, clients, refs["hub"], current_image=running_image)
     # Who the running hub lets in, to take out those who left the userlist once the new hub serves.
     userlist_before = removal.running_userlist(c, svc, hubconfig.USERLIST_PATH)
     if svc is None:
