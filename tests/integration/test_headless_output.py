@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import secrets as pysecrets
-import socket
 import time
 
 import docker
@@ -25,25 +24,13 @@ import pytest
 from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.ops import teardown
-from tests.helpers import hubops_cli, make_params, secret_hits
+from tests.helpers import free_port, free_subnet, hubops_cli, make_params, secret_hits
 
 pytestmark = pytest.mark.engine
 
 SUFFIX = pysecrets.token_hex(2)
 DEPLOYMENT = f"hl{SUFFIX}"
-SUBNET = f"10.168.{int(SUFFIX, 16) % 250 + 1}.0/24"
-
-
-def free_port() -> int:
-    """A free port in 18800-18899 (this suite's range)."""
-    for port in range(18800, 18900):
-        with socket.socket() as s:
-            try:
-                s.bind(("0.0.0.0", port))
-                return port
-            except OSError:
-                continue
-    raise AssertionError("no free port in 18800-18899")
+SUBNET = free_subnet()
 
 
 def labelled(client) -> list[str]:

@@ -19,10 +19,10 @@ from hubops.lab import cluster as lab
 from hubops.core.engine import Clients
 from hubops.inhub.spawner import HubopsSpawner, no_leader
 from hubops.core.params import load_params
-from tests.helpers import hub_spawner, sleep_image_tar
+from tests.helpers import LAB_SUBNETS, free_subnet, hub_spawner, run_name, sleep_image_tar
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
-NAME = "spq"
+NAME = run_name("spq")
 IMAGE = "sp-spawner-sleep:quorum"
 
 
@@ -31,7 +31,7 @@ def two_managers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quorum")
     lab.lab_down(name=NAME)
     t0 = time.monotonic()
-    info = lab.lab_up(name=NAME, managers=2, workers=0, subnet="10.61.0.0/24", overlay_subnet="10.161.200.0/24",
+    info = lab.lab_up(name=NAME, managers=2, workers=0, subnet=free_subnet(LAB_SUBNETS), overlay_subnet=free_subnet(),
                       params_out=tmp / "lab.yaml")
     clients = None
     try:

@@ -14,7 +14,6 @@ Takes about 110 s on a busy 2-core machine."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import secrets
 import time
@@ -28,21 +27,11 @@ from hubops.stages import network
 from hubops.core.engine import Clients
 from hubops.inhub.spawner import HubopsSpawner
 from hubops.core.params import load_params
-from tests.helpers import hub_config, hub_spawner, make_params, sleep_image_tar
+from tests.helpers import free_subnet, hub_config, hub_spawner, make_params, sleep_image_tar
 
 pytestmark = pytest.mark.engine
 
 GRACE_S = 3
-
-
-def _free_subnet(client: docker.DockerClient) -> str:
-    used = [ipaddress.ip_network(c["Subnet"]) for n in client.networks.list()
-            for c in ((n.attrs.get("IPAM") or {}).get("Config") or []) if c.get("Subnet") and ":" not in c["Subnet"]]
-    for third in range(10, 250):
-        net = ipaddress.ip_network(f"10.161.{third}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return str(net)
-    raise AssertionError("no free /24 in 10.161.0.0/16")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +43,7 @@ def swarm(tmp_path_factory):
         client.swarm.init(advertise_addr="127.0.0.1")  # left in place: other suites may use it by now
     suffix = secrets.token_hex(3)
     tmp = tmp_path_factory.mktemp("spawner")
-    p = load_params(make_params(tmp, f"sp{suffix}", port=18100, subnet=_free_subnet(client)))
+    p = load_params(make_params(tmp, f"sp{suffix}", port=18100, subnet=free_subnet()))
     image = f"sp-spawner-sleep:{suffix}"
     client.api.import_image_from_data(sleep_image_tar(), repository=image.split(":")[0], tag=suffix)
     clients = Clients(p)

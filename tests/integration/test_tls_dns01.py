@@ -20,7 +20,7 @@ from hubops.core.errors import TLSError
 from hubops.core.params import load_params
 from hubops.core.result import Result
 from hubops.stages import swarm, tls, tls_acme
-from tests.helpers import PROJECT
+from tests.helpers import PROJECT, free_subnet
 from tests.peers import Bind, Pebble
 
 pytestmark = pytest.mark.engine
@@ -60,7 +60,7 @@ def params_for(servers, deployment: str, secret_env: str) -> "object":
           managers:
             - {{name: local, url: "unix:///var/run/docker.sock", advertise_addr: 127.0.0.1}}
         hub: {{public_name: {NAME}, https_port: {free_port()}}}
-        network: {{subnet: 10.239.{_random.randbelow(200) + 20}.0/24}}
+        network: {{subnet: {free_subnet()}}}
         auth: {{mode: shared-password, userlist: userlist}}
         images: {{dir: {PROJECT / 'images'}}}
         tls:

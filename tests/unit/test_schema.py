@@ -3,6 +3,8 @@ lost across an upgrade, the images.jupyterhub_version parameter and its pinned b
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import pytest
 
 from hubops.core.errors import HubopsError, ParameterError
@@ -51,11 +53,19 @@ def test_downgrade_message_names_the_backup_to_restore(tmp_path):
     assert "none of j6unit's has schema" in schema.downgrade_message(p, s)
 
 
+def with_jupyterhub_version(path: Path, version: str) -> Path:
+    """make_params's file with images.jupyterhub_version added to its one `images:` mapping."""
+    text = path.read_text()
+    assert text.count("images: {dir: ") == 1
+    path.write_text(text.replace("images: {dir: ", f"images: {{jupyterhub_version: {version}, dir: "))
+    return path
+
+
 def test_jupyterhub_version_parameter(tmp_path):
-    p = load_params(make_params(tmp_path, "j6unit", port=18399, subnet="10.163.99.0/24",
-                                extra="images: {jupyterhub_version: 5.5.4}\n"))
+    p = load_params(with_jupyterhub_version(make_params(tmp_path, "j6unit", port=18399, subnet="10.163.99.0/24"),
+                                            "5.5.4"))
     assert p.images.jupyterhub_version == "5.5.4"
-    bad = make_params(tmp_path, "j6unit", port=18399, subnet="10.163.99.0/24", extra="images: {jupyterhub_version: latest}\n")
+    bad = with_jupyterhub_version(make_params(tmp_path, "j6unit", port=18399, subnet="10.163.99.0/24"), "latest")
     with pytest.raises(ParameterError, match="images.jupyterhub_version"):
         load_params(bad)
 
