@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +18,31 @@ from .result import Result
 log = logging.getLogger("hubops")
 
 MIN_API = (1, 41)
+# The oldest engine release hubops is tested on (Debian 12's docker.io); the newest tested are
+# 26.1 (Debian trixie) and 28.5 (Debian sid), on lab nodes (`hubops lab up --engine`).
+MIN_ENGINE = (20, 10)
+TESTED = ("20.10", "26.1", "28.5")
+
+
+def engine_release(version: str) -> tuple[int, int] | None:
+    """(major, minor) of an engine version string: '28.5.2' -> (28, 5), '20.10.24+dfsg1' -> (20, 10);
+    None when it is not of that form (a development build)."""
+    m = re.match(r"^v?(\d+)\.(\d+)", version or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def mixed_versions(facts: dict[str, dict]) -> str | None:
+    """A warning naming the nodes when the engines are of more than one release, else None."""
+    by_release: dict[str, list[str]] = {}
+    for host, f in facts.items():
+        rel = engine_release(f["engine"])
+        by_release.setdefault(".".join(map(str, rel)) if rel else f["engine"], []).append(f"{host} ({f['engine']})")
+    if len(by_release) < 2:
+        return None
+    parts = "; ".join(f"Docker {rel} on {', '.join(hosts)}" for rel, hosts in sorted(by_release.items()))
+    return (f"mixed engine versions: {parts}. hubops works on such a cluster (it speaks API "
+            f"{'.'.join(map(str, MIN_API))} to every engine), but upgrade the older nodes when you can: "
+            "Swarm features follow the oldest engine")
 
 
 def _api(v: str) -> tuple[int, int]:
@@ -39,6 +65,12 @@ def probe(clients: Clients, host: Host) -> dict:
             "Start the engine (for the local default: `dockerd`, or `bash .ci/ensure-docker`) "
             "or fix hosts[].url / tls in the parameter file."
         ) from e
+    release = engine_release(version.get("Version", ""))
+    if release is not None and release < MIN_ENGINE:
+        raise PreflightError(
+            f"host {host.name}: Docker {version['Version']} is older than {'.'.join(map(str, MIN_ENGINE))}, the "
+            f"oldest engine hubops is tested on (tested: {', '.join(TESTED)}); upgrade Docker on that host"
+        )
     if _api(version["ApiVersion"]) < MIN_API:
         raise PreflightError(
             f"host {host.name}: engine API {version['ApiVersion']} is older than "
@@ -47,6 +79,11 @@ def probe(clients: Clients, host: Host) -> dict:
     return {
         "engine": version["Version"],
         "api": version["ApiVersion"],
+        "min_api": version.get("MinAPIVersion"),
+        "containerd": next((c.get("Version") for c in version.get("Components") or []
+                            if c.get("Name") == "containerd"), None),
+        "storage_driver": info.get("Driver"),
+        "cgroup": f"v{info.get('CgroupVersion', '1')} ({info.get('CgroupDriver')})",
         "os": info.get("OperatingSystem"),
         "kernel": info.get("KernelVersion"),
         "arch": info.get("Architecture"),
@@ -66,6 +103,19 @@ def check(p: Loaded, clients: Clients) -> Result:
     for h, f in zip(hosts, facts):
         r.keep(f"host {h.name}", f"Docker {f['engine']} (API {f['api']}), {f['cpus']} CPUs, {f['memory_gib']} GiB")
         r.facts[h.name] = f
+    engines = {h.name: f for h, f in zip(hosts, facts)}
+    r.facts["engines"] = [{"host": h, "engine": f["engine"], "api": f["api"], "containerd": f["containerd"],
+                           "storage": f["storage_driver"], "cgroup": f["cgroup"]} for h, f in engines.items()]
+    warning = mixed_versions(engines)
+    if warning:
+        log.warning("%s", warning)
+        r.check("engine versions", f"WARNING: {warning}")
+        r.facts["warning"] = warning
+    else:
+        release = engine_release(facts[0]["engine"])
+        tested = release is not None and ".".join(map(str, release)) in TESTED
+        r.keep("engine versions", f"every host runs Docker {facts[0]['engine']}"
+               + ("" if tested else f" (not among the tested releases {', '.join(TESTED)})"))
     archs = {f["arch"] for f in facts}
     if len(archs) > 1:
         raise PreflightError(
