@@ -50,6 +50,22 @@ def _api(v: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def refuse_old(host: str, version: dict) -> None:
+    """Raise PreflightError naming `host` when its engine (`docker version`'s answer) is older than
+    the oldest one hubops is tested on."""
+    release = engine_release(version.get("Version", ""))
+    if release is not None and release < MIN_ENGINE:
+        raise PreflightError(
+            f"host {host}: Docker {version['Version']} is older than {'.'.join(map(str, MIN_ENGINE))}, the "
+            f"oldest engine hubops is tested on (tested: {', '.join(TESTED)}); upgrade Docker on that host"
+        )
+    if _api(version["ApiVersion"]) < MIN_API:
+        raise PreflightError(
+            f"host {host}: engine API {version['ApiVersion']} is older than "
+            f"{'.'.join(map(str, MIN_API))} (Docker 20.10); upgrade Docker on that host"
+        )
+
+
 def probe(clients: Clients, host: Host) -> dict:
     """Ask one engine who it is. Raises PreflightError naming the host and what to do."""
     try:
@@ -65,17 +81,7 @@ def probe(clients: Clients, host: Host) -> dict:
             "Start the engine (for the local default: `dockerd`, or `bash .ci/ensure-docker`) "
             "or fix hosts[].url / tls in the parameter file."
         ) from e
-    release = engine_release(version.get("Version", ""))
-    if release is not None and release < MIN_ENGINE:
-        raise PreflightError(
-            f"host {host.name}: Docker {version['Version']} is older than {'.'.join(map(str, MIN_ENGINE))}, the "
-            f"oldest engine hubops is tested on (tested: {', '.join(TESTED)}); upgrade Docker on that host"
-        )
-    if _api(version["ApiVersion"]) < MIN_API:
-        raise PreflightError(
-            f"host {host.name}: engine API {version['ApiVersion']} is older than "
-            f"{'.'.join(map(str, MIN_API))} (Docker 20.10); upgrade Docker on that host"
-        )
+    refuse_old(host.name, version)
     return {
         "engine": version["Version"],
         "api": version["ApiVersion"],
