@@ -18,7 +18,7 @@ import docker
 import docker.errors
 
 from . import hubconfig, images, labels as L, preflight, progress, swarm
-from .engine import Clients, docker_op
+from .engine import Clients, docker_op, mixed_versions
 from .errors import ConflictError, DockerOpError, HubopsError
 from .params import Loaded
 from .result import Result
@@ -159,6 +159,9 @@ def status(p: Loaded, clients: Clients) -> Result:
         r.check(f"node {_node_name(p, n)}", f"{spec.get('Role')}, {spec.get('Availability')}, {st.get('State')}")
     where = placements(p, c)
     r.facts["nodes"] = rows
+    mixed = mixed_versions({row["node"]: {"engine": row["engine"] or "?"} for row in rows})
+    r.facts["engine versions"] = (f"WARNING: {mixed}" if mixed else
+                                  f"every node runs Docker {rows[0]['engine']}" if rows else "no node")
     r.facts["services"] = where
     users = {}
     for row in where:
