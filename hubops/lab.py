@@ -668,6 +668,8 @@ def lab_up(
             f"--subnet (one that `ip route` does not cover, e.g. 10.77.0.0/24 or 10.78.0.0/24)")
 
     changes: list[str] = []
+    if rebuild:
+        _refuse_rebuild_in_use({n.engine for n in nodes}, state_root, run_root)
     # Before the lab is made: a tree that cannot be built leaves no lab behind.
     manifests = {key: lab_engines.ensure_rootfs(key, cache=cache_root, mirror=mirror, rebuild=rebuild, changes=changes)
                  for key in dict.fromkeys(n.engine for n in nodes)}
@@ -712,6 +714,20 @@ def lab_up(
     else:
         log.info("lab %s already up: no change", name)
     return info
+
+
+def _refuse_rebuild_in_use(keys: set[str], state_root: Path, run_root: Path) -> None:
+    """A cached tree is the lower layer of every running node on it: it is not replaced under them."""
+    busy = []
+    for d in sorted(Path(state_root).glob("*/lab.json")):
+        data = _read_state(d.parent) or {}
+        for n in data.get("nodes", []):
+            if n.get("engine", lab_engines.HOST) in keys - {lab_engines.HOST} and \
+                    _engine_pid(Path(run_root) / d.parent.name, n["name"]) is not None:
+                busy.append(f"{n['name']} (lab {d.parent.name}, Docker {n['engine']})")
+    if busy:
+        raise HubopsError(f"--rebuild: the root file system is in use by the running node(s) {', '.join(busy)}; "
+                          "stop those labs first (hubops lab down --name NAME), then rebuild")
 
 
 def _ensure_bridge(bridge: str, net: ipaddress.IPv4Network, changes: list[str]) -> None:
