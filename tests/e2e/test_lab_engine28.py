@@ -84,3 +84,13 @@ def test_a_users_server_runs_on_the_docker_28_worker_and_answers(cluster):
     assert el.answers(api, "alice")
     el.write_file(api, "alice", "on28.txt", "written on Docker 28")
     assert el.read_file(api, "alice", "on28.txt") == "written on Docker 28"
+
+
+def test_second_lab_up_changes_nothing_and_rebuild_waits_for_lab_down(cluster):
+    again = lab.lab_up(name=NAME, workers=1, subnet="10.65.28.0/24", overlay_subnet="10.165.28.0/24",
+                       params_out=cluster["params"].with_name("again.yaml"), engines="28")
+    assert [c for c in again.changes if "parameter file" not in c and "userlist" not in c] == []
+    assert [n.pid for n in again.nodes] == [n.pid for n in cluster["info"].nodes]
+    with pytest.raises(lab.HubopsError, match=rf"in use by the running node\(s\) {NAME}-manager"):
+        lab.lab_up(name=NAME, workers=1, subnet="10.65.28.0/24", overlay_subnet="10.165.28.0/24",
+                   params_out=cluster["params"].with_name("again.yaml"), engines="28", rebuild=True)
