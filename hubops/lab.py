@@ -1082,6 +1082,8 @@ def lab_down(
     for rule in _tagged_rules(name):
         _run(["iptables", "-w", "-D", *rule[1:]])
         changes.append(f"deleted iptables rule {' '.join(rule[1:])}")
+    if state.is_dir():
+        lab_engines.remove_trees([d for d in state.iterdir() if d.is_dir()])
     for d in (run, state):
         if d.exists():
             shutil.rmtree(d)

@@ -306,3 +306,21 @@ def daemon_config(key: str, state: Path, node: str) -> dict:
     if ENGINES[key].host:
         return {"deprecated-key-path": str(Path(state) / node / "key.json")}
     return {}
+
+
+def remove_trees(dirs: list[Path]) -> None:
+    """Delete the folders (the nodes' data roots, each with its images) side by side: on a file
+    system mounted with `discard` every unlink of a large file waits for the disk, and one
+    folder after the other took 30 s per node."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def rm(d: Path) -> None:
+        # Deepest first, in threads of their own: the big layer files of each image.
+        subs = [s for s in (d / "docker" / "overlay2").iterdir()] if (d / "docker" / "overlay2").is_dir() else []
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda s: shutil.rmtree(s, ignore_errors=True), subs))
+        shutil.rmtree(d, ignore_errors=True)
+
+    if dirs:
+        with ThreadPoolExecutor(max_workers=min(8, len(dirs))) as pool:
+            list(pool.map(rm, dirs))
