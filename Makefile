@@ -3,7 +3,7 @@ VENV   ?= .venv
 PARAMS ?= parameters/local.yaml
 PYTHON ?= python3
 
-.PHONY: deploy plan test engine install
+.PHONY: deploy plan test system engine install
 deploy: engine install  ## bring up JupyterHub on the parameters (default: a single-node Swarm here)
 	$(VENV)/bin/hubops deploy -p $(PARAMS)
 
@@ -14,11 +14,14 @@ test: engine install    ## unit, integration (real engine) and end-to-end tests
 	@bash scripts/ensure-test-tools.sh
 	$(VENV)/bin/pytest tests
 
-engine:
+system:                 ## python3 with venv, git, ip, iptables, curl: installed with apt-get when missing
+	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/ensure-system.sh
+
+engine: system
 	@bash scripts/ensure-docker.sh
 
 install: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | system
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'

@@ -26,10 +26,12 @@ import docker.types
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from hubops import images, lab, teardown  # noqa: E402
-from hubops.engine import Clients  # noqa: E402
-from hubops.params import load_params  # noqa: E402
-from hubops.verify import HubAPI  # noqa: E402
+from hubops.stages import images  # noqa: E402
+from hubops.lab import cluster as lab
+from hubops.ops import teardown
+from hubops.core.engine import Clients  # noqa: E402
+from hubops.core.params import load_params  # noqa: E402
+from hubops.hub.running import HubAPI  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -38,7 +40,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hubops.cli", *args], cwd=PROJECT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hubops.cli.main", *args], cwd=PROJECT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
 
 
@@ -166,7 +168,7 @@ def main() -> None:
                                           "machinery_s": round(s["duration_s"] - (s.get("cells_s") or 0), 2)}
                               for s in warm["stages"]}
         res["deploy_warm_in_stages_s"] = warm["duration_s"]
-        # The same no-change deploy with every stage starting its own kernel (hubops.kernels off).
+        # The same no-change deploy with every stage starting its own kernel (hubops.audit.kernels off).
         t0 = time.monotonic()
         r = cli("deploy", "-p", str(params), env={"HUBOPS_KERNELS_AHEAD": "0"})
         res["deploy_warm_no_prestart_s"] = round(time.monotonic() - t0, 1)

@@ -3,6 +3,7 @@
 # Debian/Ubuntu machines without systemd (CI, containers): installs docker.io and debootstrap
 # (the base image is bootstrapped with it when no registry answers), then starts dockerd.
 set -euo pipefail
+. "$(dirname "$0")/apt.sh"
 
 answers() { timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
@@ -13,10 +14,8 @@ else
     echo "No Docker engine answers and this is not root: start Docker (or run as root to let this script install it)." >&2
     exit 1
   fi
-  if ! command -v dockerd >/dev/null 2>&1; then
-    echo "installing docker.io ..."
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+  if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
+    apt_install "the Docker engine and its CLI" docker.io
   fi
   if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
     systemctl start docker
@@ -31,8 +30,6 @@ else
   echo "docker engine: $(docker version --format '{{.Server.Version}}') (started)"
 fi
 
-if ! command -v debootstrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing debootstrap (bootstraps the base image when no registry answers) ..."
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+if ! command -v debootstrap >/dev/null 2>&1 && can_apt; then
+  apt_install "bootstraps the base image when no registry answers" debootstrap
 fi

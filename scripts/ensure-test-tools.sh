@@ -2,11 +2,10 @@
 # What the tests need beyond the Docker engine: Debian's Chromium, driven headless by
 # Playwright (whose own browser download cannot work without internet access).
 set -euo pipefail
+. "$(dirname "$0")/apt.sh"
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing chromium (headless browser checks of the HTML report) ..."
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt_install "headless browser checks of the HTML report" chromium
   else
     echo "warning: /usr/bin/chromium is missing; the report's browser test will fail (apt-get install chromium)" >&2
   fi
@@ -14,10 +13,27 @@ fi
 # Pebble, Let's Encrypt's ACME test server: the tests issue real certificates from it (tls.mode acme).
 if [ ! -x /usr/bin/pebble ] || [ ! -x /usr/bin/pebble-challtestsrv ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing pebble (ACME test server for the acme e2e test) ..."
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble >/dev/null
+    apt_install "ACME test server for the acme e2e test" pebble
   else
     echo "warning: pebble is missing; the ACME e2e test will fail (apt-get install pebble)" >&2
+  fi
+fi
+# BIND 9: the authoritative DNS server of the DNS-01 test zone (RFC 2136 updates with TSIG).
+if ! command -v named >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing bind9 (DNS server for the DNS-01 test) ..."
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9 >/dev/null
+  else
+    echo "warning: named is missing; the DNS-01 test will fail (apt-get install bind9)" >&2
+  fi
+fi
+# Playwright's driver (a node binary inside the wheel) links libatomic.so.1, which a minimal Debian
+# lacks: without it every browser test fails with "Connection closed while reading from the driver".
+if ! "$(command -v ldconfig || echo /sbin/ldconfig)" -p 2>/dev/null | grep 'libatomic\.so\.1 ' >/dev/null; then
+  if can_apt; then
+    apt_install "Playwright's driver links libatomic.so.1" libatomic1
+  else
+    echo "warning: libatomic.so.1 is missing; Playwright cannot start (apt-get install libatomic1)" >&2
   fi
 fi

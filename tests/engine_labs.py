@@ -5,9 +5,9 @@ import json
 import time
 from pathlib import Path
 
-from hubops import lab
-from hubops.engine import Clients
-from hubops.verify import HubAPI
+from hubops.lab import cluster as lab
+from hubops.core.engine import Clients
+from hubops.hub.running import HubAPI
 
 
 def up(tmp: Path, name: str, *, subnet: str, overlay: str, engines: str, workers: int = 2,
@@ -32,7 +32,7 @@ def runs(outputs: Path) -> list[dict]:
 
 
 def stage_record(outputs: Path, run: dict, stage: str) -> dict:
-    from hubops.record import read_record
+    from hubops.core.record import read_record
 
     st = next(s for s in run["stages"] if s["name"] == stage)
     folder = next(f.parent for f in outputs.glob("*/run.json") if json.loads(f.read_text())["run_id"] == run["run_id"])

@@ -27,19 +27,75 @@ def make_params(tmp: Path, deployment: str, *, port: int, subnet: str, extra: st
     return f
 
 
-def fake_dockerspawner(monkeypatch) -> type:
-    """Install a stand-in `dockerspawner` module (the real one lives in the hub image) so that a
-    rendered jupyterhub_config.py, which subclasses SwarmSpawner, can be loaded here."""
-    import sys
-    import types
+def hub_spawner(cfg, name: str, db=None):
+    """The spawner JupyterHub makes for user `name`'s default server from the config `cfg` (the real
+    jupyterhub.user.User over a real ORM user, in `db` or a new in-memory database), as the hub does:
+    its class is cfg.JupyterHub.spawner_class, its state loaded from the database's spawner row."""
+    from jupyterhub import orm
+    from jupyterhub.objects import Hub
+    from jupyterhub.user import User
 
-    from traitlets.config import LoggingConfigurable
+    if db is None:
+        db = orm.new_session_factory("sqlite://")()
+    orm_user = db.query(orm.User).filter_by(name=name).first()
+    if orm_user is None:
+        orm_user = orm.User(name=name)
+        db.add(orm_user)
+        db.commit()
+    settings = {"spawner_class": cfg.JupyterHub.spawner_class, "config": cfg,
+                "hub": Hub(ip="127.0.0.1", port=8081, base_url="/hub/")}
+    return User(orm_user, settings=settings, db=db).spawners[""]
 
-    class SwarmSpawner(LoggingConfigurable):
-        pass
 
-    monkeypatch.setitem(sys.modules, "dockerspawner", types.SimpleNamespace(SwarmSpawner=SwarmSpawner))
-    return SwarmSpawner
+def hub_config(p, singleuser_image: str = "hubops-singleuser:abc"):
+    """The generated jupyterhub_config.py, executed as JupyterHub executes it (secrets and userlist
+    from files), into a traitlets Config."""
+    import os
+
+    from traitlets.config import Config
+
+    from hubops.hub import config as hubconfig
+
+    tmp = p.source.parent
+    secrets = tmp / "secrets"
+    secrets.mkdir(exist_ok=True)
+    for name in hubconfig.SECRET_FILES.values():
+        (secrets / name).write_text("ab" * 32 + "\n")
+    (tmp / "userlist-in-hub").write_text(p.userlist_text())
+    env = {"HUBOPS_SECRETS_DIR": str(secrets), "HUBOPS_USERLIST": str(tmp / "userlist-in-hub")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        cfg = Config()
+        exec(compile(hubconfig.render(p, singleuser_image=singleuser_image), "jupyterhub_config.py", "exec"),
+             {"get_config": lambda: cfg})
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return cfg
+
+
+def sleep_image_tar() -> bytes:
+    """An image's root filesystem (for `import_image_from_data`) with /bin/sleep and the libraries it
+    links, from this machine: a server that runs, and ignores SIGTERM as PID 1 (a container that
+    lingers for its stop grace period), for spawner tests without a registry or a build."""
+    import io
+    import subprocess
+    import tarfile
+
+    libs = [line.split("=>")[-1].split("(")[0].strip()
+            for line in subprocess.run(["ldd", "/bin/sleep"], capture_output=True, text=True, check=True).stdout.splitlines()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in ["/bin/sleep", *[lib for lib in libs if lib.startswith("/")]]:
+            data = Path(path).read_bytes()  # through symlinks: the file itself, under the linked name
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def hubops_cli(*args: str, outputs: Path):
@@ -49,7 +105,7 @@ def hubops_cli(*args: str, outputs: Path):
     import sys
 
     env = {**os.environ, "HUBOPS_OUTPUTS": str(outputs)}
-    return subprocess.run([sys.executable, "-m", "hubops.cli", *args], cwd=PROJECT, env=env,
+    return subprocess.run([sys.executable, "-m", "hubops.cli.main", *args], cwd=PROJECT, env=env,
                           capture_output=True, text=True, timeout=3600)
 
 
@@ -137,7 +193,7 @@ def stage_record(outputs: Path, run: dict, stage: str) -> dict:
     """The record a stage's notebook of `run` holds (what it changed and kept, its results)."""
     import json
 
-    from hubops.record import read_record
+    from hubops.core.record import read_record
 
     return read_record(json.loads((outputs / run["run_id"] / f"{stage}.ipynb").read_text()))
 

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlparse
 
 import requests
 
-from hubops import tls
+from hubops.core import certs
 
 
 def _free(port: int, host: str = "127.0.0.1") -> bool:
@@ -50,8 +50,10 @@ class Pebble:
 
     def __init__(self, workdir: Path, *, resolve_to: str = "127.0.0.1", http_port: int = 80,
                  acme_port: int | None = None, management_port: int | None = None,
-                 dns_port: int | None = None, challtest_management_port: int | None = None):
+                 dns_port: int | None = None, challtest_management_port: int | None = None,
+                 dns_server: str | None = None):
         self.dir = workdir
+        self.dns_server = dns_server  # HOST:PORT of a real DNS server Pebble resolves through (DNS-01)
         self.resolve_to = resolve_to
         self.http_port = http_port
 
@@ -79,8 +81,8 @@ class Pebble:
             if not _free(int(port), host):
                 raise RuntimeError(f"{addr} is taken: is another Pebble running? (ss -ltnp | grep {port})")
         self.dir.mkdir(parents=True, exist_ok=True)
-        ca, ca_key = tls.make_ca("pebble https test CA")
-        cert, key = tls.issue_server_cert(ca, ca_key, ["127.0.0.1", "localhost"], days=30)
+        ca, ca_key = certs.make_ca("pebble https test CA")
+        cert, key = certs.issue_server_cert(ca, ca_key, ["127.0.0.1", "localhost"], days=30)
         (self.dir / "https-cert.pem").write_bytes(cert)
         (self.dir / "https-key.pem").write_bytes(key)
         self.https_ca.write_bytes(ca)
@@ -102,7 +104,7 @@ class Pebble:
                # every order is validated for real (no reuse of an earlier authorization)
                "PEBBLE_AUTHZREUSE": "0"}
         self.procs.append(subprocess.Popen(
-            ["pebble", "-config", str(self.dir / "pebble-config.json"), "-dnsserver", self.DNS],
+            ["pebble", "-config", str(self.dir / "pebble-config.json"), "-dnsserver", self.dns_server or self.DNS],
             stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True))
         s = requests.Session()
         s.trust_env = False
@@ -251,3 +253,78 @@ class FakeGitHub:
                 return self._send(200, {"access_token": token, "token_type": "bearer", "scope": ""})
 
         return Handler
+
+
+class Bind:
+    """Debian's BIND 9 (`named`) as the authoritative server of one test zone that takes RFC 2136
+    dynamic updates signed with a TSIG key; `start()`, then `stop()`. Pebble resolves through it
+    (Pebble(dns_server=bind.address)) for real DNS-01 validation."""
+
+    def __init__(self, workdir: Path, *, zone: str = "dns01.test", port: int = 8253, host: str = "127.0.0.1",
+                 a_records: dict[str, str] | None = None, key_name: str = "hubops-test-key"):
+        self.dir, self.zone, self.port, self.host = workdir, zone.rstrip("."), port, host
+        self.a_records = a_records or {}
+        self.key_name = key_name
+        self.secret = base64.b64encode(secrets.token_bytes(32)).decode()
+        self.proc: subprocess.Popen | None = None
+        self.log = workdir / "named.log"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> "Bind":
+        if not shutil.which("named"):
+            raise RuntimeError("named is missing: apt-get install bind9 (scripts/ensure-test-tools.sh)")
+        if not _free(self.port, self.host):
+            raise RuntimeError(f"{self.address} is taken: choose another port")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        records = "".join(f"{name} 60 IN A {addr}\n" for name, addr in self.a_records.items())
+        (self.dir / "zone.db").write_text(
+            f"$ORIGIN {self.zone}.\n$TTL 60\n"
+            f"@ IN SOA ns1.{self.zone}. hostmaster.{self.zone}. 1 60 60 600 60\n"
+            f"@ IN NS ns1.{self.zone}.\nns1 IN A {self.host}\n{records}")
+        (self.dir / "named.conf").write_text(f"""
+options {{
+    directory "{self.dir}";
+    pid-file "{self.dir}/named.pid";
+    listen-on port {self.port} {{ {self.host}; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    notify no;
+}};
+key "{self.key_name}" {{ algorithm hmac-sha256; secret "{self.secret}"; }};
+zone "{self.zone}" {{
+    type primary;
+    file "{self.dir}/zone.db";
+    update-policy {{ grant {self.key_name} zonesub TXT; }};
+}};
+""")
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(["named", "-g", "-c", str(self.dir / "named.conf"), "-n", "1"],
+                                     stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while "running" not in self.log.read_text(errors="replace"):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"named did not start; see {self.log}:\n{self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        return self
+
+    def txt(self, name: str) -> set[str]:
+        """The TXT values the server serves for `name` now (asked with dnspython, as a resolver would)."""
+        import dns.message
+        import dns.query
+        import dns.rdatatype
+
+        resp = dns.query.udp(dns.message.make_query(name, dns.rdatatype.TXT), self.host, port=self.port, timeout=5)
+        return {b"".join(rd.strings).decode() for rr in resp.answer for rd in rr}
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

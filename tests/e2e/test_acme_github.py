@@ -30,12 +30,14 @@ import docker
 import pytest
 import requests
 
-from hubops import acme_tls, teardown, tls
-from hubops.engine import Clients
-from hubops.errors import TLSError
-from hubops.params import load_params
-from hubops.result import Result
-from hubops.verify import HubAPI
+from hubops.hub import running
+from hubops.stages import tls_acme as acme_tls, tls
+from hubops.ops import teardown
+from hubops.core.engine import Clients
+from hubops.core.errors import TLSError
+from hubops.core.params import load_params
+from hubops.core.result import Result
+from hubops.hub.running import HubAPI
 from tests.peers import FakeGitHub, Pebble
 from tests import helpers
 from tests.helpers import hubops_cli, runs, stage_record
@@ -204,7 +206,7 @@ def test_cold_deploy_issues_a_certificate_from_pebble(deployed):
 
 def test_hub_https_chains_to_pebble_root(deployed):
     p, root = deployed["p"], str(deployed["pebble"].root)
-    assert tls.trust_path(p) == str(deployed["pebble"].bundle)
+    assert running.trust_path(p) == str(deployed["pebble"].bundle)
     s = browser(deployed)  # Pebble's root alone, not the bundle with Pebble's HTTPS CA
     assert s.get(f"{p.hub_url}/hub/health", timeout=10).status_code == 200
     plain = requests.Session()

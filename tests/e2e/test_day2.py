@@ -27,11 +27,11 @@ import docker
 import pytest
 import requests
 
-from hubops import teardown
-from hubops.engine import Clients
-from hubops.params import load_params
-from hubops.record import read_record
-from hubops.verify import HubAPI
+from hubops.ops import teardown
+from hubops.core.engine import Clients
+from hubops.core.params import load_params
+from hubops.core.record import read_record
+from hubops.hub.running import HubAPI
 from tests.helpers import admin_session, hubops_cli, make_params
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
@@ -200,7 +200,7 @@ def test_backup_while_the_hub_runs(day2):
     assert m["jupyterhub_version"] == "5.5.4" and m["database"]["integrity"] == "ok"
     assert oct(folder.stat().st_mode & 0o777) == "0o700"
     # No secret of the deployment in the backup, in any form the redactor knows.
-    from hubops.redact import Redactor, known_secrets
+    from hubops.audit.redact import Redactor, known_secrets
 
     red = Redactor(known_secrets(p))
     for f in folder.iterdir():

@@ -4,7 +4,7 @@ One JupyterLab (port 8890) serves copies of two runbooks, and the tests in this 
 
 1. `90-verify`, unedited (its default parameters: `parameters/local.yaml`, the deployment `local`,
    used as it is when deployed, else deployed for the test and removed after): "Run All" from the Run menu; the spawn's progress bar
-   renders and ends "done", the final status table renders, every cell ran, no traceback;
+   renders and ends "done", the final status table renders (the record cell below it says it in one line), every cell ran, no traceback;
 2. `ops/teardown` on a scratch deployment `nb1` (swarm labels, its network, its auth configs and
    secrets), answered "No, plan only": every cell runs, the record is a plan, nothing is removed;
 3. the same, answered "Remove": "Run All" stops at the confirmation widget; nothing is removed while
@@ -241,8 +241,10 @@ def test_verify_runbook_runs_top_to_bottom_with_widgets(lab, browser, local_hub,
     expect(bar).to_contain_text("spawn a server for")
     expect(bar).to_contain_text("done in")
     expect(bar.locator(".progress-bar-success, .widget-progress .progress-bar-success")).to_have_count(1)
-    table = page.locator(".jp-Cell").last.locator("table.hubops-result")
+    # The result's table is in the cell that makes it; the record cell below says it in one line.
+    table = page.locator("table.hubops-result").last
     expect(table).to_be_visible()
+    expect(page.locator(".jp-Cell").last).to_contain_text("90-verify recorded:")
     expect(table).to_contain_text("server stopped, service removed, user deleted")
     text = page.locator(".jp-NotebookPanel").inner_text()
     assert "Traceback" not in text, text[-3000:]
@@ -283,7 +285,8 @@ def test_teardown_declined_changes_nothing(lab, browser, scratch, on_failure):
     got = wait_all_ran(page, 120)
     print(f"\ndeclined: every cell ran, prompts {got}")
     expect(ask).to_contain_text("declined at")
-    expect(page.locator(".jp-Cell").last.locator("table.hubops-result")).to_contain_text("would remove")
+    expect(page.locator("table.hubops-result").last).to_contain_text("would remove")
+    expect(page.locator(".jp-Cell").last).to_contain_text("teardown recorded:")
     assert labelled(client, SCRATCH) == before, "declining removed something"
     assert errors == [], errors
     page.close()
@@ -318,8 +321,9 @@ def test_teardown_waits_for_the_confirmation_widget(lab, browser, scratch, on_fa
     got = wait_all_ran(page, 120)
     print(f"teardown finished {time.monotonic() - t1:.1f} s after the click; prompts {got}")
     expect(ask).to_contain_text("confirmed at")
-    record = page.locator(".jp-Cell").last.locator("table.hubops-result")
+    record = page.locator("table.hubops-result").last  # the removal's result, above the record cell
     expect(record).to_contain_text("remove")
+    expect(page.locator(".jp-Cell").last).to_contain_text("teardown recorded: ")
     assert labelled(client, SCRATCH) == [], "teardown left objects after the click"
     text = page.locator(".jp-NotebookPanel").inner_text()
     assert "Traceback" not in text, text[-3000:]

@@ -37,10 +37,11 @@ import pytest
 import requests
 import yaml
 
-from hubops import lab, tls
-from hubops.engine import Clients
-from hubops.params import load_params
-from hubops.verify import HubAPI
+from hubops.lab import cluster as lab
+from hubops.stages import tls
+from hubops.core.engine import Clients
+from hubops.core.params import load_params
+from hubops.hub.running import HubAPI
 from tests import helpers
 from tests.helpers import hubops_cli, runs, stage_record
 from tests.peers import FakeGitHub, Pebble

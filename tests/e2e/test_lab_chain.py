@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from hubops import lab
-from hubops.engine import Clients
-from hubops.params import load_params
-from hubops.verify import HubAPI
+from hubops.lab import cluster as lab
+from hubops.core.engine import Clients
+from hubops.core.params import load_params
+from hubops.hub.running import HubAPI
 from tests.helpers import hubops_cli as cli
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]

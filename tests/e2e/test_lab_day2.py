@@ -34,11 +34,14 @@ import docker.errors
 import docker.types
 import pytest
 
-from hubops import hubconfig, images, lab, teardown
-from hubops.engine import Clients
-from hubops.params import load_params
-from hubops.record import read_record
-from hubops.verify import HubAPI
+from hubops.hub import config as hubconfig
+from hubops.stages import images
+from hubops.lab import cluster as lab
+from hubops.ops import teardown
+from hubops.core.engine import Clients
+from hubops.core.params import load_params
+from hubops.core.record import read_record
+from hubops.hub.running import HubAPI
 from tests.helpers import admin_session, hubops_cli
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
@@ -152,7 +155,7 @@ def hub_image(p, clients) -> str:
 
 def labelled(p, clients, *, with_images: bool) -> dict[str, list[str]]:
     """Every object labelled for the deployment, per node (Swarm objects under the manager)."""
-    sel = [f"hubops.managed=true", f"hubops.deployment={p.deployment}"]
+    sel = ["hubops.managed=true", f"hubops.deployment={p.deployment}"]
     out: dict[str, list[str]] = {}
     for h in p.hosts.all:
         c = clients[h.name]

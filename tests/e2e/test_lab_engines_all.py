@@ -23,11 +23,11 @@ import time
 
 import pytest
 
-from hubops import lab
-from hubops.engine import Clients
-from hubops.params import load_params
-from hubops.renew import served_certificate
-from hubops.verify import HubAPI
+from hubops.lab import cluster as lab
+from hubops.core.engine import Clients
+from hubops.core.params import load_params
+from hubops.ops.renew_tls import served_certificate
+from hubops.hub.running import HubAPI
 from tests import engine_labs as el
 from tests.helpers import admin_session
 from tests.helpers import hubops_cli as cli

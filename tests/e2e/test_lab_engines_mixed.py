@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from hubops import lab
-from hubops.engine import Clients
-from hubops.params import load_params
-from hubops.verify import HubAPI
+from hubops.lab import cluster as lab
+from hubops.core.engine import Clients
+from hubops.core.params import load_params
+from hubops.hub.running import HubAPI
 from tests import engine_labs as el
 from tests.helpers import hubops_cli as cli
 

@@ -31,10 +31,10 @@ import pytest
 import requests
 import yaml
 
-from hubops import lab
-from hubops.engine import Clients
-from hubops.params import load_params
-from hubops.verify import HubAPI
+from hubops.lab import cluster as lab
+from hubops.core.engine import Clients
+from hubops.core.params import load_params
+from hubops.hub.running import HubAPI
 from tests.helpers import PROJECT, hubops_cli as cli
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
@@ -240,7 +240,7 @@ def test_runner_killed_in_80_deploy_then_resume_finishes_without_duplicates(clus
     env = {**os.environ, "HUBOPS_OUTPUTS": str(outputs)}
     t0 = time.monotonic()
     log = open(cluster["tmp"] / "deploy-killed.log", "w")
-    runner = subprocess.Popen([sys.executable, "-m", "hubops.cli", "deploy", "-p", str(cluster["params"])],
+    runner = subprocess.Popen([sys.executable, "-m", "hubops.cli.main", "deploy", "-p", str(cluster["params"])],
                               cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     clients = Clients(p)
     kernels: list[int] = []

@@ -21,9 +21,9 @@ import docker
 import pytest
 import requests
 
-from hubops import teardown
-from hubops.engine import Clients
-from hubops.params import load_params
+from hubops.ops import teardown
+from hubops.core.engine import Clients
+from hubops.core.params import load_params
 from tests.helpers import deployment_secrets, hubops_cli, make_params, runs, secret_hits
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
@@ -129,14 +129,76 @@ def test_hub_serves_https_and_the_generated_password_logs_in(deployed):
     assert me.status_code == 200 and me.json()["name"] == "operator" and me.json()["admin"] is True
 
     # Day-2 runbooks warn users through the hub: a notice on their hub pages, for them only.
-    from hubops import nodes
+    from hubops.hub import running
 
     clients = Clients(p)
-    nodes.announce(p, clients, {"operator": "Maintenance notice 7f3a: your server moves"})
+    running.announce(p, clients, {"operator": "Maintenance notice 7f3a: your server moves"})
     assert "Maintenance notice 7f3a" in s.get(f"{p.hub_url}/hub/home", timeout=10).text
-    nodes.announce(p, clients, {"alice": "Maintenance notice 7f3a"})
+    running.announce(p, clients, {"alice": "Maintenance notice 7f3a"})
     assert "Maintenance notice 7f3a" not in s.get(f"{p.hub_url}/hub/home", timeout=10).text
-    nodes.announce(p, clients, {})
+    running.announce(p, clients, {})
+
+
+def openssl_connects(p, *args: str) -> tuple[bool, str]:
+    """Whether `openssl s_client` completes a handshake with the hub's proxy with these options."""
+    import subprocess
+
+    host, port = p.hub_url.split("://", 1)[1].rsplit(":", 1)
+    out = subprocess.run(["openssl", "s_client", "-connect", f"{host}:{port}", "-servername", p.hub.public_name,
+                          "-CAfile", str(p.operator_path / "ca.pem"), *args],
+                         input="", capture_output=True, text=True, timeout=30)
+    text = out.stdout + out.stderr
+    return out.returncode == 0 and "Cipher is (NONE)" not in text and "Verify return code: 0" in text, text
+
+
+def test_tls_only_1_2_and_up_with_aead_suites_and_hsts_on_hub_and_users_servers(deployed):
+    """The proxy refuses TLS 1.0/1.1 and CBC or SHA-1 suites on TLS 1.2; the hub's pages and a
+    user's server send Strict-Transport-Security (checked with openssl s_client and requests)."""
+    from hubops.hub import running
+
+    p = deployed["p"]
+    for proto in ("-tls1", "-tls1_1"):
+        ok, text = openssl_connects(p, proto, "-cipher", "DEFAULT@SECLEVEL=0")
+        assert not ok, f"{proto} was accepted:\n{text[-800:]}"
+    for cbc in ("ECDHE-RSA-AES128-SHA", "ECDHE-ECDSA-AES128-SHA", "ECDHE-RSA-AES256-SHA384", "AES128-GCM-SHA256"):
+        ok, text = openssl_connects(p, "-tls1_2", "-cipher", cbc)
+        assert not ok, f"TLS 1.2 with {cbc} was accepted:\n{text[-800:]}"
+    ok, text = openssl_connects(p, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256")
+    assert ok, f"TLS 1.2 with an AEAD suite was refused:\n{text[-800:]}"
+    ok, text = openssl_connects(p, "-tls1_3")
+    assert ok, f"TLS 1.3 was refused:\n{text[-800:]}"
+
+    api = running.HubAPI(p)
+    hub_page = api.s.get(f"{api.base}/hub/login", timeout=10)
+    assert hub_page.headers.get("Strict-Transport-Security", "").startswith("max-age="), dict(hub_page.headers)
+    api.request("POST", "/hub/api/users/alice/server", ok=(201, 202), timeout=running.SPAWN_REQUEST_TIMEOUT)
+    try:
+        api.wait_server("alice", ready=True, timeout=180)
+        user = api.request("GET", "/user/alice/api/status")
+        assert user.headers.get("Strict-Transport-Security", "").startswith("max-age="), dict(user.headers)
+    finally:
+        api.request("DELETE", "/hub/api/users/alice/server", ok=(202, 204))
+        api.wait_server("alice", ready=False, timeout=120)
+
+
+def test_announce_shows_a_notice_until_cleared(deployed):
+    """`hubops ops announce` puts a message on every user's hub pages; clear takes it down."""
+    from tests.helpers import admin_session
+
+    p, params, outputs = deployed["p"], str(deployed["params"]), deployed["outputs"]
+    s = admin_session(p)
+    shown = hubops_cli("ops", "announce", "-p", params, "--set", "message=Maintenance Saturday 9b1e",
+                       "--set", "hours=2", outputs=outputs)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "Maintenance Saturday 9b1e" in s.get(f"{p.hub_url}/hub/home", timeout=10).text
+    again = hubops_cli("ops", "announce", "-p", params, "--set", "message=Maintenance Saturday 9b1e",
+                       "--set", "hours=2", outputs=outputs)
+    assert again.returncode == 0 and "same text" in again.stdout + again.stderr
+    cleared = hubops_cli("ops", "announce", "-p", params, "--set", "clear=true", outputs=outputs)
+    assert cleared.returncode == 0, cleared.stderr[-2000:]
+    assert "Maintenance Saturday 9b1e" not in s.get(f"{p.hub_url}/hub/home", timeout=10).text
+    bad = hubops_cli("ops", "announce", "-p", params, "--set", "message=x", "--set", "users=nobody", outputs=outputs)
+    assert bad.returncode != 0 and "nobody not in the userlist" in bad.stdout + bad.stderr
 
 
 def test_second_deploy_changes_nothing_and_the_hub_keeps_serving(deployed):

@@ -1,4 +1,4 @@
-"""hubops.images against the real engine: base image, hub and single-user builds, delivery.
+"""hubops.stages.images against the real engine: base image, hub and single-user builds, delivery.
 
 Images are content-addressed and kept between runs (a second run must be all "keep"), so
 these tests do not remove what they build; `hubops teardown --remove-images` does.
@@ -14,7 +14,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from hubops import images as im
+from hubops.stages import images as im
 
 pytestmark = pytest.mark.engine
 

@@ -17,9 +17,9 @@ import docker
 import pytest
 import requests
 
-from hubops import lab as lab_mod
-from hubops.errors import HubopsError, PreflightError
-from hubops.lab import (
+from hubops.lab import cluster as lab_mod
+from hubops.core.errors import HubopsError, PreflightError
+from hubops.lab.cluster import (
     RUN_ROOT,
     STATE_ROOT,
     lab_down,
@@ -28,7 +28,7 @@ from hubops.lab import (
     overlaps,
     params_text,
 )
-from hubops.params import load_params
+from hubops.core.params import load_params
 
 pytestmark = pytest.mark.engine
 
@@ -214,7 +214,7 @@ def test_params_file_loads_and_names_the_lab(lab):
 
 
 def test_hubops_engine_clients_reach_the_lab(lab, monkeypatch):
-    from hubops.engine import client_for
+    from hubops.core.engine import client_for
 
     # A machine-wide CA bundle variable must not replace the lab's CA (it did once).
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
@@ -236,7 +236,7 @@ def test_status_renders(lab):
 def test_params_text_is_stable():
     import ipaddress
 
-    from hubops.lab import _plan
+    from hubops.lab.cluster import _plan
 
     nodes = _plan("x", 1, 1, ipaddress.ip_network("10.77.0.0/24"))
     a = params_text("x", nodes, state=Path("/s"), run=Path("/r"), overlay_subnet="10.240.0.0/24", userlist="x.userlist")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hubops import lab, lab_engines
-from hubops.errors import HubopsError
+from hubops.lab import cluster as lab
+from hubops.lab import engines as lab_engines
+from hubops.core.errors import HubopsError
 
 pytestmark = pytest.mark.engine
 DEAD_MIRROR = "http://127.0.0.1:9/debian"  # nothing listens on port 9 of loopback

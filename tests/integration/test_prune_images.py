@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from hubops import images, lab
-from hubops.engine import Clients
-from hubops.params import load_params
+from hubops.ops import prune_images
+from hubops.lab import cluster as lab
+from hubops.core.engine import Clients
+from hubops.core.params import load_params
 
 pytestmark = pytest.mark.engine
 
@@ -88,7 +89,7 @@ def cluster(tmp_path_factory):
 
 def test_a_plan_removes_nothing_and_names_what_would_go(cluster):
     c = cluster
-    plan = images.prune_images(c["p"], c["clients"], keep=1, dry_run=True)
+    plan = prune_images.prune_images(c["p"], c["clients"], keep=1, dry_run=True)
     gone = sorted(ch.target for ch in plan.changes)
     assert gone == sorted([
         f"image hubops-hub:v1 on {c['p'].hosts.managers[0].name}",
@@ -103,7 +104,7 @@ def test_a_plan_removes_nothing_and_names_what_would_go(cluster):
 def test_prune_keeps_what_is_used_the_newest_and_what_is_not_hubops(cluster):
     c = cluster
     m, w, hub, su, ids = c["m"], c["w"], c["hub"], c["su"], c["ids"]
-    images.prune_images(c["p"], c["clients"], keep=1)
+    prune_images.prune_images(c["p"], c["clients"], keep=1)
     # manager: v4 newest kept, v2 used by a service, v1 and v3 gone
     assert [_has(m, hub[n]) for n in (1, 2, 3, 4)] == [False, True, False, True]
     assert [_has(m, su[n]) for n in (1, 2)] == [False, True]
@@ -111,14 +112,14 @@ def test_prune_keeps_what_is_used_the_newest_and_what_is_not_hubops(cluster):
     assert _has(m, ids["m"]["other"]) and _has(m, ids["m"]["otherkind"])
     # worker: v3 has a container made from it, v4 is the newest other; v1 gone
     assert [_has(w, ids["w"][n]) for n in (1, 3, 4)] == [False, True, True]
-    again = images.prune_images(c["p"], c["clients"], keep=1)
+    again = prune_images.prune_images(c["p"], c["clients"], keep=1)
     assert again.changes == [], "a second prune removes nothing"
 
 
 def test_keep_zero_leaves_only_what_is_in_use(cluster):
     c = cluster
     m, w, hub, ids = c["m"], c["w"], c["hub"], c["ids"]
-    images.prune_images(c["p"], c["clients"], keep=0)
+    prune_images.prune_images(c["p"], c["clients"], keep=0)
     assert [_has(m, hub[n]) for n in (2, 4)] == [True, False]
     assert [_has(w, ids["w"][n]) for n in (3, 4)] == [True, False]
     assert _has(m, ids["m"]["other"]) and _has(m, ids["m"]["otherkind"])

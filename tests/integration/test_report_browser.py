@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import nbformat
 import pytest
 
-from hubops import runner
+from hubops.audit import runner
 from tests.helpers import screenshot_path
 
 PROJECT = Path(__file__).resolve().parents[2]

@@ -5,11 +5,14 @@ from __future__ import annotations
 import docker
 import pytest
 
-from hubops import auth, network, secrets, storage, swarm, teardown, tls
-from hubops.engine import Clients
-from hubops.errors import ConflictError, ParameterError, TLSError
-from hubops.params import load_params
-from hubops.result import Result
+from hubops.core import certs
+from hubops.stages import auth, network, storage, swarm, tls
+from hubops.core import secrets
+from hubops.ops import teardown
+from hubops.core.engine import Clients
+from hubops.core.errors import ConflictError, ParameterError, TLSError
+from hubops.core.params import load_params
+from hubops.core.result import Result
 
 pytestmark = pytest.mark.engine
 
@@ -109,9 +112,9 @@ def test_tls_self_signed_is_issued_once(deployment, docker_client):
 
 def test_tls_files_mode_refuses_mismatched_key_before_any_change(deployment, docker_client, params_factory, tmp_path):
     p, clients = deployment
-    ca, ca_key = tls.make_ca("test CA")
-    cert, _ = tls.issue_server_cert(ca, ca_key, ["localhost"])
-    _, other_key = tls.issue_server_cert(ca, ca_key, ["localhost"])
+    ca, ca_key = certs.make_ca("test CA")
+    cert, _ = certs.issue_server_cert(ca, ca_key, ["localhost"])
+    _, other_key = certs.issue_server_cert(ca, ca_key, ["localhost"])
     (tmp_path / "cert.pem").write_bytes(cert)
     (tmp_path / "key.pem").write_bytes(other_key)
     q = load_params(params_factory("itest5", subnet="10.236.0.0/24", port=8449,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hubops import cli
+from hubops.cli import main as cli
 
 PROJECT = Path(__file__).resolve().parents[2]
 FILES = sorted((PROJECT / "tests/data/bad-params").glob("*.yaml"))
@@ -39,6 +39,6 @@ def _no_engine(*args, **kwargs):
 
 
 def test_the_command_line_exits_2(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "hubops.cli", "check", "-p", str(FILES[0])], cwd=PROJECT,
+    r = subprocess.run([sys.executable, "-m", "hubops.cli.main", "check", "-p", str(FILES[0])], cwd=PROJECT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and str(FILES[0]) in " ".join(r.stderr.split())

@@ -1,26 +1,21 @@
-"""Day-2 operations without an engine: parameters, the hub configuration they produce (users'
-homes, idle culler) loaded into a traitlets Config, the spawner subclass's behaviour against a
-stand-in SwarmSpawner, backup checking (corrupt and partial backups refused), upgrade planning
-and diagnose's failure signatures."""
+"""Day-2 operations without an engine: parameters, the hub configuration they produce (idle
+culler) loaded into a traitlets Config (users' homes and the spawner's behaviour are in
+test_spawner.py, against the real dockerspawner), backup checking (corrupt and partial backups
+refused), upgrade planning and diagnose's failure signatures."""
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import sqlite3
 import sys
-import textwrap
-import types
 from pathlib import Path
+from hubops.core.paths import PROJECT as PROJECT_ROOT
 
-import docker.types
 import pytest
-from traitlets import Dict, Unicode
-from traitlets.config import Config, LoggingConfigurable
+from traitlets.config import Config
 
-from hubops import backup, deploy, diagnose, hubconfig, upgrade
-from hubops.errors import BackupError, HubopsError, ParameterError
-from hubops.params import load_params
+from hubops.ops import backup, diagnose, upgrade
+from hubops.hub import config as hubconfig
+from hubops.core.errors import BackupError, HubopsError, ParameterError
+from hubops.core.params import load_params
 from tests.helpers import make_params
 
 
@@ -52,7 +47,7 @@ def test_bad_day2_parameters_are_refused_with_the_key(tmp_path, extra, message):
 
 
 def test_backup_dir_under_outputs_is_refused(tmp_path):
-    from hubops.runner import OUTPUTS
+    from hubops.audit.runner import OUTPUTS
 
     p = params(tmp_path, f"backup: {{dir: {OUTPUTS / 'backups'}}}")
     with pytest.raises(ParameterError, match="backup.dir: .* is under"):
@@ -67,69 +62,6 @@ SECRETS = {"hubops-cookie-secret": "ab" * 32, "hubops-proxy-token": "proxy-token
            "hubops-user-password": "user-password-value", "hubops-admin-password": "admin-password-value-32"}
 
 
-class FakeUser:
-    def __init__(self, name):
-        self.name = name
-
-
-class SwarmSpawner(LoggingConfigurable):  # named as dockerspawner names it: config sections go by class name
-    """What the subclass uses of dockerspawner's SwarmSpawner (not installed here)."""
-
-    extra_placement_spec = Dict(config=True)
-    image = Unicode(config=True)
-    network_name = Unicode(config=True)
-    tasks: list = []
-    http_timeout = 0.3
-    address = None  # where start() says the server is; None: a name that does not resolve here
-
-    def __init__(self, user, **kw):
-        super().__init__(**kw)
-        self.user = user
-        self.escaped_name = user.name
-        self.object_id = None
-        self.started_with: list = []
-
-    def load_state(self, state):
-        self.object_id = state.get("object_id")
-
-    def get_state(self):
-        return {"object_id": self.object_id} if self.object_id else {}
-
-    def clear_state(self):
-        self.object_id = None
-
-    async def start(self):
-        self.started_with.append(dict(self.extra_placement_spec))
-        self.object_id = "svc1"
-        return self.address or ("hubops-day2u-user-" + self.user.name, 8888)
-
-    @property
-    def mounts(self):
-        return []
-
-    async def get_task(self):
-        return {"NodeID": "node-abc"}
-
-    @property
-    def object_name(self):
-        return "hubops-day2u-user-" + self.user.name
-
-    async def stop(self, now=False):
-        self.tasks = [{"ServiceID": self.object_id, "Status": {"State": s}} for s in ("running", "running", "complete")]
-
-    nodes = {"node-abc", "w1"}
-
-    async def docker(self, method, *args, **kw):
-        if method == "inspect_node":
-            if args[0] not in self.nodes:
-                import docker.errors
-
-                raise docker.errors.NotFound(f"node {args[0]} not found")
-            return {"ID": args[0]}
-        assert method == "tasks" and kw == {"filters": {"name": self.object_name}}
-        return [self.tasks.pop(0)] if self.tasks else []
-
-
 def load_config(p, tmp_path, monkeypatch) -> Config:
     d = tmp_path / "secrets"
     d.mkdir(exist_ok=True)
@@ -138,19 +70,12 @@ def load_config(p, tmp_path, monkeypatch) -> Config:
     (tmp_path / "userlist-in-hub").write_text(p.userlist_text())
     monkeypatch.setenv("HUBOPS_SECRETS_DIR", str(d))
     monkeypatch.setenv("HUBOPS_USERLIST", str(tmp_path / "userlist-in-hub"))
-    monkeypatch.setitem(sys.modules, "dockerspawner", types.SimpleNamespace(SwarmSpawner=SwarmSpawner))
     src = hubconfig.render(p, singleuser_image="hubops-singleuser:abc")
     for v in SECRETS.values():
         assert v not in src
     cfg = Config()
     exec(compile(src, "jupyterhub_config.py", "exec"), {"get_config": lambda: cfg})
     return cfg
-
-
-def spawner(cfg: Config, name: str):
-    cls = cfg.JupyterHub.spawner_class
-    assert isinstance(cls, type) and issubclass(cls, SwarmSpawner)
-    return cls(FakeUser(name), config=cfg)
 
 
 def test_culler_is_a_hub_service_with_the_least_scopes(tmp_path, monkeypatch):
@@ -164,162 +89,12 @@ def test_culler_is_a_hub_service_with_the_least_scopes(tmp_path, monkeypatch):
     assert role["services"] == ["idle-culler"]
     assert sorted(role["scopes"]) == sorted(["list:users", "read:users:activity", "read:servers", "delete:servers"])
     assert "admin:users" not in role["scopes"] and "admin:servers" not in role["scopes"]
-    assert "jupyterhub-idle-culler==" in (Path(hubconfig.__file__).parent.parent / "images/hub/requirements.txt").read_text()
+    assert "jupyterhub-idle-culler==" in (PROJECT_ROOT / "images/hub/requirements.txt").read_text()
 
 
 def test_culler_disabled(tmp_path, monkeypatch):
     cfg = load_config(params(tmp_path, "culler: {enabled: false}"), tmp_path, monkeypatch)
     assert [s["name"] for s in cfg.JupyterHub.services] == ["hubops"]
-
-
-def test_no_storage_still_uses_hubops_spawner_without_mounts(tmp_path, monkeypatch):
-    cfg = load_config(params(tmp_path), tmp_path, monkeypatch)
-    s = spawner(cfg, "alice")
-    assert s.mounts == []
-
-
-def test_a_new_service_s_task_is_asked_for_again_soon(tmp_path, monkeypatch):
-    """SwarmSpawner sleeps 1 s when a new service has no task yet; hubops's spawner asks again
-    every 0.05 s while it creates the service, and only then."""
-    import asyncio
-    import time
-
-    cfg = load_config(params(tmp_path), tmp_path, monkeypatch)
-    s = spawner(cfg, "alice")
-    calls = []
-
-    async def fake_docker(self, method, *args, **kw):
-        calls.append(method)
-        return [{"ID": "t1"}] if len(calls) >= 3 else []
-
-    monkeypatch.setattr(SwarmSpawner, "docker", fake_docker)
-
-    async def create_like_swarmspawner(self):  # what dockerspawner's create_object does
-        tasks = await self.docker("tasks", filters={"service": "x"})
-        return tasks
-
-    monkeypatch.setattr(SwarmSpawner, "create_object", create_like_swarmspawner, raising=False)
-    t0 = time.monotonic()
-    assert asyncio.run(s.create_object()) == [{"ID": "t1"}]
-    assert calls == ["tasks"] * 3 and time.monotonic() - t0 < 0.5
-    calls.clear()
-    assert asyncio.run(s.docker("tasks", filters={"service": "x"})) == []  # not creating: one call, no wait
-    assert calls == ["tasks"]
-
-
-def test_start_returns_once_the_server_answers(tmp_path, monkeypatch):
-    """The spawner's own close check: start() returns as soon as the server answers HTTP."""
-    import asyncio
-    import http.server
-    import socket
-    import threading
-    import time
-
-    cfg = load_config(params(tmp_path), tmp_path, monkeypatch)
-    s = spawner(cfg, "alice")
-    s.http_timeout = 10
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    s.address = ("127.0.0.1", port)
-    server = http.server.HTTPServer
-    httpd = []
-
-    def late():  # the server starts listening 0.6 s after the spawn began
-        time.sleep(0.6)
-        httpd.append(server(("127.0.0.1", port), http.server.SimpleHTTPRequestHandler))
-        httpd[0].serve_forever()
-
-    threading.Thread(target=late, daemon=True).start()
-    t0 = time.monotonic()
-    assert asyncio.run(s.start()) == ("127.0.0.1", port)
-    took = time.monotonic() - t0
-    httpd[0].shutdown()
-    assert 0.6 <= took < 1.5, took
-
-
-def test_shared_path_home_is_a_bind_mount_created_with_its_owner(tmp_path, monkeypatch):
-    users = tmp_path / "users"
-    users.mkdir()
-    uid, gid = (1000, 100) if os.geteuid() == 0 else (os.getuid(), os.getgid())
-    p = params(tmp_path, f"storage: {{users: {{mode: shared-path, path: {users}, uid: {uid}, gid: {gid}}}}}")
-    cfg = load_config(p, tmp_path, monkeypatch)
-    assert cfg.SwarmSpawner.image == "hubops-singleuser:abc"  # SwarmSpawner's settings reach the subclass
-    s = spawner(cfg, "alice")
-    assert s.image == "hubops-singleuser:abc"
-    [m] = s.mounts
-    assert m == docker.types.Mount("/home/jovyan", f"{users}/alice", type="bind")
-    asyncio.run(s.start())
-    st = (users / "alice").stat()
-    assert (st.st_uid, st.st_gid) == (uid, gid) and oct(st.st_mode & 0o777) == "0o700"
-    # The hub's own service mounts the shared path at the same place, to create homes there.
-    spec = deploy.service_spec(p, hub_image="h:1", secret_refs=[], config_refs=[])
-    mounts = spec["task_template"]["ContainerSpec"]["Mounts"]
-    assert {"Target": str(users), "Source": str(users), "Type": "bind", "ReadOnly": False} in mounts
-
-
-def test_shared_path_missing_says_what_to_do(tmp_path, monkeypatch):
-    p = params(tmp_path, f"storage: {{users: {{mode: shared-path, path: {tmp_path / 'not-mounted'}}}}}")
-    s = spawner(load_config(p, tmp_path, monkeypatch), "bob")
-    with pytest.raises(RuntimeError, match="Is .*not-mounted mounted on the hub's node"):
-        asyncio.run(s.start())
-
-
-def test_node_local_home_pins_later_servers_to_its_node(tmp_path, monkeypatch):
-    p = params(tmp_path, "storage: {users: {mode: node-local}}")
-    cfg = load_config(p, tmp_path, monkeypatch)
-    s = spawner(cfg, "alice")
-    [m] = s.mounts
-    assert m["Type"] == "volume" and m["Source"] == "hubops-day2u-home-alice" and m["Target"] == "/home/jovyan"
-    labels = m["VolumeOptions"]["Labels"]
-    assert labels["hubops.deployment"] == "day2u" and labels["hubops.role"] == "user-home" and labels["hubops.user"] == "alice"
-    # First server: anywhere Swarm likes; the node it landed on is remembered in the spawner state.
-    asyncio.run(s.start())
-    assert s.started_with[0]["constraints"] == []
-    state = s.get_state()
-    assert state["home_node"] == "node-abc"
-    s.clear_state()  # the server stops: the home's node stays in the state
-    assert s.get_state() == {"home_node": "node-abc"}
-    # The hub restarts: a new spawner object loads the state; its next server goes to that node.
-    again = spawner(cfg, "alice")
-    again.load_state(json.loads(json.dumps(state)))
-    asyncio.run(again.start())
-    assert again.started_with[0]["constraints"] == ["node.id==node-abc"]
-    asyncio.run(again.start())  # twice: the constraint is not added again
-    assert again.started_with[1]["constraints"] == ["node.id==node-abc"]
-
-
-def test_node_local_keeps_the_workers_constraint(tmp_path, monkeypatch):
-    f = tmp_path / "multi.yaml"
-    (tmp_path / "userlist").write_text("operator admin\n")
-    f.write_text(textwrap.dedent("""
-        deployment: day2m
-        hosts:
-          managers: [{name: m, url: "ssh://a@m", advertise_addr: 10.0.0.1}]
-          workers: [{name: w, url: "ssh://a@w", advertise_addr: 10.0.0.2}]
-        auth: {mode: shared-password, userlist: userlist}
-        storage: {users: {mode: node-local}}
-    """))
-    s = spawner(load_config(load_params(f), tmp_path, monkeypatch), "alice")
-    s.home_node = "w1"
-    asyncio.run(s.start())
-    assert s.started_with[0]["constraints"] == ["node.role==worker", "node.id==w1"]
-
-
-def test_volume_driver_home_per_user_with_options(tmp_path, monkeypatch):
-    p = params(tmp_path, """
-        storage:
-          users:
-            mode: volume-driver
-            driver: local
-            driver_opts: {type: nfs, o: "addr=10.0.0.5,rw", device: ":/export/homes/{username}"}
-    """)
-    s = spawner(load_config(p, tmp_path, monkeypatch), "alice")
-    [m] = s.mounts
-    assert m["Source"] == "hubops-day2u-home-alice"
-    assert m["VolumeOptions"]["DriverConfig"] == {
-        "Name": "local", "Options": {"type": "nfs", "o": "addr=10.0.0.5,rw", "device": ":/export/homes/alice"}}
 
 
 # -- backups -----------------------------------------------------------------------------------
@@ -417,7 +192,7 @@ def test_latest_is_the_newest_finished_backup(tmp_path, saved):
 
 
 def test_backups_are_not_read_as_secrets_for_redaction(tmp_path):
-    from hubops.redact import known_secrets
+    from hubops.audit.redact import known_secrets
 
     p = params(tmp_path)
     (p.operator_path / "backups" / "x").mkdir(parents=True)
@@ -443,9 +218,9 @@ def test_a_rolled_back_upgrade_is_told_apart_by_its_record(tmp_path, verdict, ro
     """`hubops ops upgrade` exits 3 (cli.ROLLED_BACK) when the record's verdict is "rolled back"."""
     import nbformat
 
-    from hubops import cli
-    from hubops.record import record
-    from hubops.result import Result
+    from hubops.cli import main as cli
+    from hubops.core.record import record
+    from hubops.core.result import Result
 
     up = Result("upgrade")
     up.facts["verdict"] = verdict
@@ -476,23 +251,8 @@ def test_a_healthy_hub_log_matches_no_signature():
     healthy = """[I 2026-11-26 05:29:01.123 JupyterHub app:3354] Running JupyterHub version 5.5.4
 [I 2026-11-26 05:29:01.200 alembic.runtime.migration migration:207] Context impl SQLiteImpl.
 [I 2026-11-26 05:29:01.201 alembic.runtime.migration migration:210] Will assume non-transactional DDL.
-[I 2026-11-26 05:29:01.300 JupyterHub app:2900] Using Spawner: __main__.HubopsSpawner
+[I 2026-11-26 05:29:01.300 JupyterHub app:2900] Using Spawner: hubops.inhub.spawner.HubopsSpawner
 [I 2026-11-26 05:29:02.000 JupyterHub service:385] Starting managed service idle-culler
 [I 2026-11-26 05:29:02.100 JupyterHub app:3600] JupyterHub is now running at https://:8000/
 [I 2026-11-26 05:29:09.000 JupyterHub log:192] 200 GET /hub/health (@127.0.0.1) 1.20ms"""
     assert diagnose.match(("hub log", ln) for ln in healthy.splitlines()) == []
-
-
-def test_stop_waits_until_the_old_container_is_gone(tmp_path, monkeypatch):
-    s = spawner(load_config(params(tmp_path, "storage: {users: {mode: node-local}}"), tmp_path, monkeypatch), "alice")
-    asyncio.run(s.start())
-    asyncio.run(s.stop())
-    assert s.tasks == [], "polled the removed service's tasks until none was live"
-
-
-def test_node_local_pin_to_a_node_that_left_the_swarm_is_dropped(tmp_path, monkeypatch):
-    s = spawner(load_config(params(tmp_path, "storage: {users: {mode: node-local}}"), tmp_path, monkeypatch), "alice")
-    s.load_state({"home_node": "gone-node"})  # e.g. a database restored onto another cluster
-    asyncio.run(s.start())
-    assert s.started_with[0]["constraints"] == []  # anywhere, instead of "no suitable node" forever
-    assert s.get_state()["home_node"] == "node-abc"

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from hubops import deploy, lab
-from hubops.errors import ParameterError
-from hubops.params import load_params
-from hubops.record import stopped_stage
-from hubops.storage import describe_hub
+from hubops.stages import deploy
+from hubops.lab import cluster as lab
+from hubops.core.errors import ParameterError
+from hubops.core.params import load_params
+from hubops.core.record import stopped_stage
+from hubops.stages.storage import describe_hub
 from tests.helpers import make_params
 
 THREE_MANAGERS = """
@@ -120,69 +121,8 @@ def test_a_run_whose_runner_is_gone_is_reported_stopped_in_its_stage():
     assert stopped_stage({k: v for k, v in m.items() if k != "runner_pid"}) is None  # older record
 
 
-def test_a_swarm_without_leader_does_not_make_the_hub_drop_running_servers(tmp_path, monkeypatch):
-    """SwarmSpawner takes Docker's HTTP 500 for a service "on an unhealthy node" and polls it as stopped;
-    when that 500 says the swarm has no leader, hubops's spawner says the server still runs."""
-    import asyncio
-    import sys
-    import types
-
-    import docker.errors
-    import requests
-    from traitlets.config import Config, LoggingConfigurable
-
-    from hubops import hubconfig
-
-    def api_error(code: int, text: str) -> docker.errors.APIError:
-        resp = requests.Response()
-        resp.status_code = code
-        return docker.errors.APIError(text, response=resp, explanation=text)
-
-    class SwarmSpawner(LoggingConfigurable):  # dockerspawner's get_object and poll, as they decide
-        object_type, object_id_key, object_name = "service", "ID", "hubops-faults-user-alice"
-        answer: Exception | dict = {}
-
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            self.user = types.SimpleNamespace(name="alice")
-
-        async def docker(self, method, *args, **kw):
-            if isinstance(self.answer, Exception):
-                raise self.answer
-            return self.answer
-
-        async def get_object(self):
-            try:
-                return await self.docker("inspect_service", self.object_name)
-            except docker.errors.APIError as e:
-                if e.response.status_code in (404, 500):
-                    return None
-                raise
-
-        async def poll(self):
-            return None if await self.get_object() else 0
-
-    monkeypatch.setitem(sys.modules, "dockerspawner", types.SimpleNamespace(SwarmSpawner=SwarmSpawner))
-    p = load_params(make_params(tmp_path, "faults", port=8490, subnet="10.246.0.0/24"))
-    cfg = Config()
-    ns = {"c": cfg, "HOME": {"mode": "none"}}  # the spawner's part of jupyterhub_config.py, alone
-    src = hubconfig.render(p, singleuser_image="hubops-singleuser:abc")
-    end = "c.JupyterHub.spawner_class = HubopsSpawner\n"
-    exec(compile(src[src.index("from docker.types"):src.index(end) + len(end)], "jupyterhub_config.py", "exec"), ns)
-    s = ns["HubopsSpawner"](config=cfg)
-    s.answer = api_error(500, "rpc error: code = Unknown desc = The swarm does not have a leader. It's possible "
-                              "that too few managers are online.")
-    assert asyncio.run(s.poll()) is None  # still running, as far as anyone can tell
-    s.answer = api_error(500, "node is unhealthy")
-    assert asyncio.run(s.poll()) == 0  # SwarmSpawner's own verdict otherwise
-    s.answer = api_error(404, "no such service")
-    assert asyncio.run(s.poll()) == 0
-    s.answer = {"ID": "svc1"}
-    assert asyncio.run(s.poll()) is None and s.object_id == "svc1"
-
-
 def test_quorum_lost_names_the_surviving_manager_and_the_recovery(tmp_path):
-    from hubops.nodes import quorum_lost_text
+    from hubops.ops.status import quorum_lost_text
 
     p = load_params(three(tmp_path, ""))
     rows = [{"manager": "m1", "address": "10.0.0.1", "engine": "NO ANSWER (down or unreachable)", "swarm": ""},

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hubops.errors import HubopsError
-from hubops.images import image_ref
+from hubops.core.errors import HubopsError
+from hubops.stages.images import image_ref
 
 BASE = "sha256:" + "a" * 64
 ROOT = Path(__file__).resolve().parents[2]

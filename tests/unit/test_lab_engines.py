@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from hubops import lab, lab_engines
-from hubops.errors import HubopsError
-from hubops.preflight import engine_release, mixed_versions
+from hubops.lab import cluster as lab
+from hubops.lab import engines as lab_engines
+from hubops.core.errors import HubopsError
+from hubops.stages.preflight import engine_release, mixed_versions
 
 NODES = lab.node_names("en", 1, 2)  # en-manager, en-node0, en-node1
 
@@ -101,8 +102,8 @@ def test_engine_releases_and_mixed_clusters():
 
 @pytest.mark.parametrize("version,api", [("19.03.15", "1.40"), ("1.13.1", "1.26"), ("20.10.24+dfsg1", "1.40")])
 def test_engines_older_than_the_oldest_tested_are_refused_by_name(version, api):
-    from hubops.errors import PreflightError
-    from hubops.preflight import refuse_old
+    from hubops.core.errors import PreflightError
+    from hubops.stages.preflight import refuse_old
 
     with pytest.raises(PreflightError, match=r"host w1: .*upgrade Docker on that host"):
         refuse_old("w1", {"Version": version, "ApiVersion": api})
@@ -110,6 +111,6 @@ def test_engines_older_than_the_oldest_tested_are_refused_by_name(version, api):
 
 @pytest.mark.parametrize("version,api", [("20.10.24+dfsg1", "1.41"), ("26.1.5+dfsg1", "1.45"), ("28.5.2+dfsg4", "1.51")])
 def test_tested_engines_pass(version, api):
-    from hubops.preflight import refuse_old
+    from hubops.stages.preflight import refuse_old
 
     refuse_old("w1", {"Version": version, "ApiVersion": api})

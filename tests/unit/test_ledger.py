@@ -9,7 +9,8 @@ import nbformat
 import pytest
 from click.testing import CliRunner
 
-from hubops import cli, ledger, runner
+from hubops.cli import main as cli
+from hubops.audit import ledger, runner
 
 PROJECT = Path(__file__).resolve().parents[2]
 PARAMS = PROJECT / "parameters/local.yaml"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hubops.errors import ParameterError
-from hubops.params import load_params, parse_userlist
+from hubops.core.errors import ParameterError
+from hubops.core.params import load_params, parse_userlist
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hubops import tls
-from hubops.errors import ParameterError
-from hubops.params import ACME_DIRECTORIES, load_params
+from hubops.hub import running
+from hubops.core.errors import ParameterError
+from hubops.core.params import ACME_DIRECTORIES, load_params
 
 HEAD = """
 deployment: t1
@@ -49,13 +49,13 @@ def test_acme_loads_with_defaults(tmp_path):
     a = p.tls.acme
     assert p.tls.mode == "acme" and a.renew_days == 30 and a.challenge == "http-01"
     assert a.account_key is None and a.ca_bundle is None and a.public_addr is None
-    assert tls.trust_path(p) is True  # a public CA: the system roots
+    assert running.trust_path(p) is True  # a public CA: the system roots
 
 
 def test_acme_ca_bundle_is_what_clients_trust(tmp_path):
     (tmp_path / "pebble.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     p = load_params(write(tmp_path, ACME.replace("email: ops@example.org}", "email: ops@example.org, ca_bundle: pebble.pem}")))
-    assert tls.trust_path(p) == str(tmp_path / "pebble.pem")
+    assert running.trust_path(p) == str(tmp_path / "pebble.pem")
 
 
 @pytest.mark.parametrize("name,url", sorted(ACME_DIRECTORIES.items()))
@@ -68,7 +68,16 @@ def test_acme_directory_by_name(tmp_path, name, url):
     ('directory_url: "http://acme.example.org/dir"', "tls.acme.directory_url", "starts with https://"),
     ('directory_url: "acme.example.org"', "tls.acme.directory_url", "starts with https://"),
     ("email: not-an-address", "tls.acme.email", "is not an e-mail address"),
-    ("email: ops@example.org, challenge: dns-01", "tls.acme.challenge", "dns-01 is not implemented yet"),
+    ("email: ops@example.org, challenge: dns-01", "tls.acme", "challenge dns-01 needs tls.acme.dns"),
+    ("email: ops@example.org, challenge: tls-alpn-01", "tls.acme.challenge", "another DNS provider's API is a ChallengeSolver"),
+    ("email: ops@example.org, dns: {server: ns1.example.org, tsig_key_name: k, tsig_secret: {env: X}}", "tls.acme",
+     "tls.acme.dns is set but challenge is http-01"),
+    ("email: ops@example.org, challenge: dns-01, dns: {server: 'ns1 example', tsig_key_name: k, tsig_secret: {env: X}}",
+     "tls.acme.dns.server", "give HOST or HOST:PORT"),
+    ("email: ops@example.org, challenge: dns-01, dns: {server: ns1.example.org, tsig_key_name: k, tsig_secret: s3cr3t}",
+     "tls.acme.dns.tsig_secret", ""),
+    ("email: ops@example.org, challenge: dns-01, dns: {server: ns1.example.org, tsig_key_name: k, tsig_algorithm: md5, "
+     "tsig_secret: {env: X}}", "tls.acme.dns.tsig_algorithm", "choose one of hmac-sha256"),
     ("email: ops@example.org, challenge: tls-alpn-01", "tls.acme.challenge", "the challenge is http-01"),
     ("email: ops@example.org, renew_days: 0", "tls.acme.renew_days", "greater than or equal to 1"),
     ("email: ops@example.org, public_addr: hub-node", "tls.acme.public_addr", "is not an IP address"),
@@ -185,25 +194,26 @@ def test_github_bad_values_refused(tmp_path, monkeypatch, patch, key, hint):
     assert f"p.yaml: {key}" in str(e.value) and hint in str(e.value), str(e.value)
 
 
-def test_dns01_refusal_says_what_to_implement(tmp_path):
-    with pytest.raises(ParameterError) as e:
-        load_params(write(tmp_path, ACME.replace("email: ops@example.org", "email: ops@example.org, challenge: dns-01")))
-    msg = str(e.value)
-    for what in ("p.yaml: tls.acme.challenge", "use http-01", "ChallengeSolver", "hubops/acme_tls.py",
-                 "_acme-challenge.NAME", "acme_tls.SOLVERS"):
-        assert what in msg, msg
+def test_dns01_with_rfc2136_is_accepted(tmp_path):
+    p = load_params(write(tmp_path, ACME.replace("email: ops@example.org", (
+        "email: ops@example.org, challenge: dns-01, dns: {server: '192.0.2.53:5353', tsig_key_name: hub-key, "
+        "tsig_secret: {env: HUB_TSIG}}"))))
+    assert p.tls.acme.dns.server == "192.0.2.53:5353" and p.tls.acme.dns.tsig_algorithm == "hmac-sha256"
+    assert [k for k, _ in p.secret_refs()] == ["tls.acme.dns.tsig_secret"]
 
 
 def test_accepted_challenges_are_the_solvers(tmp_path):
     """params accepts exactly the challenge types acme_tls can answer."""
-    from hubops import acme_tls
+    from hubops.stages import tls_acme as acme_tls
 
     accepted = set()
+    dns = ", dns: {server: ns1.example.org, tsig_key_name: k, tsig_secret: {env: X}}"
     for typ in ("http-01", "dns-01", "tls-alpn-01"):
         try:
-            load_params(write(tmp_path, ACME.replace("email: ops@example.org", f"email: ops@example.org, challenge: {typ}")))
+            load_params(write(tmp_path, ACME.replace("email: ops@example.org",
+                                                     f"email: ops@example.org, challenge: {typ}" + (dns if typ == "dns-01" else ""))))
             accepted.add(typ)
         except ParameterError:
             pass
-    assert accepted == set(acme_tls.SOLVERS) == {"http-01"}
+    assert accepted == set(acme_tls.SOLVERS) == {"http-01", "dns-01"}
     assert all(s.typ == k and isinstance(s, acme_tls.ChallengeSolver) for k, s in acme_tls.SOLVERS.items())

@@ -1,4 +1,4 @@
-"""hubops.progress: plain lines and never a widget headless; widgets only where a Jupyter server
+"""hubops.core.progress: plain lines and never a widget headless; widgets only where a Jupyter server
 runs the kernel; confirmation never waits headless."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import time
 import nbformat
 import pytest
 
-from hubops import Result, progress
+from hubops import Result
+from hubops.core import progress
 
 
 def test_headless_step_says_start_and_end_in_plain_lines(caplog, monkeypatch):
@@ -67,8 +68,9 @@ def test_confirm_never_waits_headless(monkeypatch):
 
 NOTEBOOK = """
 import hubops, time
+from hubops.core import progress
 hubops.log_to_notebook()
-with hubops.progress.step("a long wait", total=5, unit="s"):
+with progress.step("a long wait", total=5, unit="s"):
     time.sleep(0.5)
 confirmed = await hubops.confirm("Remove?", answer=False, plan=hubops.Result("t").change("remove", "x"))
 confirmed

@@ -4,16 +4,15 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from pathlib import Path
 
 import nbformat
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from hubops import redact, runner
-from hubops.params import load_params
-from hubops.redact import MASK, Redactor, RedactingFilter, known_secrets
+from hubops.audit import redact, runner
+from hubops.core.params import load_params
+from hubops.audit.redact import MASK, Redactor, RedactingFilter, known_secrets
 
 SECRET = "Tr0ub4dor-and-3-correct-horse-battery"
 TOKEN = "env-token-5f0c2a9e41b7"
@@ -204,6 +203,6 @@ def test_no_byte_of_the_run_dir_holds_a_secret(params_factory, tmp_path, monkeyp
         data = path.read_bytes()
         for form in bad:
             assert form not in data, f"{path.name} holds a secret form {form[:6]!r}…"
-    from hubops.ledger import verify_run
+    from hubops.audit.ledger import verify_run
 
     assert verify_run(run.dir).ok, "redaction happens before the notebook is sealed"

@@ -7,8 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from hubops import runner
-from hubops.params import load_params
+from hubops.audit import runner
+from hubops.core.params import load_params
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -99,12 +99,12 @@ def test_resume_refuses_a_changed_parameter_file(chain, tmp_path):
 
 @pytest.mark.parametrize("ahead", [2, 0])
 def test_each_stage_runs_in_its_own_kernel_and_none_is_left_running(tmp_path, monkeypatch, ahead):
-    """Kernels are started ahead of their stages (hubops.kernels; 0: not at all); every stage
+    """Kernels are started ahead of their stages (hubops.audit.kernels; 0: not at all); every stage
     still gets a fresh one, and the ones started for stages that never ran are shut down when a
     stage fails."""
     import psutil
 
-    from hubops import kernels
+    from hubops.audit import kernels
 
     monkeypatch.setattr(kernels, "AHEAD", ahead)
     monkeypatch.setattr(runner, "OUTPUTS", tmp_path / "outputs")

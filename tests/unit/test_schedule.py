@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from hubops import schedule
-from hubops.errors import ScheduleError
-from hubops.params import load_params
+from hubops.cli import schedule
+from hubops.core.errors import ScheduleError
+from hubops.core.params import load_params
 
 
 def params(tmp_path: Path, tls: str = "", auth: str = "") -> Path:

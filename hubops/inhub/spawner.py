@@ -1,0 +1,260 @@
+"""HubopsSpawner: dockerspawner's SwarmSpawner as hubops runs it, inside the hub's container.
+
+Runs in the hub, not in the operator's hubops: import only the standard library, jupyterhub,
+dockerspawner, docker, traitlets and tornado (the hub image's pinned packages), never another
+hubops module (see hubops/inhub/__init__.py). Its settings are traitlets the generated
+jupyterhub_config.py sets (`c.HubopsSpawner.home_mode = ...`) from the parameter file.
+
+What it adds to SwarmSpawner:
+- a persistent home per user (parameter storage.users): a bind mount of PATH/USER it creates with
+  the single-user image's owner (shared-path), a per-user volume on the node the user's first
+  server ran on, which later servers are pinned to (node-local), or a per-user volume of a volume
+  driver (volume-driver); SwarmSpawner's own `mounts` turns volumes into bind mounts, so the
+  home's mount is made here;
+- a swarm without a leader (quorum lost) leaves servers running in the hub's eyes;
+- the new service's task and its start are watched every 0.05-0.1 s, not 1 s growing to 11 s;
+- stop returns once the old container is gone, not when the service is removed.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from docker.errors import APIError, NotFound
+from docker.types import DriverConfig, Mount
+from dockerspawner import SwarmSpawner
+from tornado.httpclient import AsyncHTTPClient
+from traitlets import Dict, Enum, Float, Integer, Unicode
+
+# What Docker answers (HTTP 500) when the swarm's managers have lost their quorum.
+NO_LEADER_SIGNS = ("does not have a leader", "too few managers are online", "context deadline exceeded")
+# Task states in which a task's container may still run.
+LIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
+# Task states SwarmSpawner.start_object waits through.
+WAITING = {"new", "assigned", "accepted", "starting", "pending", "preparing", "ready", "rejected"}
+HOME_MODES = ("none", "shared-path", "node-local", "volume-driver")
+
+
+def no_leader(error: Exception) -> bool:
+    """Whether a Docker API error says the swarm has no leader (its managers lost their quorum)."""
+    text = str(error) + " " + str(getattr(error, "explanation", "") or "")
+    return any(s in text for s in NO_LEADER_SIGNS)
+
+
+class HubopsSpawner(SwarmSpawner):
+    """SwarmSpawner with a persistent home per user, a closer watch on the task while it starts,
+    a stop that waits for the old container, and no false "stopped" while the swarm has no leader."""
+
+    # -- users' homes (parameter storage.users) -----------------------------------------------
+    home_mode = Enum(HOME_MODES, default_value="none", config=True,
+                     help="storage.users.mode: none, shared-path, node-local or volume-driver")
+    home_target = Unicode("/home/jovyan", config=True, help="where the home appears in the user's container")
+    home_shared_path = Unicode("", config=True,
+                               help="shared-path: the folder (on the hub's node and every node) holding USER/")
+    home_uid = Integer(1000, config=True, help="shared-path: owner of a new home (the single-user image's user)")
+    home_gid = Integer(100, config=True, help="shared-path: group of a new home")
+    home_volume_prefix = Unicode("hubops", config=True, help="a home volume is named PREFIX-home-USER")
+    home_labels = Dict(config=True, help="labels of a home volume (hubops.user=USER is added)")
+    home_driver = Unicode("", config=True, help="volume-driver: the volume driver")
+    home_driver_opts = Dict(config=True, help="volume-driver: its options; {username} becomes the user's name")
+
+    # -- how closely starts and stops are watched --------------------------------------------
+    new_task_poll_interval = Float(0.05, config=True,
+                                   help="while a service is created: seconds between asking for its first task")
+    new_task_polls = Integer(40, config=True,
+                             help="how many times to ask before leaving it to SwarmSpawner (which sleeps 1 s)")
+    task_poll_interval = Float(0.1, config=True, help="seconds between looks at a starting task")
+    answer_poll_interval = Float(0.1, config=True, help="seconds between tries of a started server's HTTP port")
+    stop_wait_timeout = Float(60, config=True, help="how long stop waits for the old container to go")
+    stop_poll_interval = Float(0.5, config=True, help="seconds between looks at the old service's tasks")
+
+    # node-local: the ID of the node that holds the user's home volume. Kept in the spawner's
+    # state (get_state), and not cleared when the server stops, so later servers go there.
+    home_node = Unicode(None, allow_none=True)
+    _creating = False
+
+    @property
+    def home_volume(self) -> str:
+        return self.home_volume_prefix + "-home-" + self.escaped_name
+
+    @property
+    def home_path(self) -> str:
+        return self.home_shared_path.rstrip("/") + "/" + self.escaped_name
+
+    @property
+    def mounts(self):
+        mode = self.home_mode
+        if mode == "none":
+            return super().mounts
+        if mode == "shared-path":
+            return [Mount(target=self.home_target, source=self.home_path, type="bind")]
+        labels = dict(self.home_labels, **{"hubops.user": self.user.name})
+        driver = None
+        if mode == "volume-driver":
+            opts = {k: v.replace("{username}", self.escaped_name) for k, v in self.home_driver_opts.items()}
+            driver = DriverConfig(self.home_driver, opts or None)
+        return [Mount(target=self.home_target, source=self.home_volume, type="volume", labels=labels,
+                      driver_config=driver)]
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.home_node = state.get("home_node") or self.home_node
+
+    def get_state(self):
+        state = super().get_state()
+        if self.home_node:
+            state["home_node"] = self.home_node
+        return state
+
+    def prepare_home_dir(self) -> None:
+        """shared-path: PATH/USER exists, owned by the single-user image's user, before the server starts."""
+        path, uid, gid = self.home_path, self.home_uid, self.home_gid
+        try:
+            if not os.path.isdir(path):
+                os.mkdir(path, 0o700)
+                os.chown(path, uid, gid)
+                self.log.info("hubops: created home %s (owner %s:%s) for %s", path, uid, gid, self.user.name)
+            st = os.stat(path)
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                self.log.warning("hubops: home %s is owned by %s:%s, not %s:%s; the server may not write to it",
+                                 path, st.st_uid, st.st_gid, uid, gid)
+        except OSError as e:
+            raise RuntimeError(
+                f"hubops: cannot prepare the home {path} (owner {uid}:{gid}) of {self.user.name}: {e}. "
+                f"Is {self.home_shared_path} mounted on the hub's node and writable by root there "
+                "(NFS: export with no_root_squash, or create the directory beforehand with that owner)?"
+            ) from e
+
+    async def node_exists(self, node_id: str) -> bool:
+        try:
+            await self.docker("inspect_node", node_id)
+        except NotFound:
+            return False
+        return True
+
+    async def node_down(self, node_id: str | None) -> bool:
+        if not node_id:
+            return False
+        try:
+            node = await self.docker("inspect_node", node_id)
+        except NotFound:
+            return True
+        return (node.get("Status") or {}).get("State") == "down"
+
+    async def get_object(self):
+        """As SwarmSpawner's, except that a swarm without a leader (quorum lost) is an error, not "gone":
+        Docker answers it with HTTP 500, which SwarmSpawner takes for a service on an unhealthy node."""
+        try:
+            obj = await self.docker("inspect_%s" % self.object_type, self.object_name)
+        except APIError as e:
+            if no_leader(e):
+                raise
+            return await super().get_object()
+        self.object_id = obj[self.object_id_key]
+        return obj
+
+    async def poll(self):
+        """While the swarm has no leader, nothing can be known about services, and nothing stops them
+        either: the server is taken as running (the hub would otherwise drop its route and record)."""
+        try:
+            return await super().poll()
+        except APIError as e:
+            if not no_leader(e):
+                raise
+            self.log.warning("hubops: the swarm has no leader (quorum lost); %s's server is taken as still "
+                             "running: %s", self.user.name, e)
+            return None
+
+    async def create_object(self):
+        self._creating = True
+        try:
+            return await super().create_object()
+        finally:
+            self._creating = False
+
+    async def docker(self, method, *args, **kwargs):
+        """While the service is being created, SwarmSpawner asks for its task and sleeps a whole
+        second when there is none yet; Swarm makes it within milliseconds. Ask again sooner."""
+        result = await super().docker(method, *args, **kwargs)
+        if method == "tasks" and self._creating and not result:
+            for _ in range(self.new_task_polls):
+                await asyncio.sleep(self.new_task_poll_interval)
+                result = await super().docker(method, *args, **kwargs)
+                if result:
+                    break
+        return result
+
+    async def start_object(self):
+        """Wait for the service's task to run, looking every 0.1 s: SwarmSpawner waits 1 s, then
+        1.5 times longer each time up to 11 s, which alone can double a spawn."""
+        while True:
+            task = await self.get_task()
+            if not task:
+                raise RuntimeError("Service %s not found" % self.service_name)
+            state = task["Status"]["State"].lower()
+            if state not in WAITING:
+                break
+            await asyncio.sleep(self.task_poll_interval)
+        if state != "running":
+            raise RuntimeError("Service %s not running: %s" % (self.service_name, task["Status"]))
+
+    async def wait_until_answering(self, ip: str, port: int) -> None:
+        """Return once the server answers HTTP at all. The hub's own check backs off exponentially
+        (0.2 s, 0.4 s, ... up to 5 s); answering here, in 0.1 s steps, makes its first try succeed."""
+        base = getattr(getattr(self, "server", None), "base_url", None) or "/"
+        url = "http://%s:%s%sapi" % (ip, port, base)
+        client = AsyncHTTPClient()
+        deadline = time.monotonic() + self.http_timeout
+        while time.monotonic() < deadline:
+            try:
+                await client.fetch(url, raise_error=False, request_timeout=2, follow_redirects=False)
+                return
+            except Exception:  # noqa: BLE001 - not listening yet, or its name not yet in DNS
+                await asyncio.sleep(self.answer_poll_interval)
+        # Give up quietly: the hub's own check decides, with its own timeout and message.
+
+    async def stop(self, now=False):
+        """Stop, then wait until the old container is gone: Swarm removes a service's tasks only once
+        their containers have stopped, and until then the service's DNS name still reaches the old
+        container, so an immediate restart could be judged "up" by it while both use the same home."""
+        service_id, name = self.object_id, self.object_name
+        await super().stop(now=now)
+        if not service_id or not name:
+            return
+        deadline = time.monotonic() + self.stop_wait_timeout
+        while time.monotonic() < deadline:
+            tasks = await self.docker("tasks", filters={"name": name})
+            live = [t for t in tasks if t.get("ServiceID") == service_id and t["Status"]["State"] in LIVE]
+            # A task on a node that is down stays "running" in Swarm's records until the node returns
+            # (and is then shut down): nothing to wait for.
+            if not [t for t in live if not await self.node_down(t.get("NodeID"))]:
+                return
+            await asyncio.sleep(self.stop_poll_interval)
+        self.log.warning("hubops: the old container of %s still runs %s s after its service was removed",
+                         name, self.stop_wait_timeout)
+
+    async def start(self):
+        mode = self.home_mode
+        if mode == "shared-path":
+            self.prepare_home_dir()
+        elif mode == "node-local":
+            if self.home_node and not await self.node_exists(self.home_node):
+                # The node left the swarm (removed, or a restore onto another cluster): its volume is
+                # gone with it. Start anew on any node rather than wait forever for "no suitable node".
+                self.log.warning("hubops: the home of %s was on node %s, which is no longer in the swarm; "
+                                 "a new, empty home is made where the server starts", self.user.name, self.home_node)
+                self.home_node = None
+            spec = dict(self.extra_placement_spec)
+            constraints = [c for c in spec.get("constraints") or [] if not c.startswith("node.id==")]
+            if self.home_node:
+                constraints.append("node.id==" + self.home_node)
+            self.extra_placement_spec = dict(spec, constraints=constraints)
+        result = await super().start()
+        await self.wait_until_answering(*result)
+        if mode == "node-local" and not self.home_node:
+            task = await self.get_task()
+            self.home_node = (task or {}).get("NodeID") or None
+            self.log.info("hubops: home volume %s of %s is on node %s; later servers go there",
+                          self.home_volume, self.user.name, self.home_node)
+        return result
