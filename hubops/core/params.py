@@ -349,8 +349,16 @@ class Images(_Model):
 
 
 class Spawner(_Model):
-    mem_limit: Optional[str] = Field(None, description="per user, e.g. 2G")
-    cpu_limit: Optional[float] = Field(None, gt=0)
+    """Each user's server. The defaults fit a small cluster: one user cannot take a node's memory,
+    CPUs or process table; reservations are small so that many servers fit."""
+
+    mem_limit: Optional[str] = Field("2G", description="memory limit per user's server, e.g. 2G (null: none)")
+    cpu_limit: Optional[float] = Field(2.0, gt=0, description="CPUs per user's server (null: none)")
+    mem_guarantee: Optional[str] = Field("128M", description="memory Swarm reserves for each server (null: none)")
+    cpu_guarantee: Optional[float] = Field(None, gt=0, description="CPUs Swarm reserves for each server")
+    pids_limit: int = Field(1024, ge=0, description="processes and threads per server (0: no limit)")
+    cap_add: list[str] = Field(default_factory=list,
+                               description="capabilities given back to users' servers (all are dropped)")
     start_timeout: int = Field(120, ge=10)
     http_timeout: int = Field(60, ge=5)
     placement: Literal["auto", "workers", "any"] = Field(

@@ -164,10 +164,22 @@ def render(p: Loaded, *, singleuser_image: str) -> str:
     ]
     lines += user_storage_lines(p, user_labels)
     lines += culler_lines(p)
+    # Users' servers locked down: every capability dropped (the server runs as the image's user and
+    # needs none), no privilege gained through exec, a process limit, memory and CPU limits.
+    lines += [
+        "c.HubopsSpawner.cap_drop = ['ALL']",
+        f"c.HubopsSpawner.cap_add = {sorted(set(p.spawner.cap_add))!r}",
+        "c.HubopsSpawner.no_new_privileges = True",
+        f"c.HubopsSpawner.pids_limit = {p.spawner.pids_limit}",
+    ]
     if p.spawner.mem_limit:
         lines.append(f"c.Spawner.mem_limit = {p.spawner.mem_limit!r}")
     if p.spawner.cpu_limit:
         lines.append(f"c.Spawner.cpu_limit = {p.spawner.cpu_limit!r}")
+    if p.spawner.mem_guarantee:
+        lines.append(f"c.Spawner.mem_guarantee = {p.spawner.mem_guarantee!r}")
+    if p.spawner.cpu_guarantee:
+        lines.append(f"c.Spawner.cpu_guarantee = {p.spawner.cpu_guarantee!r}")
     lines += ["", "# --- authentication ---------------------------------------------------------------"]
     if p.auth.mode == "shared-password":
         lines += [

@@ -25,7 +25,7 @@ from docker.errors import APIError, NotFound
 from docker.types import DriverConfig, Mount
 from dockerspawner import SwarmSpawner
 from tornado.httpclient import AsyncHTTPClient
-from traitlets import Dict, Enum, Float, Integer, Unicode
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
 # What Docker answers (HTTP 500) when the swarm's managers have lost their quorum.
 NO_LEADER_SIGNS = ("does not have a leader", "too few managers are online", "context deadline exceeded")
@@ -68,6 +68,15 @@ class HubopsSpawner(SwarmSpawner):
     answer_poll_interval = Float(0.1, config=True, help="seconds between tries of a started server's HTTP port")
     stop_wait_timeout = Float(60, config=True, help="how long stop waits for the old container to go")
     stop_poll_interval = Float(0.5, config=True, help="seconds between looks at the old service's tasks")
+
+    # -- lockdown (parameters spawner.cap_add, pids_limit) -------------------------------------
+    cap_drop = List(Unicode(), default_value=["ALL"], config=True,
+                    help="capabilities removed from the server's container (Swarm CapabilityDrop)")
+    cap_add = List(Unicode(), config=True, help="capabilities given back (Swarm CapabilityAdd)")
+    no_new_privileges = Bool(True, config=True,
+                             help="no privilege gained through exec (setuid, file capabilities); engines "
+                                  "whose API lacks it for services ignore it, the image has no setuid program")
+    pids_limit = Integer(0, config=True, help="processes and threads in the server's container (0: no limit)")
 
     # node-local: the ID of the node that holds the user's home volume. Kept in the spawner's
     # state (get_state), and not cleared when the server stops, so later servers go there.
@@ -173,9 +182,26 @@ class HubopsSpawner(SwarmSpawner):
         finally:
             self._creating = False
 
+    def lock_down(self, task_template: dict) -> dict:
+        """The service's task template with the lockdown settings (what docker-py's types have no
+        argument for is set on the API's own keys)."""
+        cs = task_template.setdefault("ContainerSpec", {})
+        if self.cap_drop:
+            cs["CapabilityDrop"] = list(self.cap_drop)
+        if self.cap_add:
+            cs["CapabilityAdd"] = list(self.cap_add)
+        if self.no_new_privileges:
+            cs.setdefault("Privileges", {})["NoNewPrivileges"] = True
+        if self.pids_limit:
+            task_template.setdefault("Resources", {}).setdefault("Limits", {})["Pids"] = int(self.pids_limit)
+        return task_template
+
     async def docker(self, method, *args, **kwargs):
         """While the service is being created, SwarmSpawner asks for its task and sleeps a whole
-        second when there is none yet; Swarm makes it within milliseconds. Ask again sooner."""
+        second when there is none yet; Swarm makes it within milliseconds. Ask again sooner.
+        A new service gets the lockdown settings (lock_down)."""
+        if method == "create_service" and kwargs.get("task_template") is not None:
+            self.lock_down(kwargs["task_template"])
         result = await super().docker(method, *args, **kwargs)
         if method == "tasks" and self._creating and not result:
             for _ in range(self.new_task_polls):

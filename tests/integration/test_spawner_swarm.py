@@ -225,3 +225,35 @@ def test_shared_path_home_is_created_and_mounted(swarm):
     [c] = containers(swarm, s.object_name)
     assert [(m["Source"], m["Destination"]) for m in c.attrs["Mounts"]] == [(str(homes / "dave"), "/home/jovyan")]
     asyncio.run(s.stop())
+
+
+def test_users_servers_are_locked_down(swarm):
+    """Every capability dropped (bounding set empty), a process limit, memory and CPU limits and a
+    memory reservation from the parameters' defaults; no-new-privileges where the engine's API
+    takes it for services (printed)."""
+    cfg = spawner_config(swarm)
+    s = hub_spawner(cfg, "dora")
+    asyncio.run(s.start())
+    try:
+        spec = service(swarm, s.object_name).attrs["Spec"]["TaskTemplate"]
+        assert spec["ContainerSpec"]["CapabilityDrop"] == ["ALL"]
+        assert spec["Resources"]["Limits"]["Pids"] == 1024
+        assert spec["Resources"]["Limits"]["MemoryBytes"] == 2 * 1024**3
+        assert spec["Resources"]["Limits"]["NanoCPUs"] == 2 * 10**9
+        assert spec["Resources"]["Reservations"]["MemoryBytes"] == 128 * 1024**2
+        [ctr] = containers(swarm, s.object_name)
+        ctr.reload()
+        host = ctr.attrs["HostConfig"]
+        assert host["PidsLimit"] == 1024 and host["Memory"] == 2 * 1024**3, host
+        status = dict(line.split(":\t", 1) for line in
+                      open(f"/proc/{ctr.attrs['State']['Pid']}/status").read().splitlines() if ":\t" in line)
+        assert int(status["CapBnd"], 16) == 0, f"capabilities left in the bounding set: {status['CapBnd']}"
+        assert int(status["CapEff"], 16) == 0
+        api = swarm["client"].version()["ApiVersion"]
+        nnp = status.get("NoNewPrivs", "?").strip()
+        print(f"\nlockdown on Docker API {api}: CapBnd 0, pids 1024, memory 2 GiB, NoNewPrivs {nnp}")
+        if nnp != "1":
+            # Engines whose service API has no NoNewPrivileges ignore it; say which, fail on newer ones.
+            assert tuple(int(x) for x in api.split(".")) < (1, 44), f"API {api} took no no-new-privileges"
+    finally:
+        asyncio.run(s.stop())
