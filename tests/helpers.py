@@ -208,3 +208,24 @@ def served_fingerprint(host: str, port: int, cafile: Path) -> str:
     with socket.create_connection((host, port), timeout=10) as sock:
         with ctx.wrap_socket(sock, server_hostname=host) as s:
             return hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
+
+
+def write_cert_pair(cert: Path, key: Path, name: str = "stand-in") -> None:
+    """A real self-signed certificate and its key (parameters are refused when a certificate
+    does not parse or does not match its key)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    c = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(k.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(now)
+         .not_valid_after(now + datetime.timedelta(days=30)).sign(k, hashes.SHA256()))
+    cert.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))

@@ -188,3 +188,6 @@ def write_report(run: "Run", redactor: Optional["Redactor"] = None) -> None:
 </body></html>
 """
     (run.dir / "index.html").write_text(redactor.redact(page), encoding="utf-8")
+    from .runner import tighten
+
+    tighten(run.dir)  # 0600 files in a 0700 folder, whatever the umask

@@ -38,6 +38,92 @@ log = logging.getLogger("hubops")
 DEFAULT_TIMEOUT = 1800  # seconds per cell; image builds are the long ones
 
 
+# -- private from the first byte --------------------------------------------------------------
+# A run folder is made 0700 before anything is written into it, and every file in it is 0600.
+# papermill writes a stage's notebook cell by cell, with whatever the cells print, into a private
+# working folder beside outputs/ (never under it); the notebook enters the run folder only once it
+# is redacted. A runner killed mid-stage leaves its partial notebook there, unpublished; `--resume`
+# redacts it into the record.
+def work_root() -> Path:
+    """Where stage notebooks are written while they run: $HUBOPS_WORK, or `.outputs-work` beside
+    the outputs folder (0700)."""
+    return Path(os.environ.get("HUBOPS_WORK") or OUTPUTS.parent / f".{OUTPUTS.name}-work")
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _work_path(run: "Run", name: str) -> Path:
+    _private_dir(work_root())
+    return _private_dir(work_root() / run.id) / f"{name}.ipynb"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `path` created 0600 before its first byte (through a temporary file beside it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def tighten(run_dir: Path) -> None:
+    """The run folder 0700, its folders 0700 and its files 0600 (what other writers, such as the
+    report, made with the process's umask; they were never readable through the 0700 folder)."""
+    try:
+        os.chmod(run_dir, 0o700)
+        for f in run_dir.rglob("*"):
+            if not f.is_symlink():
+                os.chmod(f, 0o700 if f.is_dir() else 0o600)
+    except OSError as e:  # a record someone else owns (read with `hubops report`): say so, go on
+        log.warning("could not make %s private: %s", run_dir, e.strerror)
+
+
+def _publish(work: Path, out: Path, redact: Optional[Redactor]) -> None:
+    """Redact a stage notebook in its private working path, then move it into the run folder."""
+    if not work.exists():
+        return
+    if work.stat().st_size == 0:  # papermill never wrote it
+        work.unlink()
+        return
+    r = redact if redact is not None else session_redactor()
+    try:
+        r.redact_notebook(work)
+    except (OSError, ValueError) as e:  # never publish a notebook we could not clean
+        log.warning("could not redact %s (%s); it is not added to the record", work.name, e)
+        work.unlink(missing_ok=True)
+        return
+    os.chmod(work, 0o600)
+    try:
+        os.replace(work, out)
+    except OSError:  # another filesystem: copy (0600 from the first byte), then drop the work copy
+        _write_private(out, work.read_bytes())
+        work.unlink()
+
+
+def recover_leftovers(run: "Run", redact: Optional[Redactor]) -> list[str]:
+    """Notebooks a killed runner left in the private working folder: redacted into the run
+    folder (what the stage did up to the kill is part of the record). Returns their names."""
+    d = work_root() / run.id
+    found = []
+    if d.is_dir():
+        for work in sorted(d.glob("*.ipynb")):
+            _publish(work, run.dir / work.name, redact)
+            found.append(work.name)
+        for tmp in d.glob("*"):  # half-written temporary files of a redaction or a papermill save
+            tmp.unlink(missing_ok=True)
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+    tighten(run.dir)
+    return found
+
+
 def ops_runbooks() -> list[str]:
     """The day-2 runbooks: runbooks/ops/NAME.ipynb."""
     return sorted(f.stem for f in (RUNBOOKS / "ops").glob("*.ipynb"))
@@ -91,9 +177,7 @@ class Run:
     def save(self) -> None:
         """Write run.json, sealing the hash chain over its stage entries first."""
         ledger.seal(self.manifest)
-        tmp = self.dir / "run.json.tmp"
-        tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
-        tmp.replace(self.dir / "run.json")
+        _write_private(self.dir / "run.json", (json.dumps(self.manifest, indent=2) + "\n").encode())
 
     @classmethod
     def load(cls, run_id: str) -> "Run":
@@ -119,7 +203,9 @@ def new_run(p: Loaded, *, kind: str, stages: list[Path]) -> Run:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_id = f"{stamp}-{p.deployment}-{kind}"
     d = OUTPUTS / run_id
-    d.mkdir(parents=True, exist_ok=False)
+    OUTPUTS.mkdir(parents=True, exist_ok=True)
+    d.mkdir(exist_ok=False, mode=0o700)
+    os.chmod(d, 0o700)  # whatever the umask: nothing in it is readable by others, from the first byte
     from hubops import __version__
 
     manifest = {
@@ -153,14 +239,19 @@ def redactor(p: Loaded) -> Redactor:
     return r
 
 
-def _seal_stage(run: Run, entry: dict[str, Any], out: Path, redact: Optional[Redactor]) -> None:
-    """Redact a finished (or stopped) stage's notebook and entry, then record the notebook's digest."""
-    if redact is not None:
+def _seal_stage(run: Run, entry: dict[str, Any], out: Path, redact: Optional[Redactor],
+                work: Optional[Path] = None) -> None:
+    """Redact a finished (or stopped) stage's notebook and entry, then record the notebook's digest.
+    With `work`, the notebook is redacted in its private working path and then moved to `out`."""
+    if work is not None and work.exists():
+        _publish(work, out, redact)
+    elif redact is not None:
         try:
             redact.redact_notebook(out)
         except (OSError, ValueError) as e:  # never keep a notebook we could not clean
             log.warning("could not redact %s (%s); removing it from the record", out.name, e)
             out.unlink(missing_ok=True)
+    if redact is not None:
         clean = redact.redact_obj({k: v for k, v in entry.items() if k not in ("prev_sha256", "entry_sha256")})
         entry.update(clean)
     if out.exists():
@@ -187,12 +278,14 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
         entry.pop(stale, None)
     entry.update(status="running", started=_now(), notebook=out.name)
     run.save()
+    work = _work_path(run, entry["name"])
+    _write_private(work, b"")  # papermill truncates it and keeps its mode: 0600 from the first cell
     t0 = time.monotonic()
     error: Optional[dict[str, Any]] = None
     km = kernel.take() if kernel is not None else None
     try:
         pm.execute_notebook(
-            str(src), str(out),
+            str(src), str(work),
             parameters={**run.manifest.get("runbook_parameters", {}), "params_file": str(params_file),
                         "dry_run": dry_run},
             kernel_name=kernels.KERNEL,
@@ -209,10 +302,11 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
     except CellTimeoutError as e:
         # papermill does not mark a timed-out cell in the saved notebook: find it ourselves.
         reason = f"the cell ran longer than the stage timeout ({timeout} s) and was stopped"
-        error = {"cell": _mark_stopped_cell(out, reason), "ename": "CellTimeoutError", "evalue": reason}
+        error = {"cell": _mark_stopped_cell(work, reason), "ename": "CellTimeoutError", "evalue": reason}
         log.debug("timeout detail: %s", e)
     except DeadKernelError as e:
-        error = {"cell": _mark_stopped_cell(out, f"the kernel died: {e}"), "ename": "DeadKernelError", "evalue": str(e)}
+        error = {"cell": _mark_stopped_cell(work, f"the kernel died: {e}"), "ename": "DeadKernelError",
+                 "evalue": str(e)}
     finally:
         kernels.shutdown(km)
     entry["duration_s"] = round(time.monotonic() - t0, 2)
@@ -222,7 +316,7 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
         if redact is not None:
             fresh.merge(redact)
         redact = fresh
-    nb = nbformat.read(out, as_version=4) if out.exists() else None
+    nb = nbformat.read(work, as_version=4) if work.exists() and work.stat().st_size else None
     rec = read_record(nb) if nb is not None else None
     if nb is not None:  # the stage's own work; the rest of duration_s is kernel start and papermill
         entry["cells_s"] = round(sum((c.metadata.get("papermill") or {}).get("duration") or 0 for c in nb.cells), 2)
@@ -243,8 +337,9 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
         entry["error"] = error
     else:
         entry["status"] = "ok"
-    _seal_stage(run, entry, out, redact)
+    _seal_stage(run, entry, out, redact, work=work)
     run.save()
+    tighten(run.dir)
     return StageOutcome(entry["name"], entry["status"], out, entry)
 
 
@@ -296,6 +391,9 @@ def run_chain(
                 f"(sha256 {run.manifest['params_sha256'][:12]} then, {p.digest[:12]} now); start a new run instead"
             )
         dry_run = run.manifest["kind"] == "plan"
+        # What a killed runner left unpublished is redacted into the record before anything runs.
+        for name in recover_leftovers(run, redactor(p)):
+            log.info("run %s: the notebook %s left by the stopped runner was redacted into the record", run.id, name)
         run.manifest["status"] = "running"
         run.manifest["runner_pid"] = os.getpid()
         run.manifest.setdefault("resumed", []).append(_now())
@@ -340,7 +438,8 @@ def run_chain(
                 entry["error"] = {"cell": None, "ename": type(e).__name__,
                                   "evalue": "the run was interrupted while this stage ran; what it had applied is "
                                             "in its notebook up to the last finished cell"}
-                _seal_stage(run, entry, run.dir / entry.get("notebook", f"{entry['name']}.ipynb"), redact)
+                _seal_stage(run, entry, run.dir / entry.get("notebook", f"{entry['name']}.ipynb"), redact,
+                            work=_work_path(run, entry["name"]))
         run.manifest["status"] = "interrupted"
         run.manifest["finished"] = _now()
         run.save()
@@ -348,6 +447,7 @@ def run_chain(
             from hubops.audit.report import write_report
 
             write_report(run, redactor=redact)
+            tighten(run.dir)
         except Exception as report_error:  # noqa: BLE001 - the interruption is what the caller must see
             log.warning("could not write the report of the interrupted run: %s", report_error)
         raise
@@ -362,4 +462,9 @@ def run_chain(
     from hubops.audit.report import write_report
 
     write_report(run, redactor=redactor(p))
+    tighten(run.dir)
+    try:
+        (work_root() / run.id).rmdir()
+    except OSError:
+        pass
     return run

@@ -119,6 +119,15 @@ def _print_access(p) -> None:
                       f"{p.operator_path}/admin-password  (files readable only by you)", soft_wrap=True)
     else:
         console.print(f"  log in:    with GitHub, as one of {', '.join(p.allowed)}", soft_wrap=True)
+    from hubops.stages.storage import describe_users
+
+    if p.storage.users.mode == "none":
+        console.print("  [red bold]files:     users' files are LOST whenever their server stops[/red bold] (culled "
+                      "after idling, upgraded, restarted): storage.users.mode is none; remove it to keep them",
+                      soft_wrap=True)
+    else:
+        console.print(f"  files:     kept across stops, culls and restarts ({describe_users(p)})",
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:
@@ -269,6 +278,28 @@ def check(params_file: str) -> None:
     """Check a parameter file without touching any host."""
     try:
         p = load_params(params_file)
+        if p.auth.mode == "oidc":
+            # The issuer answers with a valid discovery document (no host of the deployment is asked).
+            from hubops.core.errors import IdentityProviderError
+            from hubops.stages import auth_oidc
+
+            try:
+                d = auth_oidc.discover(p)
+            except IdentityProviderError as e:
+                raise ParameterError(str(e)) from None
+            console.print(f"OpenID provider {d.issuer}: discovery document valid "
+                          f"(authorize at {d.authorization_endpoint})")
+        if p.auth.mode == "ldap":
+            # TLS verified, the service account's bind, the base and groups found (no host of the deployment is asked).
+            from hubops.core.errors import IdentityProviderError
+            from hubops.stages import auth_ldap
+
+            try:
+                facts = auth_ldap.check_directory(p)
+            except IdentityProviderError as e:
+                raise ParameterError(str(e)) from None
+            console.print(f"LDAP server {facts['url']}: {facts['tls_version'] or 'TLS'} verified, "
+                          f"bind as {facts['bind_dn']} accepted")
     except ParameterError as e:
         _fail(e, 2)
     console.print(f"[green]{p.source}: valid[/green]: deployment {p.deployment}, "

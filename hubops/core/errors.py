@@ -52,3 +52,8 @@ class BackupError(HubopsError):
 
 class ScheduleError(HubopsError):
     """A scheduled run (systemd timer, cron.d entry) cannot be written or installed as asked."""
+
+
+class IdentityProviderError(HubopsError):
+    """An identity provider (OpenID Connect issuer, LDAP server) cannot be used as the parameters say:
+    it does not answer, its certificate does not verify, or what it sends is not what a login needs."""

@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hubops.core.errors import ParameterError
@@ -33,6 +32,17 @@ class SecretRef(_Model):
 
     env: Optional[str] = None
     file: Optional[Path] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_inline(cls, v: Any) -> Any:
+        # A value written in the YAML would end up in the record (the parameter file's digest is
+        # kept, the file itself is read by every notebook): refuse it, whatever it looks like.
+        if isinstance(v, (str, int, float, bytes)):
+            raise ValueError("a secret written inline is refused (it would be kept with the parameter file); "
+                             "reference it instead: {env: NAME} (an environment variable) or {file: PATH} "
+                             "(a file readable only by you)")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> "SecretRef":
@@ -324,16 +334,207 @@ class GitHubAuth(_Model):
         return v.rstrip("/") if v else v
 
 
+GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A JupyterHub scope, optionally with one filter: 'access:servers!group=students'.
+SCOPE_RE = re.compile(r"^[a-z][a-z:_-]*[a-z](!(user|group|server|service)=[A-Za-z0-9._/-]+)?$")
+
+
+def _groups(v: list[str]) -> list[str]:
+    for g in v:
+        if not GROUP_RE.match(g):
+            raise ValueError(f"{g!r} is not a valid group name (letters, digits, '.', '_', '-'; 64 at most)")
+    return v
+
+
+class OIDCAuth(_Model):
+    """OpenID Connect (oauthenticator's GenericOAuthenticator), endpoints from the issuer's discovery document."""
+
+    issuer: str = Field(description="the provider's issuer URL; ISSUER/.well-known/openid-configuration is read")
+    client_id: str
+    client_secret: SecretRef
+    username_claim: str = Field("preferred_username", description="the claim that names the user in the hub")
+    groups_claim: Optional[str] = Field(
+        "groups", description="the claim that lists the user's groups (dotted for nested); null: no groups from the provider")
+    allowed_groups: list[str] = Field(default_factory=list, description="members of these groups are let in too")
+    admin_groups: list[str] = Field(default_factory=list, description="members of these groups are admins (and let in)")
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"],
+                              description="scopes asked for; add the one your provider needs for the groups claim")
+    ca_bundle: Optional[Path] = Field(
+        None, description="PEM file with the CA that signs the provider's certificate (private CA); "
+        "trusted by hubops and by the hub, instead of the system CAs")
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        if not re.match(r"^https://[^/\s?#]+(/[^\s?#]*)?$", v):
+            raise ValueError(f"{v!r}: give the issuer as an https:// URL without query, "
+                             "e.g. https://login.example.org/realms/hub (plain http would send the client secret in clear)")
+        return v.rstrip("/")
+
+    @field_validator("client_id", "username_claim")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("empty; copy it from the client's settings at your provider")
+        return v.strip()
+
+    @field_validator("allowed_groups", "admin_groups")
+    @classmethod
+    def _group_names(cls, v: list[str]) -> list[str]:
+        return _groups(v)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, v: list[str]) -> list[str]:
+        if "openid" not in v:
+            raise ValueError("must include 'openid' (without it the provider does not speak OpenID Connect)")
+        return v
+
+    @model_validator(mode="after")
+    def _groups_need_claim(self) -> "OIDCAuth":
+        if (self.allowed_groups or self.admin_groups) and not self.groups_claim:
+            raise ValueError("allowed_groups/admin_groups need groups_claim (the claim that lists a user's groups)")
+        return self
+
+
+DN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*=[^,]+(,[A-Za-z][A-Za-z0-9-]*=[^,]+)*$")
+
+
+def _dns(v: list[str]) -> list[str]:
+    for dn in v:
+        if not DN_RE.match(dn.strip()):
+            raise ValueError(f"{dn!r} is not an LDAP DN, e.g. cn=students,ou=groups,dc=example,dc=org")
+        if "," not in dn:
+            # YAML splits an unquoted DN in a [a, b] list at its commas.
+            raise ValueError(f"{dn!r} is a single RDN, not a whole DN (e.g. cn=students,ou=groups,dc=example,dc=org); "
+                             "in a YAML [...] list, put each DN in quotes")
+    return [dn.strip() for dn in v]
+
+
+class LDAPAuth(_Model):
+    """LDAP or Active Directory (jupyterhub-ldapauthenticator): users found under user_search_base by
+    user_attribute, with a service account (bind_dn) that searches; TLS always, verified."""
+
+    url: str = Field(description="ldaps://HOST[:PORT] (TLS from the start) or ldap://HOST[:PORT] with starttls: true")
+    starttls: bool = Field(False, description="with ldap://: upgrade to TLS (StartTLS) before any password is sent")
+    ca_bundle: Optional[Path] = Field(None, description="PEM file with the CA that signs the LDAP server's "
+                                      "certificate (a private CA); the system CAs otherwise")
+    bind_dn: str = Field(description="the service account that looks users up, e.g. cn=jupyterhub,ou=services,dc=example,dc=org")
+    bind_password: SecretRef
+    user_search_base: str = Field(description="where users are, e.g. ou=people,dc=example,dc=org")
+    user_attribute: str = Field("uid", description="the attribute users log in with (uid; sAMAccountName on AD)")
+    allowed_groups: list[str] = Field(default_factory=list, description="group DNs whose members are let in")
+    admin_groups: list[str] = Field(default_factory=list, description="group DNs whose members are admins (and let in)")
+
+    @model_validator(mode="after")
+    def _tls_always(self) -> "LDAPAuth":
+        m = re.match(r"^(ldaps?)://([^/:\s]+)(:(\d{1,5}))?/?$", self.url)
+        if not m:
+            raise ValueError(f"url {self.url!r}: give ldaps://HOST[:PORT] or ldap://HOST[:PORT]")
+        if m.group(1) == "ldap" and not self.starttls:
+            raise ValueError(f"url {self.url!r}: ldap:// without StartTLS would send users' passwords and the bind "
+                             "password in clear; use ldaps://, or set starttls: true (the server must offer StartTLS)")
+        if m.group(1) == "ldaps" and self.starttls:
+            raise ValueError("starttls: true goes with ldap:// (ldaps:// is TLS from the start); remove one")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1].rstrip("/").split(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        rest = self.url.split("://", 1)[1].rstrip("/")
+        return int(rest.split(":", 1)[1]) if ":" in rest else (636 if self.url.startswith("ldaps") else 389)
+
+    @field_validator("bind_dn", "user_search_base")
+    @classmethod
+    def _dn(cls, v: str) -> str:
+        return _dns([v])[0]
+
+    @field_validator("allowed_groups", "admin_groups")
+    @classmethod
+    def _group_dns(cls, v: list[str]) -> list[str]:
+        return _dns(v)
+
+
+def ldap_group_name(dn: str) -> str:
+    """The JupyterHub group an LDAP group becomes: the value of its first RDN (cn=students,... -> students)."""
+    return dn.split(",", 1)[0].split("=", 1)[1].strip()
+
+
+class NativeAuth(_Model):
+    """Per-user passwords (jupyterhub-nativeauthenticator): users sign up, an admin approves them."""
+
+    signup: bool = Field(True, description="users may sign up at /hub/signup (then wait for an admin's approval)")
+    minimum_password_length: int = Field(10, ge=8, le=128)
+    check_common_password: bool = Field(True, description="refuse the most common passwords")
+    allowed_failed_logins: int = Field(5, ge=0, description="failed logins before a pause (0: no limit)")
+    seconds_before_next_try: int = Field(600, ge=0)
+
+
+class Role(_Model):
+    """A JupyterHub role given to groups: what their members may do (scopes)."""
+
+    name: str
+    groups: list[str] = Field(description="the groups that hold the role")
+    scopes: list[str] = Field(description="JupyterHub scopes, e.g. 'access:servers!group=students'")
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9_-]{1,62}[a-z0-9]$", v) or v in ("admin", "user", "server", "token"):
+            raise ValueError(f"{v!r}: a role name is lower-case letters, digits, '-' or '_' (3 to 64), "
+                             "and not one of JupyterHub's own (admin, user, server, token)")
+        return v
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one group")
+        return _groups(v)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scope_syntax(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one scope, e.g. 'access:servers!group=students'")
+        for sc in v:
+            if not SCOPE_RE.match(sc):
+                raise ValueError(f"{sc!r} is not a JupyterHub scope ('name' or 'name!group=G', '!user=U', ...)")
+        return v
+
+
 class Auth(_Model):
-    mode: Literal["shared-password", "github"] = "shared-password"
-    userlist: Path = Field(description="file with one 'name' or 'name admin' per line")
+    mode: Literal["shared-password", "github", "oidc", "ldap", "native"] = "shared-password"
+    userlist: Path = Field(description="file with one 'name', 'name admin' or 'name [admin] @group ...' per line")
     github: Optional[GitHubAuth] = None
+    oidc: Optional[OIDCAuth] = None
+    ldap: Optional[LDAPAuth] = None
+    native: NativeAuth = Field(default_factory=NativeAuth)
+    roles: list[Role] = Field(default_factory=list, description="JupyterHub roles given to groups")
 
     @model_validator(mode="after")
     def _mode_needs(self) -> "Auth":
         if self.mode == "github" and self.github is None:
             raise ValueError("mode 'github' needs github: {client_id, client_secret: {env: NAME}}")
+        if self.mode == "oidc" and self.oidc is None:
+            raise ValueError("mode 'oidc' needs oidc: {issuer: https://..., client_id, client_secret: {env: NAME}}")
+        if self.mode == "ldap" and self.ldap is None:
+            raise ValueError("mode 'ldap' needs ldap: {url: ldaps://..., bind_dn, bind_password: {env: NAME}, "
+                             "user_search_base}")
+        names = [r.name for r in self.roles]
+        if len(set(names)) != len(names):
+            raise ValueError(f"roles: a role name is given twice ({sorted(n for n in names if names.count(n) > 1)})")
         return self
+
+    @property
+    def provider_groups(self) -> bool:
+        """Whether the identity provider tells each user's groups at login."""
+        return (self.mode == "oidc" and bool(self.oidc and self.oidc.groups_claim)) or (
+            self.mode == "ldap" and bool(self.ldap and (self.ldap.allowed_groups or self.ldap.admin_groups)))
 
 
 class Images(_Model):
@@ -382,8 +583,11 @@ class Verify(_Model):
 class UserStorage(_Model):
     """Where users' home directories live, so their files survive a server's stop and start."""
 
+    # The default keeps every user's files across stops, culls, upgrades and restarts (a per-user
+    # volume on the node of the user's first server; on one node, simply a volume per user). `none`
+    # loses them whenever a server stops: only when asked for, and a deploy then says so.
     mode: Literal["none", "shared-path", "volume-driver", "node-local"] = Field(
-        "none", description="none: nothing kept; shared-path: PATH/USER on storage every node mounts at PATH; "
+        "node-local", description="none: nothing kept (files lost when a server stops); shared-path: PATH/USER on storage every node mounts at PATH; "
         "volume-driver: a named volume per user through `driver`; node-local: a local volume per user, "
         "the user's servers pinned to the node that holds it")
     path: Optional[Path] = Field(
@@ -625,6 +829,7 @@ class Loaded:
         self.source = source
         self.digest = digest
         self.users = users  # name -> is admin
+        self.groups: dict[str, list[str]] = {}  # group -> its members, from the userlist's '@group' words
 
     def __getattr__(self, name: str) -> Any:  # p.hub, p.prefix, ... read through to Params
         return getattr(self.params, name)
@@ -639,7 +844,15 @@ class Loaded:
 
     def userlist_text(self) -> str:
         """The userlist in canonical form (sorted, one entry per line)."""
-        return "".join(f"{u} admin\n" if a else f"{u}\n" for u, a in sorted(self.users.items()))
+        of = self.groups_of
+        if not self.users:  # a Swarm config may not be empty
+            return "# no users by name: the identity provider's groups decide\n"
+        return "".join(" ".join([u, *(["admin"] if a else []), *(f"@{g}" for g in of(u))]) + "\n"
+                       for u, a in sorted(self.users.items()))
+
+    def groups_of(self, user: str) -> list[str]:
+        """The userlist's groups of `user`, sorted."""
+        return sorted(g for g, members in self.groups.items() if user in members)
 
     def secret_refs(self) -> list[tuple[str, SecretRef]]:
         """Every secret the parameters reference, with its key path (for the redactor: whatever a
@@ -672,11 +885,12 @@ class Loaded:
                     f"export it before running hubops"
                 )
             return value.strip()
+        from .paramfile import MAX_SECRET_BYTES, read_text
+
         path = _relative(self.source, ref.file)  # type: ignore[arg-type]
-        try:
-            value = path.read_text().strip()
-        except OSError as e:
-            raise ParameterError(f"{self.source}: {key}: cannot read secret file {path}: {e.strerror}") from None
+        # A small regular text file: a device (/dev/zero), a pipe or a huge file is refused unread.
+        value = read_text(path, MAX_SECRET_BYTES, where=f"{self.source}: {key}", what="a secret file",
+                          show_line=False).strip()
         if not value:
             raise ParameterError(f"{self.source}: {key}: secret file {path} is empty")
         return value
@@ -705,7 +919,11 @@ def _explain(err: dict) -> str:
     kind = err["type"]
     msg = err["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
-        return "unknown key; remove it or check its spelling against parameters/production.example.yaml"
+        from .paramfile import known_keys, suggest
+
+        hint = suggest(err["loc"][-1], known_keys(Params, tuple(err["loc"])))
+        return (f"unknown key{hint} (remove it or check its spelling against "
+                "parameters/production.example.yaml)")
     if kind == "missing":
         return "required key is missing; add it"
     if kind == "literal_error":
@@ -713,32 +931,53 @@ def _explain(err: dict) -> str:
     return msg
 
 
-def parse_userlist(path: Path, source: Path) -> dict[str, bool]:
-    """Read a userlist: one ``name`` or ``name admin`` per line, ``#`` comments. name -> is admin."""
+def parse_userlist(path: Path, source: Path, *, need_admin: bool = True) -> dict[str, bool]:
+    """Read a userlist: one ``name`` or ``name admin`` per line, ``#`` comments, optionally followed
+    by the user's groups as ``@group`` words (``alice @students``). name -> is admin."""
+    return read_userlist(path, source, need_admin=need_admin)[0]
+
+
+def read_userlist(path: Path, source: Path, *, need_admin: bool = True) -> tuple[dict[str, bool], dict[str, list[str]]]:
+    """The userlist's users (name -> is admin) and groups (group -> its users, sorted)."""
+    from .paramfile import MAX_USERLIST_BYTES, read_text, shown
+
     key = f"{source}: auth.userlist"
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ParameterError(f"{key}: cannot read {path}: {e.strerror}; create it with one 'name' or 'name admin' per line") from None
+    if not path.exists():
+        raise ParameterError(f"{key}: cannot read {path}: No such file or directory; create it with one 'name' or "
+                             "'name admin' per line")
+    # A regular text file of bounded size: never a device, a pipe or a binary (refused, not read).
+    text = read_text(path, MAX_USERLIST_BYTES, where=key, what="the userlist ('name' or 'name admin' per line)")
     users: dict[str, bool] = {}
+    groups: dict[str, list[str]] = {}
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         parts = line.split()
-        if len(parts) > 2 or (len(parts) == 2 and parts[1] != "admin"):
-            raise ParameterError(f"{key}: {path}:{n}: {raw.strip()!r}: a line is 'name' or 'name admin'")
+        words = [w for w in parts[1:] if not w.startswith("@")]
+        tags = [w[1:] for w in parts[1:] if w.startswith("@")]
+        if len(words) > 1 or (words and words[0] != "admin") or (words and parts[1] != "admin"):
+            raise ParameterError(f"{key}: {path}:{n}: {shown(raw.strip())}: a line is 'name' or 'name admin', "
+                                 "then optionally the user's groups as '@group' words ('alice @students')")
         name = parts[0].lower()
         if not USER_RE.match(name):
-            raise ParameterError(f"{key}: {path}:{n}: {parts[0]!r} is not a valid user name")
+            raise ParameterError(f"{key}: {path}:{n}: {shown(parts[0])} is not a valid user name (lower-case "
+                                 "letters, digits, '.', '_', '-')")
         if name in users:
             raise ParameterError(f"{key}: {path}:{n}: {name!r} is listed twice; keep one line per user")
-        users[name] = len(parts) == 2
-    if not users:
+        for g in tags:
+            if not GROUP_RE.match(g):
+                raise ParameterError(f"{key}: {path}:{n}: '@{g}' is not a valid group name "
+                                     "(letters, digits, '.', '_', '-' after the '@')")
+            groups.setdefault(g, [])
+            if name not in groups[g]:
+                groups[g].append(name)
+        users[name] = bool(words)
+    if not users and need_admin:  # with admin groups at a provider, the groups alone may decide
         raise ParameterError(f"{key}: {path} lists no users; add at least one 'name admin' line")
-    if not any(users.values()):
+    if need_admin and not any(users.values()):
         raise ParameterError(f"{key}: {path} has no admin; mark at least one user, e.g. '{next(iter(users))} admin'")
-    return users
+    return users, {g: sorted(m) for g, m in sorted(groups.items())}
 
 
 def load_params(params_file: str | os.PathLike) -> Loaded:
@@ -747,26 +986,51 @@ def load_params(params_file: str | os.PathLike) -> Loaded:
     if not source.is_absolute() and not source.exists() and (PROJECT / source).exists():
         # Opened in JupyterLab the notebook runs in runbooks/: the default path is the project's.
         source = PROJECT / source
+    from . import param_checks
+    from .paramfile import load_yaml, scrub
+
+    # Size, type, encoding, depth, alias expansion and duplicate keys are checked before and while
+    # parsing (paramfile), so no input can hang, exhaust memory or end in a traceback.
+    data, raw_bytes = load_yaml(source)
     try:
-        raw_bytes = source.read_bytes()
-    except OSError as e:
-        raise ParameterError(f"{source}: cannot read the parameter file: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(raw_bytes)
-    except yaml.YAMLError as e:
-        raise ParameterError(f"{source}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ParameterError(f"{source}: the file must hold a mapping of keys (deployment, hosts, auth, ...)")
-    try:
-        params = Params.model_validate(data)
-    except ValidationError as e:
-        problems = [f"{source}: {_loc(err['loc'])}: {_explain(err)}" for err in e.errors()]
-        raise ParameterError("\n".join(problems)) from None
-    source = source.resolve()
-    loaded = Loaded(params, source, hashlib.sha256(raw_bytes).hexdigest(), {})
-    loaded.users = parse_userlist(loaded.path(params.auth.userlist), source)
-    _check_files(loaded)
-    return loaded
+        if not isinstance(data, dict):
+            raise ParameterError(f"{source}: the file must hold a mapping of keys (deployment, hosts, auth, ...)")
+        try:
+            params = Params.model_validate(data)
+        except ValidationError as e:
+            problems = [f"{source}: {_loc(err['loc'])}: {_explain(err)}" for err in e.errors()]
+            raise ParameterError("\n".join(problems)) from None
+        loaded = Loaded(params, source.resolve(), hashlib.sha256(raw_bytes).hexdigest(), {})
+        # With admin groups at the provider, the userlist need not name an admin.
+        need_admin = not ((params.auth.mode == "oidc" and params.auth.oidc.admin_groups)  # type: ignore[union-attr]
+                          or (params.auth.mode == "ldap" and params.auth.ldap.admin_groups))  # type: ignore[union-attr]
+        loaded.users, loaded.groups = read_userlist(loaded.path(params.auth.userlist), loaded.source,
+                                                    need_admin=need_admin)
+        _check_groups(loaded)
+        _check_files(loaded)
+        problems = param_checks.check(loaded)
+        if problems:
+            raise ParameterError("\n".join(f"{loaded.source}: {m}" for m in problems))
+        return loaded
+    except ParameterError as e:
+        # A message never shows a value that looks like a secret, nor a known secret (a token
+        # pasted under the wrong key is named by its key path only).
+        from .paramfile import env_secret_values
+
+        raise ParameterError(scrub(str(e), data, env_secret_values())) from None
+
+
+def _check_groups(p: Loaded) -> None:
+    """Every group a role names has members somewhere: in the userlist, or at the identity provider."""
+    if p.auth.provider_groups:
+        return
+    for i, role in enumerate(p.auth.roles):
+        for g in role.groups:
+            if g not in p.groups:
+                raise ParameterError(
+                    f"{p.source}: auth.roles[{i}].groups: group {g!r} has no member in the userlist "
+                    f"{p.path(p.auth.userlist)} and auth.mode {p.auth.mode!r} gets no groups from a provider; "
+                    f"add '@{g}' to its members' lines, or remove it from the role")
 
 
 def _check_files(p: Loaded) -> None:
@@ -783,9 +1047,17 @@ def _check_files(p: Loaded) -> None:
             files += [(f"hosts.{group}[{idx}].tls.{k}", getattr(h.tls, k)) for k in ("ca", "cert", "key")]
     if params.tls.acme:
         files += [("tls.acme.ca_bundle", params.tls.acme.ca_bundle)]
+    if params.auth.mode == "oidc":
+        files += [("auth.oidc.ca_bundle", params.auth.oidc.ca_bundle)]  # type: ignore[union-attr]
+    if params.auth.mode == "ldap":
+        files += [("auth.ldap.ca_bundle", params.auth.ldap.ca_bundle)]  # type: ignore[union-attr]
+    from .paramfile import MAX_PEM_BYTES, read_small
+
     for key, f in files:
-        if f is not None and not p.path(f).is_file():
+        if f is not None and not p.path(f).exists():
             raise ParameterError(f"{p.source}: {key}: file {p.path(f)} does not exist; fix the path")
+        if f is not None:  # a regular file of bounded size (not a device, a pipe or a folder)
+            read_small(p.path(f), MAX_PEM_BYTES, where=f"{p.source}: {key}", what="a PEM file")
     if params.tls.mode == "acme" and params.tls.acme.account_key is not None:  # type: ignore[union-attr]
         key = p.resolve_secret(params.tls.acme.account_key, "tls.acme.account_key")  # type: ignore[union-attr]
         if "PRIVATE KEY-----" not in key:
@@ -793,6 +1065,14 @@ def _check_files(p: Loaded) -> None:
                                  "(it starts with '-----BEGIN ... PRIVATE KEY-----')")
     if params.auth.mode == "github":
         p.resolve_secret(params.auth.github.client_secret, "auth.github.client_secret")  # type: ignore[union-attr]
+    if params.auth.mode == "ldap":
+        p.resolve_secret(params.auth.ldap.bind_password, "auth.ldap.bind_password")  # type: ignore[union-attr]
+    if params.auth.mode == "oidc":
+        p.resolve_secret(params.auth.oidc.client_secret, "auth.oidc.client_secret")  # type: ignore[union-attr]
+        ca = params.auth.oidc.ca_bundle  # type: ignore[union-attr]
+        if ca is not None and "-----BEGIN CERTIFICATE-----" not in p.path(ca).read_text(errors="replace"):
+            raise ParameterError(f"{p.source}: auth.oidc.ca_bundle: {p.path(ca)} holds no PEM certificate "
+                                 "('-----BEGIN CERTIFICATE-----'); give the CA that signs the provider's certificate")
 
 
 def node_for(p: "Loaded", name: Optional[str]) -> str:

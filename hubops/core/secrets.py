@@ -8,6 +8,7 @@ The same pattern serves rotation, renewal and userlist changes.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import secrets as _random
 from typing import Literal
@@ -29,10 +30,33 @@ def _coll(client: docker.DockerClient, kind: Kind):
     return client.secrets if kind == "secret" else client.configs
 
 
-def versioned_name(p: Loaded, role: str, value: bytes) -> str:
-    # The digest names a version; it is salted with the role and truncated, so it does not
-    # help anyone guess a high-entropy value.
-    digest = hashlib.sha256(role.encode() + b"\0" + value).hexdigest()[:12]
+VERSION_KEY = "version-key"  # operator-folder file: the deployment's random key for version names
+
+
+def version_key(p: Loaded, *, create: bool = True) -> bytes:
+    """The deployment's random key for version names, kept in the operator folder (0600).
+
+    Made on first use. Without it (a plan before the first deploy, `create=False`), a throwaway key:
+    every version then counts as new, as it will be once the key exists."""
+    from . import operator
+
+    kept = operator.read(p, VERSION_KEY)
+    if kept and kept.strip():
+        return kept.strip()
+    if not create:
+        return _random.token_hex(32).encode()
+    value, _ = operator.kept_secret(p, VERSION_KEY)
+    return value.encode()
+
+
+def versioned_name(p: Loaded, role: str, value: bytes, *, create_key: bool = True) -> str:
+    """`PREFIX-ROLE-DIGEST`, the digest an HMAC of the value under the deployment's random key
+    (operator folder): names tell versions apart, but someone who sees `docker secret ls` cannot
+    check a guess of a value offline (a bare hash would let them, for operator-chosen secrets).
+    Deployments whose names were bare hashes (hubops before this key) get new names once, on the
+    next deploy, and the old versions are pruned as unused."""
+    digest = hmac.new(version_key(p, create=create_key), role.encode() + b"\0" + value,
+                      hashlib.sha256).hexdigest()[:12]
     return f"{p.prefix}-{role}-{digest}"
 
 
@@ -84,7 +108,7 @@ def ensure_versioned(
 
     The value itself never reaches the result, the log or the labels.
     """
-    name = versioned_name(p, role, value)
+    name = versioned_name(p, role, value, create_key=not result.dry_run)
     found = _exact(client, kind, name)
     newest = current(client, p, role, kind)
     label = what or role
@@ -125,12 +149,26 @@ def ensure_generated(
 
     Kept as long as a version exists; generated straight into Swarm otherwise.
     """
+    from . import operator
+
     found = current(client, p, role)
-    if found is not None:
+    known = operator.read(p, generated_file(role))
+    if found is not None and known:
         result.keep(f"secret {found.name}", f"{role}: generated earlier, kept")
         return found.name
+    # A copy goes into the operator folder (0600) before the Swarm secret exists, so the redactor
+    # always knows the value (known_secrets reads that folder). A version made by an older hubops,
+    # whose value was never kept, is replaced once: a value nobody here knows cannot be redacted.
     value = (_random.token_hex(nbytes) if hex_value else _random.token_urlsafe(nbytes)).encode()
-    return ensure_versioned(client, p, result, role=role, value=value, stage=stage, what=f"{role} (generated)")
+    why = f"{role} (generated)" if found is None else f"{role} (generated again: the earlier value was not known to the redactor)"
+    if not result.dry_run:
+        operator.write_private(operator.folder(p) / generated_file(role), value + b"\n")
+    return ensure_versioned(client, p, result, role=role, value=value, stage=stage, what=why)
+
+
+def generated_file(role: str) -> str:
+    """The operator-folder file that keeps a generated secret's value, for redaction."""
+    return f"generated-{role}"
 
 
 # Roles kept in Swarm although no service mounts them (only their newest version is kept):

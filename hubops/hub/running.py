@@ -18,7 +18,7 @@ import docker
 import docker.errors
 import requests
 
-from hubops.core import labels as L, operator, progress
+from hubops.core import api_token, labels as L, operator, progress
 from hubops.hub import config as hubconfig
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import DockerOpError, HubNotRunning, HubopsError, NotDeployed, VerifyError
@@ -220,6 +220,9 @@ class HubAPI:
                 f"no hub API token in {p.operator_path}/api-token: run 80-deploy from this machine first "
                 "(the token is generated there and kept in the operator folder)"
             )
+        expired = api_token.check_usable(p)  # the hub refuses it too: say what to do instead
+        if expired:
+            raise VerifyError(expired)
         self.s = hub_session(p)
         self.base = p.hub_url
         if len(p.hub_urls) > 1:  # the hub may run on any manager: the first address where it answers

@@ -18,6 +18,7 @@ import docker.errors
 from hubops.core import labels as L, progress
 from hubops.hub import running
 from hubops.core.engine import Clients, docker_op
+from hubops.core.errors import VerifyError
 from hubops.core.params import Loaded
 from hubops.core.result import Result
 
@@ -152,13 +153,21 @@ def _stop_servers_through_hub(p: Loaded, r: Result, dry_run: bool, timeout: floa
         r.change("remove", f"server of {name}", "stopped through the hub (the server can save)")
     if dry_run:
         return
+    # JupyterHub answers a stop only after its slow_stop_timeout (10 s) on a busy hub: ask with
+    # the hub API's spawn timeout, and let a stop that does not finish fall back to removing the
+    # service below (the server then gets Swarm's SIGTERM and grace period instead).
+    asked = []
     for name in busy:
-        # The hub answers when the server has stopped, or with 202 after its slow_stop_timeout
-        # (10 s): a stop that takes longer than our usual 5 s (a container slow to exit after
-        # SIGTERM, seen on Docker 28) is no failure.
-        api.request("DELETE", f"/hub/api/users/{name}/server", ok=(202, 204), timeout=30)
-    for name in busy:
-        api.wait_server(name, ready=False, timeout=timeout)
+        try:
+            api.request("DELETE", f"/hub/api/users/{name}/server", ok=(202, 204), timeout=running.SPAWN_REQUEST_TIMEOUT)
+            asked.append(name)
+        except VerifyError as e:
+            log.warning("the hub did not stop %s's server (%s); its service is removed directly", name, e)
+    for name in asked:
+        try:
+            api.wait_server(name, ready=False, timeout=timeout)
+        except VerifyError as e:
+            log.warning("%s's server did not stop through the hub (%s); its service is removed directly", name, e)
 
 
 def _remove_retrying(obj, attempts: int = 20) -> None:

@@ -20,8 +20,8 @@ import docker.errors
 import docker.types
 
 from hubops.hub import config as hubconfig, running
-from hubops.stages import images
-from hubops.core import labels as L, operator, secrets
+from hubops.stages import auth_oidc, images, removal
+from hubops.core import api_token, labels as L, secrets
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import HubopsError, ImageNotBuilt
 from hubops.core.params import Loaded
@@ -48,9 +48,11 @@ def _secret_refs(c: docker.DockerClient, p: Loaded, r: Result) -> tuple[list, li
         elif role == "proxy-token":
             secrets.ensure_generated(c, p, r, role=role, stage=STAGE)
         elif role == "api-token":
-            value, created = operator.kept_secret(p, "api-token", dry_run=r.dry_run)
+            # Scoped to what hubops calls, with an expiry; a new one when none is kept, the kept one
+            # has no expiry, or it is near it (hubops.api_token).
+            value, why = api_token.ensure(p, dry_run=r.dry_run)
             secrets.ensure_versioned(c, p, r, role=role, value=value.encode(), stage=STAGE,
-                                     what="hubops's hub API token" + (" (generated)" if created else ""))
+                                     what="hubops's hub API token" + (f" ({why})" if why else ""))
         obj = secrets.current(c, p, role)
         if obj is None:
             if r.dry_run:
@@ -66,11 +68,14 @@ def _secret_refs(c: docker.DockerClient, p: Loaded, r: Result) -> tuple[list, li
 
 
 def _config_refs(c: docker.DockerClient, p: Loaded, r: Result, singleuser_image: str) -> tuple[list, list[str]]:
+    # OpenID Connect: the provider's endpoints, from its discovery document (refused if it does not answer).
+    discovery = auth_oidc.discover(p) if p.auth.mode == "oidc" else None
     secrets.ensure_versioned(c, p, r, role="hub-config", kind="config", stage=STAGE,
-                             value=hubconfig.render(p, singleuser_image=singleuser_image).encode(),
+                             value=hubconfig.render(p, singleuser_image=singleuser_image, discovery=discovery).encode(),
                              what="jupyterhub_config.py")
     refs, names = [], []
-    for role, target in (("hub-config", hubconfig.CONFIG_PATH), ("userlist", hubconfig.USERLIST_PATH)):
+    for role in hubconfig.config_roles(p):
+        target = hubconfig.CONFIG_FILES[role]
         obj = secrets.current(c, p, role, kind="config")
         if obj is None:
             if r.dry_run:
@@ -186,6 +191,8 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
             f"service {p.hub_service} exists but was not created by hubops for deployment {p.deployment}; "
             "remove it or choose another deployment name"
         )
+    # Who the running hub lets in, to take out those who left the userlist once the new hub serves.
+    userlist_before = removal.running_userlist(c, svc, hubconfig.USERLIST_PATH)
     if svc is None:
         r.change("create", f"service {p.hub_service}", f"hub {refs['hub']} on {p.hub_host.name}, port {p.hub.https_port}")
     elif svc.attrs["Spec"].get("Labels", {}).get(SPEC_DIGEST) != digest:
@@ -193,6 +200,9 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
     else:
         r.keep(f"service {p.hub_service}", "spec unchanged")
     if dry_run:
+        for name in sorted(set(userlist_before or {}) - set(p.users)):
+            r.change("remove", f"user {name}", "off the userlist: would be removed from the hub and their server stopped "
+                     "(unless a provider group let them in at their last login)")
         return r
 
     if svc is None:
@@ -204,6 +214,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
             c.api.update_service(svc.id, svc.version, **spec)
     if wait:
         r.facts["answered_after_s"] = running.wait_until_serving(p, clients, changed=r.items[-1].changed)
+        removal.remove_departed(p, r, userlist_before)
         secrets.prune_unused(c, p, r, keep=set(sec_names) | set(cfg_names))
     return r
 

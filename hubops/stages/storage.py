@@ -8,6 +8,8 @@ remove_volumes (the hub database is kept unless asked).
 """
 from __future__ import annotations
 
+import logging
+
 import secrets
 
 import docker.errors
@@ -18,6 +20,8 @@ from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import ConflictError
 from hubops.core.params import Loaded
 from hubops.core.result import Result
+
+log = logging.getLogger("hubops")
 
 
 def ensure_hub_volume(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result:
@@ -123,7 +127,10 @@ def ensure_user_storage(p: Loaded, clients: Clients, *, dry_run: bool = False) -
     r = Result("users' storage", dry_run=dry_run)
     r.facts.update({"mode": us.mode, "means": describe_users(p), "mounted at": us.target})
     if us.mode == "none":
-        return r.keep("users' homes", "storage.users.mode none: nothing to prepare")
+        log.warning("storage.users.mode is none: users' files are LOST whenever their server stops "
+                    "(the idle culler, an upgrade, a restart); remove the setting to keep them in per-user volumes")
+        return r.keep("users' homes", "storage.users.mode none: nothing kept; users' files are LOST when "
+                      "their server stops (culled, upgraded, restarted)")
     if us.mode == "volume-driver":
         for host in p.hosts.all:
             with docker_op("read engine info", host.name):

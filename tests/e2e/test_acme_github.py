@@ -141,7 +141,8 @@ def deployed(tmp_path_factory, hosts_entry, pebble, github):
                "pebble": pebble, "github": github}
     finally:
         print(f"\nfigures: {json.dumps(FIGURES)}")
-        teardown.teardown(p, Clients(p), remove_volumes=True)
+        # users' homes (kept by default since users' files are kept by default) go too
+        teardown.teardown(p, Clients(p), remove_volumes=True, remove_user_data=True)
         left = labelled()
         assert not left, f"teardown left {left}"
 

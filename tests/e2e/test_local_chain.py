@@ -47,11 +47,12 @@ def deployed(tmp_path_factory):
     yield {"params": params, "outputs": outputs, "cold": cold, "cold_s": cold_s, "p": p,
            "plan": plan, "after_plan": after_plan, "operator_after_plan": operator_after_plan}
     # Tear down the way an operator does: the teardown runbook, confirmed, volumes included.
+    # Users' homes are kept by default (a user's files survive a teardown unless asked): asked here.
     down = hubops_cli("ops", "teardown", "-p", str(params), "--set", "confirm=true", "--set", "remove_volumes=true",
-                      outputs=outputs)
+                      "--set", "remove_user_data=true", outputs=outputs)
     left = labelled_objects()
     if down.returncode != 0 or left:  # still leave the machine clean for the next test
-        teardown.teardown(p, Clients(p), remove_volumes=True)
+        teardown.teardown(p, Clients(p), remove_volumes=True, remove_user_data=True)
     assert down.returncode == 0, down.stderr[-3000:]
     assert not left, f"teardown left {left}"
 
@@ -256,3 +257,72 @@ def test_no_secret_under_the_run_folder_or_in_the_cli_log(deployed):
     print(f"\nsecret scan: {len(values)} values x 2-3 forms over {len(files)} files and {len(logs)} CLI logs")
     hits = secret_hits(values, [deployed["outputs"]], logs)
     assert not hits, f"secrets found in {hits}"
+
+
+# -- issue 13: the default keeps users' files; hubops's API token is scoped, expires, rotates ------------
+def _wait_server(api, user: str, ready: bool, limit: float = 120) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        servers = api.request("GET", f"/hub/api/users/{user}").json().get("servers") or {}
+        if bool(servers.get("", {}).get("ready")) == ready and (ready or "" not in servers):
+            return
+        time.sleep(1)
+    raise AssertionError(f"{user}'s server did not become {'ready' if ready else 'stopped'} in {limit} s")
+
+
+def test_the_default_keeps_a_users_files_across_a_stop(deployed):
+    """Item 8: on the embedded default (no storage setting), a file a user saved is there after their
+    server is stopped (as the idle culler stops it) and started again."""
+    from hubops.hub.running import HubAPI
+
+    p = deployed["p"]
+    assert p.storage.users.mode == "node-local"
+    api = HubAPI(p)
+    api.request("POST", "/hub/api/users/alice/server", ok=(201, 202), timeout=60)
+    _wait_server(api, "alice", ready=True)
+    body = {"type": "file", "format": "text", "content": "kept across a stop 5d1e"}
+    api.request("PUT", "/user/alice/api/contents/kept.txt", ok=(200, 201), json=body)
+    api.request("DELETE", "/hub/api/users/alice/server", ok=(202, 204), timeout=60)
+    _wait_server(api, "alice", ready=False)
+    client = docker.from_env()
+    assert client.volumes.get(f"{p.prefix}-home-alice").attrs["Labels"]["hubops.user"] == "alice"
+    api.request("POST", "/hub/api/users/alice/server", ok=(201, 202), timeout=60)
+    _wait_server(api, "alice", ready=True)
+    got = api.request("GET", "/user/alice/api/contents/kept.txt").json()
+    assert got["content"] == "kept across a stop 5d1e"
+    api.request("DELETE", "/hub/api/users/alice/server", ok=(202, 204), timeout=60)
+    _wait_server(api, "alice", ready=False)
+
+
+def test_hubops_token_is_scoped_and_a_rotated_one_is_revoked(deployed):
+    """Item 6: hubops's token may do what hubops does and no more; near its expiry a deploy makes a
+    new one, and the hub refuses the old one from its restart on."""
+    from datetime import datetime, timedelta, timezone
+
+    from hubops.core import api_token
+    from hubops.hub.running import HubAPI
+
+    p = deployed["p"]
+    api = HubAPI(p)
+    assert api.request("GET", "/hub/api/users").status_code == 200
+    # create a user other than the verify user, or make one admin: refused (JupyterHub answers 404 "No access
+    # to resources or resources not found" to a scope filtered to another user, 403 to a missing scope)
+    assert api.request("POST", "/hub/api/users/mallory", ok=(403, 404)).status_code in (403, 404)
+    assert api.request("PATCH", "/hub/api/users/alice", ok=(403, 404), json={"admin": True}).status_code in (403, 404)
+    assert api.request("GET", "/hub/api/users/mallory", ok=(404,)).status_code == 404  # not created
+    expires = api_token.read_expiry(p)
+    assert expires is not None and timedelta(days=80) < expires - datetime.now(timezone.utc) <= timedelta(days=90)
+
+    old = (p.operator_path / "api-token").read_text().strip()
+    soon = datetime.now(timezone.utc) + timedelta(days=3)  # inside RENEW_DAYS: the next deploy rotates
+    (p.operator_path / "api-token-expires").write_text(soon.isoformat() + "\n")
+    again = hubops_cli("deploy", "-p", str(deployed["params"]), outputs=deployed["outputs"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    new = (p.operator_path / "api-token").read_text().strip()
+    assert new != old and api_token.read_expiry(p) - datetime.now(timezone.utc) > timedelta(days=80)
+    s = requests.Session()
+    s.trust_env = False
+    s.verify = str(p.operator_path / "ca.pem")
+    url = f"{p.hub_url}/hub/api/users"
+    assert s.get(url, headers={"Authorization": f"token {new}"}, timeout=10).status_code == 200
+    assert s.get(url, headers={"Authorization": f"token {old}"}, timeout=10).status_code == 403

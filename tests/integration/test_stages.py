@@ -10,7 +10,7 @@ from hubops.stages import auth, network, storage, swarm, tls
 from hubops.core import secrets
 from hubops.ops import teardown
 from hubops.core.engine import Clients
-from hubops.core.errors import ConflictError, ParameterError, TLSError
+from hubops.core.errors import ConflictError, ParameterError
 from hubops.core.params import load_params
 from hubops.core.result import Result
 
@@ -117,10 +117,10 @@ def test_tls_files_mode_refuses_mismatched_key_before_any_change(deployment, doc
     _, other_key = certs.issue_server_cert(ca, ca_key, ["localhost"])
     (tmp_path / "cert.pem").write_bytes(cert)
     (tmp_path / "key.pem").write_bytes(other_key)
-    q = load_params(params_factory("itest5", subnet="10.236.0.0/24", port=8449,
+    # Refused when the parameters are read (hubops check), before any stage runs.
+    with pytest.raises(ParameterError, match="tls.files.key: .* is not the key of tls.files.cert"):
+        load_params(params_factory("itest5", subnet="10.236.0.0/24", port=8449,
                                    extra=f"tls: {{mode: files, files: {{cert: {tmp_path}/cert.pem, key: {tmp_path}/key.pem}}}}\n"))
-    with pytest.raises(TLSError, match="does not match"):
-        tls.ensure_tls(q, Clients(q))
     assert not docker_client.secrets.list(filters={"label": "hubops.deployment=itest5"})
 
 

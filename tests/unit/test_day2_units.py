@@ -24,9 +24,9 @@ def params(tmp_path: Path, extra: str = ""):
 
 
 # -- parameters ------------------------------------------------------------------------------
-def test_defaults_keep_nothing_and_cull_after_an_hour(tmp_path):
+def test_defaults_keep_users_files_and_cull_after_an_hour(tmp_path):
     p = params(tmp_path)
-    assert p.storage.users.mode == "none"
+    assert p.storage.users.mode == "node-local"  # issue 13 item 8: the default loses no data
     assert (p.culler.enabled, p.culler.timeout, p.culler.every) == (True, 3600, 60)
     assert backup.backup_root(p) == p.operator_path / "backups"
 
@@ -49,9 +49,9 @@ def test_bad_day2_parameters_are_refused_with_the_key(tmp_path, extra, message):
 def test_backup_dir_under_outputs_is_refused(tmp_path):
     from hubops.audit.runner import OUTPUTS
 
-    p = params(tmp_path, f"backup: {{dir: {OUTPUTS / 'backups'}}}")
-    with pytest.raises(ParameterError, match="backup.dir: .* is under"):
-        backup.backup_root(p)
+    # Refused when the parameters are read (hubops check), before any backup is attempted.
+    with pytest.raises(ParameterError, match="backup.dir: .* is inside"):
+        params(tmp_path, f"backup: {{dir: {OUTPUTS / 'backups'}}}")
     p = params(tmp_path, "backup: {dir: saved}")
     assert backup.backup_root(p) == tmp_path / "saved"  # relative to the parameter file
 

@@ -4,6 +4,7 @@ record of a run whose runner was killed. The faults themselves are in tests/e2e/
 from __future__ import annotations
 
 import platform
+import re
 import textwrap
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from hubops.core.errors import ParameterError
 from hubops.core.params import load_params
 from hubops.core.record import stopped_stage
 from hubops.stages.storage import describe_hub
-from tests.helpers import make_params
+from tests.helpers import make_params, write_cert_pair
 
 THREE_MANAGERS = """
 hosts:
@@ -28,12 +29,16 @@ hosts:
 
 def three(tmp_path: Path, extra: str):
     base = make_params(tmp_path, "faults", port=8490, subnet="10.246.0.0/24")
-    for name in ("ca.pem", "c.pem", "k.pem"):
-        (tmp_path / name).write_text("not read by these tests\n")
+    (tmp_path / "ca.pem").write_text("not read by these tests\n")
+    write_cert_pair(tmp_path / "c.pem", tmp_path / "k.pem")
     text = base.read_text()
     head, _, rest = text.partition("hosts:")
     rest = rest.split("hub:", 1)[1]
-    base.write_text(head + textwrap.dedent(THREE_MANAGERS).lstrip() + "hub:" + rest + textwrap.dedent(extra))
+    extra = textwrap.dedent(extra)
+    hub = "hub:"
+    if re.search(r"^hub:", extra, re.M):  # the extra's hub replaces the base's (a key given twice is refused)
+        rest, hub = rest.split("\n", 1)[1], ""
+    base.write_text(head + textwrap.dedent(THREE_MANAGERS).lstrip() + hub + rest + extra)
     return base
 
 
@@ -92,8 +97,8 @@ def test_lab_engines_share_one_socket_path_in_their_own_views(tmp_path):
                            overlay_subnet="10.246.0.0/24", userlist="u")
     (tmp_path / "u").write_text("operator admin\n")
     (tmp_path / "s" / "certs").mkdir(parents=True)
-    for name in ("ca", "cert", "key"):
-        (tmp_path / "s" / "certs" / f"{name}.pem").write_text("not read by this test\n")
+    (tmp_path / "s" / "certs" / "ca.pem").write_text("not read by this test\n")
+    write_cert_pair(tmp_path / "s" / "certs" / "cert.pem", tmp_path / "s" / "certs" / "key.pem")
     (tmp_path / "lab.yaml").write_text(text.replace("hub: {", "storage: {hub: {mode: shared-path, path: /x}}\nhub: {"))
     p = load_params(tmp_path / "lab.yaml")
     assert {h.engine_socket for h in p.hosts.all} == {str(tmp_path / "r" / "engine" / "docker.sock")}

@@ -53,7 +53,7 @@ def test_local_default_config(secret_files, tmp_path, monkeypatch):
     # The spawner is hubops's module (as the hub image installs it), a real SwarmSpawner subclass.
     assert c.JupyterHub.spawner_class is HubopsSpawner and issubclass(HubopsSpawner, SwarmSpawner)
     assert "from hubops.inhub.spawner import HubopsSpawner\n" in src and "\nclass " not in src
-    assert c.HubopsSpawner.home_mode == "none" and c.HubopsSpawner.home_volume_prefix == "hubops-local"
+    assert c.HubopsSpawner.home_mode == "node-local" and c.HubopsSpawner.home_volume_prefix == "hubops-local"
     assert c.SwarmSpawner.image == "hubops-singleuser:abc"
     assert c.SwarmSpawner.network_name == "hubops-local"
     assert c.SwarmSpawner.extra_endpoint_spec == {"mode": "dnsrr"}
@@ -75,7 +75,8 @@ def test_local_default_config(secret_files, tmp_path, monkeypatch):
     svc = next(s for s in c.JupyterHub.services if s["name"] == "hubops")  # the idle culler is the other
     assert svc == {"name": "hubops", "api_token": values["hubops-api-token"]}
     role = next(r for r in c.JupyterHub.load_roles if r["name"] == "hubops-operator")
-    assert role["services"] == ["hubops"] and "admin:servers" in role["scopes"]
+    assert role["services"] == ["hubops"] and "servers" in role["scopes"] and "admin:servers" not in role["scopes"]
+    assert "admin:users!user=hubopsverify" in role["scopes"] and "admin:users" not in role["scopes"]
     # The file itself carries no secret value.
     for v in values.values():
         assert v not in src
@@ -119,6 +120,6 @@ def test_github_multi_host_config(secret_files, tmp_path, monkeypatch):
     # What JupyterHub makes of it: SwarmSpawner's and hubops's settings on one spawner.
     s = hub_spawner(c, "alice")
     assert (s.image, s.network_name, s.extra_endpoint_spec, s.mem_limit) == ("su:1", "hubops-prod", {"mode": "vip"}, 2 * 1024**3)
-    assert (s.home_mode, s.object_name, s.home_labels["hubops.role"]) == ("none", "hubops-prod-user-alice", "user-home")
+    assert (s.home_mode, s.object_name, s.home_labels["hubops.role"]) == ("node-local", "hubops-prod-user-alice", "user-home")
     assert "github-client-secret" in hubconfig.secret_roles(p)
     assert "user-password" not in hubconfig.secret_roles(p)

@@ -45,14 +45,37 @@ def test_production_example_is_valid_when_its_secret_is_set(monkeypatch, tmp_pat
     text = example.read_text()
     for path in ("/etc/hubops/certs",):
         text = text.replace(path, str(tmp_path))
-    for name in ("ca.pem", "cert.pem", "key.pem", "fullchain.pem", "privkey.pem"):
-        (tmp_path / name).write_text("x")
+    # Certificates must match their keys (checked at load): real pairs, made here.
+    for cert, key in (("cert.pem", "key.pem"), ("fullchain.pem", "privkey.pem")):
+        c, k = _cert_and_key()
+        (tmp_path / cert).write_bytes(c)
+        (tmp_path / key).write_bytes(k)
+    (tmp_path / "ca.pem").write_bytes(_cert_and_key()[0])
     (tmp_path / "userlist").write_text((PROJECT / "parameters/production.userlist").read_text())
     copy = tmp_path / "production.yaml"
     copy.write_text(text.replace("production.userlist", "userlist"))
     p = load_params(copy)
     assert p.auth.mode == "github" and len(p.hosts.workers) == 2
     assert p.hub_url.startswith("https://") and p.tls.mode == "files"
+
+
+def _cert_and_key() -> tuple[bytes, bytes]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stand-in")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
 
 
 def test_minimal_file_gets_defaults(tmp_path):
@@ -84,6 +107,8 @@ def test_bad_values_name_file_and_key(tmp_path, patch, key, hint):
     # A later top-level key replaces the earlier one (auth), so the file stays one YAML mapping.
     if patch.startswith("auth:"):
         body = body.replace("auth:\n  userlist: users\n", "")
+    if patch.startswith("deployment:"):  # a key given twice is refused on its own
+        body = body.replace("deployment: t1\n", "")
     f = write(tmp_path, body)
     with pytest.raises(ParameterError) as e:
         load_params(f)

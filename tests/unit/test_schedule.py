@@ -13,12 +13,12 @@ import pytest
 from hubops.cli import schedule
 from hubops.core.errors import ScheduleError
 from hubops.core.params import load_params
+from tests.helpers import write_cert_pair
 
 
 def params(tmp_path: Path, tls: str = "", auth: str = "") -> Path:
     (tmp_path / "users").write_text("ann admin\nbob\n")
-    (tmp_path / "cert.pem").write_text("x")
-    (tmp_path / "key.pem").write_text("x")
+    write_cert_pair(tmp_path / "cert.pem", tmp_path / "key.pem")
     f = tmp_path / "p%x.yaml"  # a '%' that systemd and cron must not expand
     f.write_text(textwrap.dedent("""
         deployment: sched1

@@ -154,7 +154,7 @@ def test_a_bad_home_mode_is_refused_by_name():
 
 # -- users' homes ------------------------------------------------------------------------------
 def test_no_storage_leaves_swarmspawner_s_mounts(tmp_path):
-    s = hub_spawner(hub_config(params(tmp_path)), "alice")
+    s = hub_spawner(hub_config(params(tmp_path, "storage: {users: {mode: none}}")), "alice")  # asked for
     assert s.home_mode == "none" and s.mounts == []
     s.volumes = {"/srv/data": "/data"}  # SwarmSpawner's own volumes setting still works
     assert s.mounts == [{"Target": "/data", "Source": "/srv/data", "Type": "bind", "ReadOnly": False}]

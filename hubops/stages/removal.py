@@ -1,0 +1,78 @@
+"""Taking someone out: users who were on the userlist the hub ran with and are not on the new one.
+
+80-deploy reads the userlist the running hub was started with (its Swarm config) before it
+updates the service; once the new hub serves, each user who left the userlist and is still known
+to the hub is removed from it: their server is stopped and their hub record (and with it their
+login cookie and tokens) is deleted, so they can neither use a running server nor start one. Their
+home (volume or directory) stays: put them back on the userlist and they find it again.
+
+A user who is also let in by a group at the identity provider (auth.oidc.allowed_groups or
+admin_groups, as the hub saw them at their last login) is kept: the provider decides at their next
+login. Someone removed from a group at the provider only is refused at their next login; hubops
+cannot see that change (an OpenID provider has no standard API to ask), see README.
+"""
+from __future__ import annotations
+
+import base64
+
+import docker
+
+from hubops.core.params import Loaded
+from hubops.core.result import Result
+
+
+def running_userlist(c: docker.DockerClient, svc, userlist_path: str) -> dict[str, list[str]] | None:
+    """The userlist the hub service currently mounts: user -> their '@group' words; None without a hub."""
+    if svc is None:
+        return None
+    for ref in svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Configs") or []:
+        if (ref.get("File") or {}).get("Name") == userlist_path:
+            try:
+                data = c.configs.get(ref["ConfigID"]).attrs["Spec"]["Data"]
+            except docker.errors.NotFound:
+                return None
+            users = {}
+            for line in base64.b64decode(data).decode().splitlines():
+                parts = line.split("#", 1)[0].split()
+                if parts:
+                    users[parts[0]] = [w[1:] for w in parts[1:] if w.startswith("@")]
+            return users
+    return None
+
+
+def remove_departed(p: Loaded, r: Result, before: dict[str, list[str]] | None, *, timeout: float = 90) -> None:
+    """Remove from the hub each user who left the userlist (see the module's docstring)."""
+    from hubops.hub.running import HubAPI
+
+    if not before:
+        return
+    gone = sorted(set(before) - set(p.users))
+    if not gone:
+        return
+    api = HubAPI(p)
+    provider_groups: set[str] = set()
+    if p.auth.mode == "oidc":
+        provider_groups = set(p.auth.oidc.allowed_groups) | set(p.auth.oidc.admin_groups)
+    elif p.auth.mode == "ldap":
+        from hubops.core.params import ldap_group_name
+
+        provider_groups = {ldap_group_name(dn) for dn in [*p.auth.ldap.allowed_groups, *p.auth.ldap.admin_groups]}
+    removed = []
+    for name in gone:
+        u = api.user(name)
+        if u is None:
+            r.keep(f"user {name}", "off the userlist; not known to the hub (never logged in)")
+            continue
+        # Groups the provider gave them at their last login (not those the old userlist gave them).
+        by_provider = (set(u.get("groups") or []) - set(before[name])) & provider_groups
+        if by_provider:
+            r.keep(f"user {name}", f"off the userlist, but in provider group(s) {sorted(by_provider)} at their "
+                                   "last login; the provider decides at their next login")
+            continue
+        server = (u.get("servers") or {}).get("")
+        api.remove_user(name, timeout=timeout)
+        r.change("remove", f"user {name}", "off the userlist: " + (
+            "their running server was stopped, " if server else "no server was running, ")
+            + "their hub record, login and tokens deleted (their home stays)")
+        removed.append({"user": name, "server_stopped": bool(server)})
+    r.facts["users_removed"] = removed

@@ -1,0 +1,39 @@
+"""Driving the hub's pages in headless Chromium on a machine shared with other tests.
+
+Other tests on this machine create and remove network interfaces (labs' bridges, veths, Swarm's
+overlays) all the time; Chromium then aborts whatever navigation is under way with
+net::ERR_NETWORK_CHANGED. That is not the hub's answer: the step is done again."""
+from __future__ import annotations
+
+import time
+
+
+def network_changed(e: Exception) -> bool:
+    return "ERR_NETWORK_CHANGED" in str(e)
+
+
+def again(step, *args, tries: int = 5, **kwargs):
+    """Run a browser step (a function of a page, or one that makes its own), again while Chromium
+    reports ERR_NETWORK_CHANGED; any other error is raised at once."""
+    for n in range(tries):
+        try:
+            return step(*args, **kwargs)
+        except Exception as e:  # playwright's Error
+            if not network_changed(e) or n == tries - 1:
+                raise
+            print(f"browser: {e.__class__.__name__} ERR_NETWORK_CHANGED in {getattr(step, '__name__', step)}; again")
+            time.sleep(0.5)
+
+
+def goto(page, url: str):
+    """page.goto, again after ERR_NETWORK_CHANGED; the response."""
+    return again(page.goto, url)
+
+
+def hub_log_tail(service: str, lines: int = 60) -> str:
+    """The hub's last log lines (for a failed step's message: a 500 says nothing by itself)."""
+    import subprocess
+
+    out = subprocess.run(["docker", "service", "logs", "--raw", "--tail", str(lines), service],
+                         capture_output=True, text=True, timeout=60)
+    return out.stdout + out.stderr
