@@ -64,8 +64,9 @@ def stop(api: HubAPI, user: str) -> None:
 
 def server_node(p, clients: Clients, api: HubAPI, user: str) -> str:
     """The hubops host that runs `user`'s server now."""
-    state = ((api.user(user) or {}).get("servers") or {}).get("", {}).get("state") or {}
-    svc = clients.manager.services.get(state["object_name"])
+    # The server's Swarm service is named after the user (the hub's API token no longer reads
+    # the spawner's state).
+    svc = clients.manager.services.get(f"{p.prefix}-user-{user}")
     for _ in range(120):
         tasks = [t for t in svc.tasks(filters={"desired-state": "running"}) if t["Status"]["State"] == "running"]
         if tasks:
