@@ -105,8 +105,11 @@ cleanup() {
   if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
     # The tree's PID 1 stops its containers and dockerd when asked to end; unshare --kill-child
     # then ends whatever is left when unshare itself is killed.
-    local init
-    init=$(cat "/proc/$PID/task/$PID/children" 2>/dev/null | awk '{print $1}')
+    # unshare's children: the tree's PID 1 (in the new PID namespace) and the log's tee (here).
+    local c init=
+    for c in $(cat "/proc/$PID/task/$PID/children" 2>/dev/null); do
+      [ "$(readlink "/proc/$c/ns/pid")" != "$(readlink /proc/$$/ns/pid)" ] && init=$c
+    done
     [ -n "$init" ] && kill -TERM "$init" 2>/dev/null || true
     for _ in $(seq 60); do kill -0 "$PID" 2>/dev/null || break; sleep 1; done
     kill -KILL "$PID" 2>/dev/null || true

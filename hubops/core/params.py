@@ -547,6 +547,17 @@ class Images(_Model):
     trust_host_ca: bool = Field(
         True, description="without extra_ca_bundle, let builds trust the bundle named by PIP_CERT, "
         "REQUESTS_CA_BUNDLE or SSL_CERT_FILE on this machine, as its own pip does")
+    jupyterhub_version: Optional[str] = Field(
+        None, description="JupyterHub release to build the hub and single-user images with, e.g. 5.5.4 (default: "
+        "the pins in images/*/requirements.txt); a newer one than the database's schema is reached with "
+        "`hubops ops upgrade`, which migrates the database")
+
+    @field_validator("jupyterhub_version")
+    @classmethod
+    def _jh_version(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.match(r"^\d+\.\d+\.\d+([a-z]+\d*)?$", str(v)):
+            raise ValueError(f"{v!r} is not a JupyterHub release such as 6.1.1")
+        return str(v) if v is not None else None
 
 
 class Spawner(_Model):

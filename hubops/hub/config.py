@@ -165,6 +165,9 @@ def render(p: Loaded, *, singleuser_image: str, discovery: Any = None) -> str:
         f"c.JupyterHub.log_level = {p.hub.log_level!r}",
         # Users' servers are Swarm services that outlive a hub restart (upgrade, renewal).
         "c.JupyterHub.cleanup_servers = False",
+        # JupyterHub 6 (aiohttp): resolve a user's server afresh on every connection; Swarm gives it a
+        # new address each time it starts (JupyterHub 5 ignores this section).
+        "c.JupyterHubHTTPClient.connector_options = {'use_dns_cache': False}",
         "c.JupyterHub.cleanup_proxy = True",
         "",
         "# --- generated secrets (Swarm secrets, never in this file) --------------------------",

@@ -78,8 +78,9 @@ SIGNATURES: tuple[Signature, ...] = (
               "run `hubops deploy` again: it recreates them and points the hub at them"),
     Signature("db-schema", r"upgrade-db|database schema version|can't locate revision|alembic\.util\.exc",
               "the hub's database was written by another JupyterHub version than the one running",
-              "restore the backup taken before the upgrade (runbooks/ops/restore; its manifest names the JupyterHub "
-              "version) onto the matching image, or run `jupyterhub upgrade-db` in the hub's container"),
+              "a newer JupyterHub: `hubops ops upgrade` (it backs up, migrates with `jupyterhub upgrade-db` and "
+              "puts everything back if the new hub fails); an older one: `hubops ops restore --set backup=FOLDER "
+              "--set image=backup` with the backup taken before the upgrade (its manifest names the image)"),
     Signature("db-locked", r"database is locked",
               "two hubs write the same SQLite database, or its storage does not lock (NFS)",
               "run one hub only (80-deploy's stop-first update does); keep the database on a local volume"),

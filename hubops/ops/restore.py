@@ -147,11 +147,13 @@ def _hub_users(p: Loaded) -> dict[str, dict]:
 
 
 def restore(p: Loaded, clients: Clients, which: str = "latest", *, safety_backup: bool = True,
-            dry_run: bool = False) -> list[Result]:
+            dry_run: bool = False, image: str = "") -> list[Result]:
     """Restore the hub's database from a backup onto this deployment (deployed, possibly fresh).
 
     Changes on the cluster: the hub stops (scaled to 0; users' servers keep running), its
-    database is replaced, it starts again. Refuses, before any change, a backup that is corrupt,
+    database is replaced, it starts again; with `image` (a reference, or "backup" for the image the
+    backup names), on that image: the way back across a schema migration (the older JupyterHub and
+    the database of its schema, together). Refuses, before any change, a backup that is corrupt,
     partial, not a hub database, or of a schema the hub's image does not expect."""
     checked = check_backup(p, which)
     path = Path(checked.facts["path"])
@@ -160,14 +162,16 @@ def restore(p: Loaded, clients: Clients, which: str = "latest", *, safety_backup
     if m["deployment"] != p.deployment:
         checked.check("deployment", f"a backup of {m['deployment']}, restored onto {p.deployment}")
     svc = running.hub_service(p, clients)
-    image = running.service_image(svc)
+    current = running.service_image(svc)
+    image = (m.get("hub_image") or "") if image == "backup" else (image or current)
     head = _schema_head(p, clients, image)
     if head["head"] != info["alembic_revision"]:
         raise BackupError(
             f"{path}: refused, nothing was changed: the backup's database has schema {info['alembic_revision']} "
             f"(JupyterHub {m.get('jupyterhub_version')}), the hub's image {image} expects {head['head']} "
-            f"(JupyterHub {head['jupyterhub']}). Restore onto a hub running the backup's image "
-            f"({m.get('hub_image')}: `hubops ops upgrade --set image=...`), then upgrade")
+            f"(JupyterHub {head['jupyterhub']}). Restore it with the backup's image, which the hub then runs: "
+            f"`hubops ops restore -p {p.source} --set backup={path.name} --set image={m.get('hub_image')} "
+            "--set confirm=true` (the image must be on the hub's node), then upgrade if you want")
     checked.check(f"image {image}", f"JupyterHub {head['jupyterhub']} expects schema {head['head']}, as in the backup")
     results = [checked]
     hub_running = False
@@ -183,6 +187,9 @@ def restore(p: Loaded, clients: Clients, which: str = "latest", *, safety_backup
     r.change("update", f"service {p.hub_service}", "scaled to 0: the hub stops (users' servers keep running)")
     r.change("update", _data_where(p),
              f"{DB} replaced by the backup's ({size} bytes, sha256 {m['files'][DB]['sha256'][:16]})")
+    if image != current:
+        r.change("update", f"service {p.hub_service}", f"image {current} -> {image} (JupyterHub {head['jupyterhub']}, "
+                 "whose schema the backup's database has)")
     r.change("update", f"service {p.hub_service}", "scaled to 1: the hub starts on the restored database")
     if dry_run:
         return results
@@ -191,6 +198,10 @@ def restore(p: Loaded, clients: Clients, which: str = "latest", *, safety_backup
     try:
         _wait_hub_stopped(p, clients)
         _place_db(p, clients, image, path / DB, m["files"][DB]["sha256"])
+        if image != current:
+            from hubops.stages import deploy
+
+            deploy.ensure_hub(p, clients, hub_image=image, wait=False)
     finally:
         _scale(svc, 1)  # the hub comes back, on the restored database or, if placing failed, on the old one
     r.facts["answered_after_s"] = running.wait_until_serving(p, clients, changed=False)
@@ -216,3 +227,7 @@ def _check_restored(p: Loaded, info: dict[str, Any], r: Result) -> None:
     r.check("server records", f"{len(info['servers'])} back" + (
         ": " + ", ".join(f"{s['user']}/{s['server'] or '(default)'}" for s in info["servers"]) if info["servers"] else ""))
     r.facts["users"] = sorted(users)
+
+
+# Public for ops/upgrade_migrate: the way back after a migration is a restore of the backup taken before it.
+data_where, wait_hub_stopped, place_db, scale, hub_users = _data_where, _wait_hub_stopped, _place_db, _scale, _hub_users

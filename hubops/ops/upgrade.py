@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hubops.ops import backup as _backup
-from hubops.hub import running
+from hubops.hub import running, schema
 from hubops.stages import deploy, images
 from hubops.core import progress, secrets
 from hubops.core.engine import Clients
@@ -158,6 +158,20 @@ def upgrade(p: Loaded, clients: Clients, *, image: str = "", jupyterhub_version:
         up.keep(f"service {p.hub_service}", f"already runs {target}")
         up.facts["verdict"] = "unchanged"
         return results + [up]
+    # The database's schema against the new image's JupyterHub, before anything changes: a downgrade
+    # across a migration is refused here; a migration takes its own path (hub stopped, upgrade-db).
+    sch = None if dry_run and images.image_or_none(clients[schema.data_node(p, clients)], target) is None \
+        else schema.read(p, clients, target)
+    if sch is not None:
+        up.facts.update({"schema_from": sch.db, "schema_to": sch.head, "to_jupyterhub": sch.jupyterhub,
+                         "schema_plan": sch.plan})
+        if sch.plan == "downgrade":
+            raise schema.DowngradeRefused(schema.downgrade_message(p, sch, running_image=current))
+        if sch.plan == "migrate":
+            from hubops.ops.upgrade_migrate import upgrade_with_migration
+
+            return results + upgrade_with_migration(p, clients, svc, current=current, target=target, sch=sch, up=up,
+                                                    backup_first=backup_first, dry_run=dry_run)
     if backup_first:
         results.append(_backup.backup(p, clients, reason=f"before upgrading {current} to {target}", dry_run=dry_run))
     try:
@@ -194,6 +208,11 @@ def upgrade(p: Loaded, clients: Clients, *, image: str = "", jupyterhub_version:
         if desired and desired != target:
             up.facts["note"] = (f"the next `hubops deploy` puts back {desired} (the build of images/hub); to keep "
                                 f"{target}, change images/hub (e.g. pin jupyterhub==VERSION) and upgrade without parameters")
+            if jupyterhub_version:
+                up.facts["note"] = (f"the next `hubops deploy` builds images/hub with "
+                                    f"{p.images.jupyterhub_version or 'its own jupyterhub pin'}; to keep JupyterHub "
+                                    f"{jupyterhub_version}, set images.jupyterhub_version: {jupyterhub_version} in "
+                                    f"{p.source}")
         return results
     failed = _failed_tasks(svc, target)
     up.facts["failed_tasks"] = failed

@@ -191,6 +191,13 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
             f"service {p.hub_service} exists but was not created by hubops for deployment {p.deployment}; "
             "remove it or choose another deployment name"
         )
+    running_image = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0] if svc is not None else ""
+    if running_image != refs["hub"] and (svc is not None or not dry_run):
+        # Before any change: an image that cannot use the database (older JupyterHub than its schema,
+        # or one that needs a migration, which `ops upgrade` does with a way back) is refused.
+        from hubops.hub import schema
+
+        schema.guard(p, clients, refs["hub"], current_image=running_image)
     # Who the running hub lets in, to take out those who left the userlist once the new hub serves.
     userlist_before = removal.running_userlist(c, svc, hubconfig.USERLIST_PATH)
     if svc is None:

@@ -505,8 +505,14 @@ PROJECT_IMAGES = IMAGES
 
 
 def images_dir(p) -> Path:
-    """The folder with hub/ and singleuser/ build contexts (parameter images.dir, else the project's)."""
-    return p.path(p.images.dir) if p.images.dir else PROJECT_IMAGES
+    """The folder with hub/ and singleuser/ build contexts (parameter images.dir, else the project's);
+    with images.jupyterhub_version, a copy of it with that JupyterHub pinned (see pinned.py)."""
+    src = p.path(p.images.dir) if p.images.dir else PROJECT_IMAGES
+    if getattr(p.images, "jupyterhub_version", None):
+        from hubops.stages.pinned import pinned_images_dir
+
+        return pinned_images_dir(src, p.images.jupyterhub_version)
+    return src
 
 
 CA_ENV = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")

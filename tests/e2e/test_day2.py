@@ -197,7 +197,7 @@ def test_backup_while_the_hub_runs(day2):
     m = json.loads((folder / "manifest.json").read_text())
     assert {u["name"]: u["admin"] for u in m["database"]["users"]} == {"alice": False, "carol": True, "operator": True}
     assert {"user": "carol", "server": "", "running": False} in m["database"]["servers"]
-    assert m["jupyterhub_version"] == "5.5.4" and m["database"]["integrity"] == "ok"
+    assert m["jupyterhub_version"] == "6.1.1" and m["database"]["integrity"] == "ok"
     assert oct(folder.stat().st_mode & 0o777) == "0o700"
     # No secret of the deployment in the backup, in any form the redactor knows.
     from hubops.audit.redact import Redactor, known_secrets
@@ -274,7 +274,7 @@ def test_a_broken_upgrade_rolls_back_by_itself(day2):
     assert any(t["exit"] == 3 for t in up["facts"]["failed_tasks"]), up["facts"]["failed_tasks"]
     assert any(r["step"] == "backup" for r in rec["results"]), "a backup was taken first"
     assert c.services.get(p.hub_service).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0] == old
-    assert api_for(p).request("GET", "/hub/api/").json()["version"] == "5.5.4"
+    assert api_for(p).request("GET", "/hub/api/").json()["version"] == "6.1.1"
     # diagnose names it.
     res = hubops_cli("ops", "diagnose", "-p", str(day2["params"]), outputs=outputs)
     assert res.returncode == 0, res.stderr[-3000:]

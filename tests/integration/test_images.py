@@ -188,7 +188,7 @@ def test_images_build_with_digest_tags_and_labels(docker_client, built):
 
 def test_hub_image_runs_jupyterhub_and_proxy(docker_client, built):
     ref = built["hub"][0].facts["ref"]
-    assert _run(docker_client, ref, ["jupyterhub", "--version"]).splitlines()[-1] == "5.5.4"
+    assert _run(docker_client, ref, ["jupyterhub", "--version"]).splitlines()[-1] == "6.1.1"
     chp = _run(docker_client, ref, ["configurable-http-proxy", "--version"])
     assert re.fullmatch(r"\d+\.\d+\.\d+", chp.splitlines()[-1]), chp
     cfg = docker_client.images.get(ref).attrs["Config"]
@@ -199,7 +199,7 @@ def test_hub_image_runs_jupyterhub_and_proxy(docker_client, built):
 
 def test_singleuser_image_runs_as_jovyan(docker_client, built):
     ref = built["singleuser"][0].facts["ref"]
-    assert _run(docker_client, ref, ["jupyterhub-singleuser", "--version"]).splitlines()[-1] == "5.5.4"
+    assert _run(docker_client, ref, ["jupyterhub-singleuser", "--version"]).splitlines()[-1] == "6.1.1"
     assert _run(docker_client, ref, ["sh", "-c", "id -u; id -un; echo $HOME; pwd"]).split() == [
         "1000", "jovyan", "/home/jovyan", "/home/jovyan"]
     assert docker_client.images.get(ref).attrs["Config"]["Cmd"] == ["jupyterhub-singleuser"]

@@ -66,6 +66,8 @@ def test_local_default_config(secret_files, tmp_path, monkeypatch):
     assert c.JupyterHub.bind_url == "https://:8000"
     assert c.JupyterHub.ssl_cert == str(d / "hubops-tls-cert")
     assert c.JupyterHub.cleanup_servers is False
+    # JupyterHub 6's aiohttp client: no cached address for a user's server (a new one at each start on Swarm)
+    assert c.JupyterHubHTTPClient.connector_options == {"use_dns_cache": False}
     assert c.JupyterHub.cookie_secret == bytes.fromhex(values["hubops-cookie-secret"])
     assert c.ConfigurableHTTPProxy.auth_token == values["hubops-proxy-token"]
     assert c.JupyterHub.authenticator_class == "shared-password"
