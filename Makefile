@@ -3,14 +3,18 @@ VENV   ?= .venv
 PARAMS ?= parameters/local.yaml
 PYTHON ?= python3
 
-.PHONY: deploy plan test system engine install
+.PHONY: deploy plan test test-all system engine install
 deploy: engine install  ## bring up JupyterHub on the parameters (default: a single-node Swarm here)
 	$(VENV)/bin/hubops deploy -p $(PARAMS)
 
 plan: engine install    ## show what deploy would change
 	$(VENV)/bin/hubops deploy -p $(PARAMS) --plan
 
-test: engine install    ## unit, integration (real engine) and end-to-end tests
+test: engine install    ## unit, integration (real engine) and end-to-end tests, without the long (slow) suites
+	@bash scripts/ensure-test-tools.sh
+	$(VENV)/bin/pytest -m "not slow" tests
+
+test-all: engine install  ## every suite, the long lab, fault and version suites (marker slow) included
 	@bash scripts/ensure-test-tools.sh
 	$(VENV)/bin/pytest tests
 

@@ -210,6 +210,231 @@ def served_fingerprint(host: str, port: int, cafile: Path) -> str:
             return hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
 
 
+# -- sharing an engine: a per-run suffix, free ports and free subnets ------------------------------
+# Several runs of the suite may share one machine and one Docker engine (two clones, CI beside a
+# developer). Every deployment, lab, port and subnet a test makes carries RUN or is chosen free here,
+# and is reserved by a file under RESERVATIONS until this process ends, so that two runs choosing at
+# the same moment never pick the same one.
+
+def _run_id() -> str:
+    import os
+    import secrets
+    import string
+
+    given = os.environ.get("HUBOPS_TEST_RUN", "")
+    if given:
+        import re
+
+        if not re.fullmatch(r"[a-z0-9]{1,4}", given):
+            raise ValueError(f"HUBOPS_TEST_RUN={given!r}: use 1-4 lower-case letters or digits (it ends deployment "
+                             "and lab names, and lab interface names hold 15 characters)")
+        return given
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(4))
+
+
+RUN = _run_id()  # this run's suffix: 4 lower-case letters or digits (HUBOPS_TEST_RUN sets it)
+RESERVATIONS = Path("/tmp/hubops-test-reservations")
+# Where free things are looked for. Hub ports stay below the kernel's ephemeral range (32768-60999),
+# so that an outgoing connection never holds one; lab bridges and overlay networks get pools of
+# their own, apart from the subnets of `hubops lab`'s defaults (10.77-10.85, 10.240-10.250).
+PORTS = range(20000, 30000)
+LAB_SUBNETS = "10.160.0.0/12"      # host bridges of test labs: 10.160.0.0 - 10.175.255.255
+OVERLAY_SUBNETS = "10.176.0.0/12"  # overlay networks on the shared engine: 10.176.0.0 - 10.191.255.255
+_mine: list[Path] = []
+
+
+def run_name(base: str) -> str:
+    """`base` with this run's suffix: a deployment or lab name no other run uses (`e2e` -> `e2e-k3x9`).
+    Lab names hold 10 characters (interface names hv-NAME-N), so a lab's base holds 5."""
+    return f"{base}-{RUN}"
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reserve(key: str) -> bool:
+    """Take the reservation `key` for this process (False if a live process holds it). A reservation
+    whose process is gone is stale and is taken over."""
+    import atexit
+    import os
+
+    RESERVATIONS.mkdir(mode=0o1777, exist_ok=True)
+    f = RESERVATIONS / key
+    for _ in range(2):
+        try:
+            fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = int(f.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                holder = 0  # being written this instant, or garbage: leave it to its owner
+                return False
+            if _pid_alive(holder):
+                return False
+            f.unlink(missing_ok=True)  # stale: its run is gone
+            continue
+        with os.fdopen(fd, "w") as out:
+            out.write(f"{os.getpid()} run {RUN}\n")
+        if not _mine:
+            atexit.register(release_reservations)
+        _mine.append(f)
+        return True
+    return False
+
+
+def release_reservations() -> None:
+    """Give back every port and subnet this process reserved (also done when it exits)."""
+    while _mine:
+        _mine.pop().unlink(missing_ok=True)
+
+
+def _published_ports() -> set[int]:
+    """Ports the local engine's services publish (a host-mode port is bound only once a task runs)."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=30)
+        if client.info()["Swarm"]["LocalNodeState"] != "active":
+            return set()
+        return {p.get("PublishedPort") for s in client.services.list()
+                for p in (s.attrs.get("Endpoint", {}).get("Spec", {}).get("Ports") or [])}
+    except Exception:  # noqa: BLE001 - no engine: nothing is published
+        return set()
+
+
+def _bindable(port: int) -> bool:
+    import socket
+
+    for host in ("0.0.0.0", "127.0.0.1"):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(*, avoid: tuple[int, ...] = ()) -> int:
+    """A TCP port nothing listens on, no service of the local engine publishes, and no other run has
+    reserved; reserved for this process until it ends."""
+    import random
+
+    published = _published_ports() | set(avoid)
+    candidates = list(PORTS)
+    random.shuffle(candidates)
+    for port in candidates:
+        if port not in published and _bindable(port) and _reserve(f"port-{port}"):
+            if _bindable(port):  # still free now that it is ours
+                return port
+    raise RuntimeError(f"no free TCP port in {PORTS.start}-{PORTS.stop - 1}")
+
+
+def taken_subnets() -> list[str]:
+    """Every IPv4 network this machine already uses or has promised: routes and addresses
+    (`ip route`, `ip addr`, so every running lab's bridge), the resolvers, every `hubops lab`'s
+    subnet (a lab being brought up has no route yet), and the local engine's networks."""
+    import ipaddress
+    import json
+    import subprocess
+
+    taken: list[str] = []
+    for r in json.loads(subprocess.run(["ip", "-j", "-4", "route"], capture_output=True, text=True, check=True).stdout or "[]"):
+        if r.get("dst", "default") != "default":
+            taken.append(r["dst"])
+    for link in json.loads(subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True, check=True).stdout or "[]"):
+        taken += [f"{a['local']}/{a.get('prefixlen', 32)}" for a in link.get("addr_info", []) if a.get("local")]
+    try:
+        taken += [ln.split()[1] for ln in Path("/etc/resolv.conf").read_text().splitlines()
+                  if ln.startswith("nameserver") and len(ln.split()) > 1 and ":" not in ln.split()[1]]
+    except OSError:
+        pass
+    for f in Path("/var/lib/hubops-lab").glob("*/lab.json"):
+        try:
+            taken.append(json.loads(f.read_text())["subnet"])
+        except (OSError, ValueError, KeyError):
+            pass
+    try:
+        import docker
+
+        client = docker.from_env(timeout=30)
+        for n in client.networks.list(greedy=False):
+            n.reload()
+            taken += [c["Subnet"] for c in (n.attrs.get("IPAM") or {}).get("Config") or [] if "Subnet" in c
+                      and ":" not in c["Subnet"]]
+    except Exception:  # noqa: BLE001 - no engine: no engine networks
+        pass
+    return [str(ipaddress.ip_network(t, strict=False)) for t in taken]
+
+
+def free_subnet(pool: str = OVERLAY_SUBNETS, *, prefix: int = 24) -> str:
+    """A /`prefix` of `pool` that overlaps nothing in taken_subnets() and no other run's reservation;
+    reserved for this process until it ends. Lab bridges: free_subnet(LAB_SUBNETS)."""
+    import ipaddress
+    import random
+
+    taken = [ipaddress.ip_network(t) for t in taken_subnets()]
+    candidates = list(ipaddress.ip_network(pool).subnets(new_prefix=prefix))
+    random.shuffle(candidates)
+    for net in candidates:
+        if not any(net.overlaps(t) for t in taken) and _reserve(f"subnet-{net.network_address}-{prefix}"):
+            return str(net)
+    raise RuntimeError(f"no free /{prefix} left in {pool} (taken: {', '.join(map(str, taken))})")
+
+
+def ensure_swarm() -> None:
+    """The local engine in a swarm, as the integration and local end-to-end tests need: a single-node
+    swarm is made when the engine is in none (and kept: other runs may be using it by the time this
+    run ends, as they use the engine's image cache)."""
+    import docker
+
+    client = docker.from_env(timeout=60)
+    try:
+        if client.info()["Swarm"]["LocalNodeState"] == "inactive":
+            try:
+                client.swarm.init(advertise_addr="127.0.0.1")
+            except docker.errors.APIError as e:
+                if "already part of a swarm" not in str(e):  # another run made it this instant
+                    raise
+        state = client.info()["Swarm"]["LocalNodeState"]
+        assert state == "active", f"the local engine's swarm is {state!r}, not active"
+    finally:
+        client.close()
+
+
+class machine_lock:
+    """`with machine_lock("port-80") as waited:` holds /tmp/hubops-lock-NAME (flock, as the shell's
+    `flock` command takes it) for what only one run on this machine may use at a time, such as
+    port 80; `waited` is how long it took to get it, in seconds."""
+
+    def __init__(self, name: str):
+        self.path = Path(f"/tmp/hubops-lock-{name}")
+        self._f = None
+
+    def __enter__(self) -> float:
+        import fcntl
+        import time
+
+        t0 = time.monotonic()
+        self._f = open(self.path, "a")
+        fcntl.flock(self._f, fcntl.LOCK_EX)
+        return time.monotonic() - t0
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        fcntl.flock(self._f, fcntl.LOCK_UN)
+        self._f.close()
+
+
 def write_cert_pair(cert: Path, key: Path, name: str = "stand-in") -> None:
     """A real self-signed certificate and its key (parameters are refused when a certificate
     does not parse or does not match its key)."""

@@ -116,6 +116,15 @@ def announce(p: Loaded, clients: Clients, notes: dict[str, Any]) -> None:
 
 
 # -- waiting until it serves --------------------------------------------------------------
+def certificate_rejected(e: requests.exceptions.SSLError) -> bool:
+    """Whether a TLS failure is the hub's certificate being refused (not trusted, wrong name, expired),
+    as opposed to the connection being closed mid-handshake, which is what a hub that is restarting
+    does (the engine accepts its published port while nothing listens behind it)."""
+    text = str(e)
+    return any(s in text for s in ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "doesn't match",
+                                   "hostname mismatch", "certificate has expired"))
+
+
 def same_spec(task: dict, svc) -> bool:
     """Whether a task runs the service's current image, secrets and configs."""
     def key(cs: dict) -> tuple:
@@ -168,7 +177,9 @@ def _wait_until_serving(p: Loaded, clients: Clients, *, changed: bool) -> float:
                         return round(time.monotonic() - t0, 1)
                     last = f"HTTP {resp.status_code}"
                 except requests.exceptions.SSLError as e:
-                    raise HubopsError(f"{url}: the hub's certificate does not verify against {session.verify}: {e}") from e
+                    if certificate_rejected(e):
+                        raise HubopsError(f"{url}: the hub's certificate does not verify against {session.verify}: {e}") from e
+                    last = f"TLS connection closed during the handshake ({e.__class__.__name__}): the hub is (re)starting"
                 except requests.RequestException as e:
                     last = e.__class__.__name__
         time.sleep(0.5)
@@ -242,7 +253,10 @@ class HubAPI:
         try:
             resp = self.s.request(method, url, timeout=timeout or self.timeout, **kw)
         except requests.exceptions.SSLError as e:
-            raise VerifyError(f"{url}: the certificate does not verify against {self.s.verify}: {e}") from e
+            if certificate_rejected(e):
+                raise VerifyError(f"{url}: the certificate does not verify against {self.s.verify}: {e}") from e
+            raise VerifyError(f"{method} {url}: the hub closed the TLS connection during the handshake (is it "
+                              f"restarting? `docker service ps` shows its tasks): {e}") from e
         except requests.RequestException as e:
             raise VerifyError(f"{method} {url}: no answer ({e.__class__.__name__}: {e})") from e
         if resp.status_code not in ok:

@@ -17,6 +17,7 @@ import docker.errors
 
 from hubops.core import labels as L, progress
 from hubops.hub import running
+from hubops.core.nodes import update_node
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import VerifyError
 from hubops.core.params import Loaded
@@ -225,7 +226,6 @@ def _remove_node_labels(p: Loaded, c, r: Result, dry_run: bool) -> None:
         if not ours:
             continue
         r.change("update", f"node {node.attrs['Description']['Hostname']}", "remove labels " + ", ".join(ours))
-        if not dry_run:
-            spec["Labels"] = {k: v for k, v in labels.items() if k not in ours}
-            node.reload()
-            node.update(spec)
+        if not dry_run:  # on the node as it is when written: other deployments label it too
+            update_node(node, lambda spec: spec.update(
+                Labels={k: v for k, v in spec["Labels"].items() if not k.startswith(prefix)}))

@@ -11,6 +11,7 @@ import logging
 import docker
 import docker.errors
 
+from hubops.core.nodes import update_node
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import ConflictError, DockerOpError
 from hubops.stages.hosts import node_labels
@@ -134,8 +135,12 @@ def _ensure_node(p: Loaded, mc: docker.DockerClient, r: Result, h: Host, node_id
     r.change("update", f"node {h.name}", "; ".join(changes))
     if dry_run:
         return
-    spec["Labels"] = labels
-    spec["Role"] = want_role
+    prefix = f"hubops.{p.deployment}."
+
+    def change(spec: dict) -> None:  # applied to the node as it is when written (other deployments label it too)
+        spec["Labels"] = {k: v for k, v in spec["Labels"].items() if not (k.startswith(prefix) and k not in want_labels)}
+        spec["Labels"].update(want_labels)
+        spec["Role"] = want_role
+
     with docker_op(f"update node {h.name}", h.name):
-        node.reload()
-        node.update(spec)
+        update_node(node, change)

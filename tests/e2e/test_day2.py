@@ -1,6 +1,6 @@
 """Day-2 operations on the local single-node swarm, run the way an operator runs them
-(`hubops deploy`, `hubops ops RUNBOOK`). One deployment, `day2`, shared by the tests of this file,
-in order:
+(`hubops deploy`, `hubops ops RUNBOOK`). One deployment, `day2-RUN` (a free port and subnet: see
+tests/helpers), shared by the tests of this file, in order:
 
 1. shared-path homes: a file a user writes survives stopping and starting the server;
 2. the idle culler stops a server left idle past its (short) timeout;
@@ -32,15 +32,13 @@ from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.core.record import read_record
 from hubops.hub.running import HubAPI
-from tests.helpers import admin_session, hubops_cli, make_params
+from tests.helpers import admin_session, ensure_swarm, free_port, free_subnet, hubops_cli, make_params, run_name
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 PROJECT = Path(__file__).resolve().parents[2]
-DEPLOYMENT = "day2"
-PORT = 8460
-SUBNET = "10.242.0.0/24"
-BROKEN = "hubops-day2-broken:test"
-NEXT = "hubops-day2-next:test"
+DEPLOYMENT = run_name("day2")
+BROKEN = f"hubops-{DEPLOYMENT}-broken:test"
+NEXT = f"hubops-{DEPLOYMENT}-next:test"
 
 
 def last_run(outputs: Path) -> tuple[dict, dict | None]:
@@ -68,7 +66,8 @@ def day2(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("day2")
     users, backups, outputs = tmp / "users", tmp / "backups", tmp / "outputs"
     users.mkdir()  # the "shared filesystem": mounted at the same place on every node (one node here)
-    shared = make_params(tmp, DEPLOYMENT, port=PORT, subnet=SUBNET, extra=params_text(
+    ensure_swarm()
+    shared = make_params(tmp, DEPLOYMENT, port=free_port(), subnet=free_subnet(), extra=params_text(
         users, backups, f"{{mode: shared-path, path: {users}}}", "{timeout: 40, every: 10}"))
     node_local = tmp / "day2-node-local.yaml"
     node_local.write_text(shared.read_text().split("storage:")[0] + params_text(
@@ -78,7 +77,7 @@ def day2(tmp_path_factory):
     cold = hubops_cli("deploy", "-p", str(shared), outputs=outputs)
     print(f"\ndeploy with shared-path homes: {time.monotonic() - t0:.1f} s")
     assert cold.returncode == 0, cold.stderr[-4000:]
-    run_dir = next(outputs.glob("*-day2-deploy"))
+    run_dir = next(outputs.glob(f"*-{DEPLOYMENT}-deploy"))
     rec = read_record(json.loads((run_dir / "70-storage.ipynb").read_text()))
     checks = {i["target"]: i["detail"] for r in rec["results"] for i in r["items"]}
     assert checks[f"{users} on local"].startswith("exists and is writable by root"), checks  # 70-storage probed it
@@ -145,12 +144,12 @@ def test_shared_path_file_survives_a_restart(day2):
     write_file(api, "alice", "persist.txt", token)
     assert (home / "persist.txt").read_text() == token  # on the shared path, not in the container
     stop(api, "alice")
-    assert not docker.from_env().services.list(filters={"name": "hubops-day2-user-alice"})
+    assert not docker.from_env().services.list(filters={"name": f"hubops-{DEPLOYMENT}-user-alice"})
     t0 = time.monotonic()
     start(api, "alice")
     print(f"\nrestart to a running server: {time.monotonic() - t0:.1f} s")
     assert read_file(api, "alice", "persist.txt") == token
-    svc = docker.from_env().services.get("hubops-day2-user-alice")
+    svc = docker.from_env().services.get(f"hubops-{DEPLOYMENT}-user-alice")
     [mount] = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Mounts"]
     assert mount["Type"] == "bind" and mount["Source"] == str(home) and mount["Target"] == "/home/jovyan"
     stop(api, "alice")
@@ -267,7 +266,7 @@ def test_a_broken_upgrade_rolls_back_by_itself(day2):
     print(f"\nbroken upgrade, from start to the old hub serving again: {time.monotonic() - t0:.1f} s")
     assert res.returncode == 3, res.stderr[-3000:]  # 3: rolled back (0 would say "upgraded")
     run, rec = last_run(outputs)
-    assert any(ch.startswith("rollback service hubops-day2-hub (rolled back: hubops-day2-broken:test failed")
+    assert any(ch.startswith(f"rollback service hubops-{DEPLOYMENT}-hub (rolled back: {BROKEN} failed")
                for ch in run["stages"][0]["changes"]), run["stages"][0]["changes"]
     up = next(r for r in rec["results"] if r["step"] == "upgrade")
     assert up["facts"]["verdict"] == "rolled back" and up["facts"]["serving_image"] == old
@@ -349,13 +348,13 @@ def test_node_local_file_survives_a_restart_on_its_node(day2):
     state = api.request("GET", "/hub/api/users/alice").json()["servers"][""]["state"]
     node_id = c.nodes.list()[0].id
     assert state["home_node"] == node_id
-    vol = c.volumes.get("hubops-day2-home-alice")
+    vol = c.volumes.get(f"hubops-{DEPLOYMENT}-home-alice")
     assert vol.attrs["Labels"]["hubops.role"] == "user-home" and vol.attrs["Labels"]["hubops.user"] == "alice"
     stop(api, "alice")
     start(api, "alice")
     assert read_file(api, "alice", "persist.txt") == token
-    svc = c.services.get("hubops-day2-user-alice")
+    svc = c.services.get(f"hubops-{DEPLOYMENT}-user-alice")
     assert f"node.id=={node_id}" in svc.attrs["Spec"]["TaskTemplate"]["Placement"]["Constraints"]
     [mount] = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Mounts"]
-    assert mount["Type"] == "volume" and mount["Source"] == "hubops-day2-home-alice"
+    assert mount["Type"] == "volume" and mount["Source"] == f"hubops-{DEPLOYMENT}-home-alice"
     stop(api, "alice")

@@ -1,14 +1,15 @@
 """The runbooks stepped through in a real JupyterLab, driven by real Chromium (playwright).
 
-One JupyterLab (port 8890) serves copies of two runbooks, and the tests in this file run in order:
+One JupyterLab (on a free port) serves copies of two runbooks, and the tests in this file run in order:
 
-1. `90-verify`, unedited (its default parameters: `parameters/local.yaml`, the deployment `local`,
-   used as it is when deployed, else deployed for the test and removed after): "Run All" from the Run menu; the spawn's progress bar
-   renders and ends "done", the final status table renders (the record cell below it says it in one line), every cell ran, no traceback;
-2. `ops/teardown` on a scratch deployment `nb1` (swarm labels, its network, its auth configs and
+1. `90-verify`, with only its parameter file pointed at a deployment of the test's own (`nbv-RUN`,
+   deployed for the test and removed after; the operator's `local` and ~/.hubops are never touched):
+   "Run All" from the Run menu; the spawn's progress bar renders and ends "done", the final status
+   table renders (the record cell below it says it in one line), every cell ran, no traceback;
+2. `ops/teardown` on a scratch deployment `nb1-RUN` (swarm labels, its network, its auth configs and
    secrets), answered "No, plan only": every cell runs, the record is a plan, nothing is removed;
 3. the same, answered "Remove": "Run All" stops at the confirmation widget; nothing is removed while
-   it waits and the cells after it have not run; one click, and everything labelled `nb1` is gone.
+   it waits and the cells after it have not run; one click, and everything labelled `nb1-RUN` is gone.
 
 Screenshots go to `outputs/screenshots/` (or `$HUBOPS_SCREENSHOTS`); each path is printed.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,11 +29,13 @@ import nbformat
 import pytest
 import requests
 
-from tests.helpers import PROJECT, hubops_cli, make_params, screenshot_path
+from tests.helpers import (PROJECT, ensure_swarm, free_port, free_subnet, hubops_cli, make_params, run_name,
+                           screenshot_path)
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
-PORT = 8890
-SCRATCH = "nb1"
+PORT = free_port()  # JupyterLab's
+SCRATCH = run_name("nb1")
+VERIFIED = run_name("nbv")  # the deployment 90-verify runs against
 CHROMIUM = Path("/usr/bin/chromium")
 LAB_SETTINGS = {  # no network calls, no autosave of executed copies, no pop-ups over the notebook
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
@@ -55,7 +57,6 @@ def lab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lab")
     root = tmp / "root"
     (root / "ops").mkdir(parents=True)
-    shutil.copy(PROJECT / "runbooks/90-verify.ipynb", root / "90-verify.ipynb")  # unedited: default parameters
     for name, value in LAB_SETTINGS.items():
         f = tmp / "settings" / name
         f.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,8 @@ def scratch(tmp_path_factory):
     """Deployment nb1 with a few objects to remove: node labels, network, auth configs and secrets."""
     client = docker.from_env()
     tmp = tmp_path_factory.mktemp("nb1")
-    params = make_params(tmp, SCRATCH, port=8500, subnet="10.249.0.0/24")
+    ensure_swarm()
+    params = make_params(tmp, SCRATCH, port=free_port(), subnet=free_subnet())
     t0 = time.monotonic()
     made = hubops_cli("deploy", "-p", str(params), "--only", "20-swarm", "--only", "30-network", "--only", "50-auth",
                       outputs=tmp / "outputs")
@@ -147,24 +149,24 @@ def on_failure(request):
 
 
 @pytest.fixture(scope="module")
-def local_hub(tmp_path_factory):
-    """The default deployment `local` that an unedited runbook talks to: used as it is when it runs
-    (an operator's `make deploy`), else deployed here from parameters/local.yaml and removed after."""
-    client = docker.from_env()
-    if client.services.list(filters={"name": "hubops-local-hub"}):
-        yield "already deployed"
-        return
-    outputs = tmp_path_factory.mktemp("local") / "outputs"
+def verified_hub(tmp_path_factory):
+    """A deployment of the test's own for 90-verify to talk to (like parameters/local.yaml, with its own
+    name, port, subnet and operator folder), deployed here and torn down after."""
+    ensure_swarm()
+    tmp = tmp_path_factory.mktemp("nbv")
+    params = make_params(tmp, VERIFIED, port=free_port(), subnet=free_subnet())
+    outputs = tmp / "outputs"
     t0 = time.monotonic()
-    made = hubops_cli("deploy", "-p", "parameters/local.yaml", outputs=outputs)
-    print(f"\ndeployed `local` for the test in {time.monotonic() - t0:.1f} s")
+    made = hubops_cli("deploy", "-p", str(params), outputs=outputs)
+    print(f"\ndeployed {VERIFIED} for the test in {time.monotonic() - t0:.1f} s")
     try:
         assert made.returncode == 0, made.stderr[-3000:]
-        yield "deployed by the test"
+        yield params
     finally:
-        down = hubops_cli("ops", "teardown", "-p", "parameters/local.yaml", "--set", "confirm=true",
+        down = hubops_cli("ops", "teardown", "-p", str(params), "--set", "confirm=true",
                           "--set", "remove_volumes=true", outputs=outputs)
         assert down.returncode == 0, down.stderr[-3000:]
+        assert labelled(docker.from_env(), VERIFIED) == []
 
 
 def open_notebook(browser, lab, path: str):
@@ -224,11 +226,10 @@ def wait_all_ran(page, timeout_s: float) -> list[str]:
     raise AssertionError(f"not every cell ran within {timeout_s} s: prompts {prompts(page)}")
 
 
-def test_verify_runbook_runs_top_to_bottom_with_widgets(lab, browser, local_hub, on_failure):
+def test_verify_runbook_runs_top_to_bottom_with_widgets(lab, browser, verified_hub, on_failure):
     from playwright.sync_api import expect
 
-    print(f"\ndeployment local: {local_hub}")
-    page, errors = open_notebook(browser, lab, "90-verify.ipynb")
+    page, errors = open_notebook(browser, lab, runbook_copy(lab, "90-verify.ipynb", "90-verify.ipynb", verified_hub))
     on_failure.append(page)
     t0 = time.monotonic()
     run_all(page)
@@ -260,15 +261,20 @@ def test_verify_runbook_runs_top_to_bottom_with_widgets(lab, browser, local_hub,
     page.close()
 
 
-def teardown_copy(lab, scratch, name: str) -> str:
-    """runbooks/ops/teardown.ipynb with only its parameter file pointed at the scratch deployment."""
-    nb = nbformat.read(PROJECT / "runbooks/ops/teardown.ipynb", as_version=4)
+def runbook_copy(lab, runbook: str, name: str, params_file: Path) -> str:
+    """runbooks/RUNBOOK with only its parameter file pointed at `params_file`, as NAME in the lab's folder."""
+    nb = nbformat.read(PROJECT / "runbooks" / runbook, as_version=4)
     params = nb.cells[1]
     assert "parameters" in params.metadata.tags
-    params.source = params.source.replace('"parameters/local.yaml"', json.dumps(str(scratch["params"])), 1)
-    assert str(scratch["params"]) in params.source
-    nbformat.write(nb, lab["root"] / "ops" / name)
-    return f"ops/{name}"
+    params.source = params.source.replace('"parameters/local.yaml"', json.dumps(str(params_file)), 1)
+    assert str(params_file) in params.source
+    nbformat.write(nb, lab["root"] / name)
+    return name
+
+
+def teardown_copy(lab, scratch, name: str) -> str:
+    """runbooks/ops/teardown.ipynb with only its parameter file pointed at the scratch deployment."""
+    return runbook_copy(lab, "ops/teardown.ipynb", f"ops/{name}", scratch["params"])
 
 
 def test_teardown_declined_changes_nothing(lab, browser, scratch, on_failure):

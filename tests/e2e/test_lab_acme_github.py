@@ -17,9 +17,9 @@ way a user deploys (`hubops deploy`) with `tls.mode: acme` against a real Pebble
 - no secret (client secret, API token, ACME account key, TLS keys old and new, the lab's client
   key, the swarm join tokens) appears in any file under the run's outputs, plain or base64.
 
-Resources: lab `aclab` on 10.83.0.0/24, overlay 10.245.0.0/24, hub port 8480, fake GitHub on
-10.83.0.1:8489, Pebble on 14100/15100 and challtestsrv on 8153/8155 (beside the local suite's
-Pebble). The lab is taken down and the /etc/hosts line removed at the end, also on failure.
+Resources: lab `aclab-RUN` on a free subnet (tests/helpers), overlay 10.245.0.0/24 inside the lab,
+hub port 8480 on the manager's own address, fake GitHub on the lab bridge's address, port 8489,
+Pebble and challtestsrv on free ports of this machine. The lab is taken down and the /etc/hosts line removed at the end, also on failure.
 """
 from __future__ import annotations
 
@@ -43,20 +43,20 @@ from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
 from tests import helpers
-from tests.helpers import hubops_cli, runs, stage_record
+from tests.helpers import LAB_SUBNETS, RUN, free_port, free_subnet, hubops_cli, run_name, runs, stage_record
 from tests.peers import FakeGitHub, Pebble
 
-pytestmark = [pytest.mark.engine, pytest.mark.e2e]
+pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]  # `make test-all` only (see README: Tests)
 PROJECT = Path(__file__).resolve().parents[2]
-LAB = "aclab"
-SUBNET = "10.83.0.0/24"
-BRIDGE_ADDR = "10.83.0.1"  # the lab bridge's host-side address: what the lab's containers reach
+LAB = run_name("aclab")
+SUBNET = free_subnet(LAB_SUBNETS)
+BRIDGE_ADDR = SUBNET.rsplit(".", 1)[0] + ".1"  # the lab bridge's host-side address: what the lab's containers reach
 OVERLAY = "10.245.0.0/24"
 PORT = 8480
 GITHUB_PORT = 8489
-NAME = "hub.aclab.test"
+NAME = f"hub-{RUN}.aclab.test"
 HOSTS = Path("/etc/hosts")
-HOSTS_MARK = "# hubops tests/e2e/test_lab_acme_github.py"
+HOSTS_MARK = f"# hubops tests/e2e/test_lab_acme_github.py run {RUN}"
 CLIENT_ID = "hubops-lab-client"
 USERS = "octoadmin admin\nalice\nbob\n"
 FIGURES: dict[str, float] = {}
@@ -67,10 +67,10 @@ FIGURES: dict[str, float] = {}
 def lab_info(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("aclab")
     t0 = time.monotonic()
-    info = lab.lab_up(name=LAB, managers=1, workers=1, subnet=SUBNET, overlay_subnet=OVERLAY,
-                      params_out=tmp / "lab.yaml")
-    FIGURES["lab_up_s"] = round(time.monotonic() - t0, 1)
     try:
+        info = lab.lab_up(name=LAB, managers=1, workers=1, subnet=SUBNET, overlay_subnet=OVERLAY,
+                          params_out=tmp / "lab.yaml")
+        FIGURES["lab_up_s"] = round(time.monotonic() - t0, 1)
         yield {"info": info, "tmp": tmp}
     finally:
         t0 = time.monotonic()
@@ -102,7 +102,8 @@ def hosts_entry(lab_info):
 @pytest.fixture(scope="module")
 def pebble(tmp_path_factory, lab_info):
     pb = Pebble(tmp_path_factory.mktemp("pebble"), resolve_to=lab_info["info"].managers[0].address,
-                acme_port=14100, management_port=15100, dns_port=8153, challtest_management_port=8155).start()
+                acme_port=free_port(), management_port=free_port(), dns_port=free_port(),
+                challtest_management_port=free_port()).start()
     try:
         yield pb
     finally:
@@ -284,7 +285,7 @@ def test_forced_renewal_rotates_the_certificate_and_the_server_survives(deployed
     assert pebble.requests_seen("/order-plz") == orders + 1
     changes = "\n".join(rec["changes"])
     assert f"temporary HTTP-01 responder on port 80 of {LAB}-manager" in changes
-    assert "create secret hubops-aclab-tls-cert-" in changes and "remove secret hubops-aclab-tls-cert-" in changes
+    assert f"create secret hubops-{LAB}-tls-cert-" in changes and f"remove secret hubops-{LAB}-tls-cert-" in changes
     assert started(deployed, "alice") == was and server_node(deployed, "alice") == f"{LAB}-node0"
 
 

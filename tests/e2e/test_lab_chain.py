@@ -22,11 +22,12 @@ from hubops.lab import cluster as lab
 from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
+from tests.helpers import LAB_SUBNETS, free_subnet, run_name
 from tests.helpers import hubops_cli as cli
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 PROJECT = Path(__file__).resolve().parents[2]
-NAME = "e2elab"
+NAME = run_name("e2el")  # the lab and the deployment: e2el-RUN (tests/helpers)
 
 
 def last_run(outputs: Path) -> dict:
@@ -37,16 +38,16 @@ def last_run(outputs: Path) -> dict:
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lab")
     params = tmp / "lab.yaml"
-    t0 = time.monotonic()
-    lab.lab_up(name=NAME, managers=1, workers=2, subnet="10.79.0.0/24", params_out=params)
-    print(f"\nlab up: {time.monotonic() - t0:.1f} s")
-    # Users' homes on storage every node mounts at the same place: on a lab, one host directory
-    # all engines share (as NFS-mounted hosts share /mnt/nfs in production).
-    homes = tmp / "homes"
-    homes.mkdir(mode=0o755)
-    params.write_text(params.read_text() + f"\nstorage:\n  users: {{mode: shared-path, path: {homes}}}\n")
     outputs = tmp / "outputs"
     try:
+        t0 = time.monotonic()
+        lab.lab_up(name=NAME, managers=1, workers=2, subnet=free_subnet(LAB_SUBNETS), params_out=params)
+        print(f"\nlab up: {time.monotonic() - t0:.1f} s")
+        # Users' homes on storage every node mounts at the same place: on a lab, one host directory
+        # all engines share (as NFS-mounted hosts share /mnt/nfs in production).
+        homes = tmp / "homes"
+        homes.mkdir(mode=0o755)
+        params.write_text(params.read_text() + f"\nstorage:\n  users: {{mode: shared-path, path: {homes}}}\n")
         t0 = time.monotonic()
         deploy = cli("deploy", "-p", str(params), outputs=outputs)
         print(f"lab deploy (cold): {time.monotonic() - t0:.1f} s\n{deploy.stderr[-2500:]}")

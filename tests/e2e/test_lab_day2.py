@@ -1,6 +1,6 @@
 """Day-2 operations on a real lab of one manager and two workers (engines over mutual TLS), run
 the way an operator runs them (`hubops deploy`, `hubops ops RUNBOOK`). One lab, two deployments of
-`d2lab` one after the other (the second from scratch), shared by the tests of this file, in order:
+`d2lab-RUN` one after the other (the second from scratch), shared by the tests of this file, in order:
 
 1. node-local homes: a user's file survives stopping and starting the server; the new server lands
    on the node of the user's volume although Swarm's spread would pick the other worker, and the
@@ -42,15 +42,14 @@ from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.core.record import read_record
 from hubops.hub.running import HubAPI
-from tests.helpers import admin_session, hubops_cli
+from tests.helpers import LAB_SUBNETS, RUN, admin_session, free_subnet, hubops_cli, run_name
 
-pytestmark = [pytest.mark.engine, pytest.mark.e2e]
-NAME = "d2lab"  # the lab and the deployment
-SUBNET = "10.82.0.0/24"
-OVERLAY = "10.244.0.0/24"
-BROKEN = "hubops-broken-test:hub-exits"
-DECOY_IMAGE = "hubops-broken-test:decoy"
-DECOY = "d2lab-decoy"
+pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]  # `make test-all` only (see README: Tests)
+NAME = run_name("d2lab")  # the lab and the deployment: d2lab-RUN (tests/helpers)
+OVERLAY = "10.244.0.0/24"  # inside the lab's own engines
+BROKEN = f"hubops-broken-test:hub-exits-{RUN}"
+DECOY_IMAGE = f"hubops-broken-test:decoy-{RUN}"
+DECOY = f"{NAME}-decoy"
 T0 = time.monotonic()
 TIMINGS: list[tuple[str, float]] = []
 
@@ -74,18 +73,19 @@ def last_run(outputs: Path) -> tuple[dict, dict | None]:
 def d2(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("d2lab")
     lab_params = tmp / "lab.yaml"
-    t0 = time.monotonic()
-    lab.lab_up(name=NAME, managers=1, workers=2, subnet=SUBNET, overlay_subnet=OVERLAY, params_out=lab_params)
-    timed("lab up", t0)
-    base = "\n".join(line for line in lab_params.read_text().splitlines() if not line.startswith("#"))
     backups, outputs = tmp / "backups", tmp / "outputs"
     first, fresh = tmp / "d2lab-first.yaml", tmp / "d2lab-fresh.yaml"
-    first.write_text(base + f"\nstorage: {{users: {{mode: node-local}}}}\nbackup: {{dir: {backups}}}\n")
-    # The fresh deployment culls idle servers after 25 s, checked every 5 s.
-    fresh.write_text(base + f"\nstorage: {{users: {{mode: node-local}}}}\nbackup: {{dir: {backups}}}\n"
-                     "culler: {timeout: 25, every: 5}\n")
     state = {"tmp": tmp, "outputs": outputs, "backups": backups, "params": first, "fresh": fresh}
     try:
+        t0 = time.monotonic()
+        lab.lab_up(name=NAME, managers=1, workers=2, subnet=free_subnet(LAB_SUBNETS), overlay_subnet=OVERLAY,
+                   params_out=lab_params)
+        timed("lab up", t0)
+        base = "\n".join(line for line in lab_params.read_text().splitlines() if not line.startswith("#"))
+        first.write_text(base + f"\nstorage: {{users: {{mode: node-local}}}}\nbackup: {{dir: {backups}}}\n")
+        # The fresh deployment culls idle servers after 25 s, checked every 5 s.
+        fresh.write_text(base + f"\nstorage: {{users: {{mode: node-local}}}}\nbackup: {{dir: {backups}}}\n"
+                         "culler: {timeout: 25, every: 5}\n")
         t0 = time.monotonic()
         res = hubops_cli("deploy", "-p", str(first), outputs=outputs)
         timed("deploy on the lab (cold: images streamed to the nodes)", t0)
@@ -94,8 +94,8 @@ def d2(tmp_path_factory):
         yield state
     finally:
         try:
-            p = load_params(state["params"])
-            if any(labelled(p, Clients(p), with_images=False).values()):
+            p = load_params(state["params"]) if state["params"].exists() else None
+            if p and any(labelled(p, Clients(p), with_images=False).values()):
                 teardown.teardown(p, Clients(p), remove_volumes=True, remove_user_data=True)
         finally:
             t0 = time.monotonic()

@@ -1,6 +1,6 @@
 """The whole deploy chain on the local default (a single-node Swarm on this engine), run the way
-a user runs it: the `hubops deploy` command. One deployment is shared by the tests in this file
-and torn down at the end.
+a user runs it: the `hubops deploy` command. One deployment (`e2e-RUN`, a free port and subnet: see
+tests/helpers) is shared by the tests in this file and torn down at the end.
 
 - the cold deploy runs all ten stages; 90-verify spawned a server and reached it through the proxy;
 - the hub serves HTTPS verified against the deployment's CA, and the generated admin password
@@ -24,17 +24,19 @@ import requests
 from hubops.ops import teardown
 from hubops.core.engine import Clients
 from hubops.core.params import load_params
-from tests.helpers import deployment_secrets, hubops_cli, make_params, runs, secret_hits
+from tests.helpers import (deployment_secrets, ensure_swarm, free_port, free_subnet, hubops_cli, make_params,
+                           run_name, runs, secret_hits)
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 PROJECT = Path(__file__).resolve().parents[2]
-DEPLOYMENT = "e2e"
+DEPLOYMENT = run_name("e2e")
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    params = make_params(tmp, DEPLOYMENT, port=8444, subnet="10.232.0.0/24")
+    ensure_swarm()  # made here when the engine has none: two runs' 20-swarm must not both init it
+    params = make_params(tmp, DEPLOYMENT, port=free_port(), subnet=free_subnet())
     outputs = tmp / "outputs"
     plan = hubops_cli("deploy", "-p", str(params), "--plan", outputs=outputs)
     after_plan = labelled_objects()
@@ -67,6 +69,17 @@ def labelled_objects() -> list[str]:
             for o in coll.list(filters={"label": f"hubops.deployment={DEPLOYMENT}"})]
 
 
+def hub_tasks(p) -> str:
+    """The hub service's task history (a hub Swarm restarted, e.g. after failed healthchecks on a
+    machine too busy to answer them, shows here), for failure messages."""
+    try:
+        tasks = docker.from_env().services.get(p.hub_service).tasks()
+    except docker.errors.DockerException as e:
+        return f"\nhub tasks: unreadable ({e})"
+    rows = sorted((t["CreatedAt"][:19], t["Status"]["State"], t["Status"].get("Err", "")) for t in tasks)
+    return "\nhub tasks (created, state, error):\n" + "\n".join("  " + "  ".join(r) for r in rows)
+
+
 def test_plan_first_changes_nothing(deployed):
     plan = deployed["plan"]
     assert plan.returncode == 0, plan.stderr[-4000:]
@@ -88,7 +101,7 @@ def test_cold_deploy_runs_every_stage(deployed):
     assert run["engines"]["local"]["engine"], run["engines"]
     assert run["params_sha256"] == deployed["p"].digest
     assert (deployed["outputs"] / run["run_id"] / "index.html").exists()
-    assert "hub:       https://localhost:8444/" in cold.stderr
+    assert f"hub:       https://localhost:{deployed['p'].hub.https_port}/" in cold.stderr
 
 
 def test_verify_spawned_a_server_and_reached_it_through_the_proxy(deployed):
@@ -98,12 +111,13 @@ def test_verify_spawned_a_server_and_reached_it_through_the_proxy(deployed):
     record = next(o["data"]["application/vnd.hubops.record+json"] for o in outputs
                   if "application/vnd.hubops.record+json" in o.get("data", {}))
     checks = {i["target"]: i["detail"] for r in record["results"] for i in r["items"]}
-    assert "200 through the proxy" in checks["GET https://localhost:8444/user/hubopsverify/api/status"]
-    assert "spawned by SwarmSpawner" in checks["service hubops-e2e-user-hubopsverify"]
+    port = deployed["p"].hub.https_port
+    assert "200 through the proxy" in checks[f"GET https://localhost:{port}/user/hubopsverify/api/status"]
+    assert "spawned by SwarmSpawner" in checks[f"service hubops-{DEPLOYMENT}-user-hubopsverify"]
     facts = record["results"][0]["facts"]
     assert facts["server_node"] == "local" and facts["spawn_seconds"] > 0
     # ... and removed afterwards.
-    assert not docker.from_env().services.list(filters={"name": "hubops-e2e-user-"})
+    assert not docker.from_env().services.list(filters={"name": f"hubops-{DEPLOYMENT}-user-"})
 
 
 def test_hub_serves_https_and_the_generated_password_logs_in(deployed):
@@ -232,7 +246,7 @@ def test_second_deploy_changes_nothing_and_the_hub_keeps_serving(deployed):
     warm_s = time.monotonic() - t0
     deployed["warm"] = warm  # its log is scanned for secrets too
     print(f"\nwarm deploy: {warm_s:.1f} s (cold was {deployed['cold_s']:.1f} s)")
-    assert warm.returncode == 0, warm.stderr[-4000:]
+    assert warm.returncode == 0, warm.stderr[-4000:] + hub_tasks(p)
     run = runs(deployed["outputs"])[-1]
     assert run["status"] == "ok" and run["changed"] == 0, [s.get("changes") for s in run["stages"]]
     assert all(s["kept"] > 0 for s in run["stages"]), "every stage says what it found already right"

@@ -15,6 +15,7 @@ import docker
 import pytest
 
 from hubops.stages import images as im
+from tests.helpers import RUN, machine_lock
 
 pytestmark = pytest.mark.engine
 
@@ -154,6 +155,16 @@ def base(docker_client):
 @pytest.fixture(scope="module")
 def built(docker_client, base, extra_ca) -> dict:
     out = {}
+    # One build of a tag at a time on this machine: builds are not bit-for-bit reproducible, so two runs
+    # building the same content-addressed tag at once would each see the other's image under it.
+    with machine_lock("image-build") as waited:
+        print(f"\nimage build lock taken after {waited:.1f} s")
+        out.update(_build_all(docker_client, extra_ca))
+    return out
+
+
+def _build_all(docker_client, extra_ca) -> dict:
+    out = {}
     for kind in KINDS:
         lines: list[str] = []
         r = im.ensure_image_built(docker_client, kind, images_dir=IMAGES_DIR, extra_ca_bundle=extra_ca,
@@ -245,9 +256,10 @@ def test_leak_scan_finds_a_copied_bundle(docker_client, base, extra_ca):
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     ctx.seek(0)
-    ref = "hubops-itest-leak:control"
+    ref = f"hubops-itest-leak:control-{RUN}"  # this run's: another run may scan its own at the same time
     img, _ = docker_client.images.build(fileobj=ctx, custom_context=True, tag=ref, rm=True,
-                                        labels={"hubops.managed": "true", "hubops.deployment": DEPLOYMENT})
+                                        labels={"hubops.managed": "true", "hubops.deployment": DEPLOYMENT,
+                                                "hubops.test-run": RUN})  # an image of its own
     try:
         markers = _leak_markers(extra_ca.read_text())
         hits = _scan_saved_image(docker_client, ref, list(markers))

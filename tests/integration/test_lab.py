@@ -1,11 +1,12 @@
 """The lab, for real: namespaces, a bridge, an iptables rule and three dockerds on this machine.
 
-Needs root. Uses the lab name `t1` on 10.78.0.0/24 so that a user's own `lab` is left alone;
-the lab is brought up once for the module and removed at its end (and before, should an
-interrupted run have left one).
+Needs root. Uses the lab name `t1-RUN` (tests/helpers.RUN) on a free subnet, so that a user's own
+`lab` and another run's are left alone; the lab is brought up once for the module and removed at
+its end (and before, should an interrupted run have left one).
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -29,11 +30,13 @@ from hubops.lab.cluster import (
     params_text,
 )
 from hubops.core.params import load_params
+from tests.helpers import LAB_SUBNETS, free_subnet, run_name
 
 pytestmark = pytest.mark.engine
 
-NAME = "t1"
-SUBNET = "10.78.0.0/24"
+NAME = run_name("t1")
+SUBNET = free_subnet(LAB_SUBNETS)
+BASE = ipaddress.ip_network(SUBNET).network_address  # the nodes are .11, .12, .13
 
 
 def _tls_client(node, info, timeout: int = 10) -> docker.DockerClient:
@@ -63,10 +66,12 @@ def lab(tmp_path_factory):
         pytest.fail("the lab tests need root (namespaces, links, iptables, dockerd)", pytrace=False)
     lab_down(name=NAME)  # what an interrupted run may have left
     params = tmp_path_factory.mktemp("lab") / "lab.yaml"
-    info = lab_up(name=NAME, subnet=SUBNET, params_out=params)
-    print(f"\nlab up (cold): {info.duration_s} s, {len(info.changes)} changes")
-    yield info
-    lab_down(name=NAME)
+    try:
+        info = lab_up(name=NAME, subnet=SUBNET, params_out=params)
+        print(f"\nlab up (cold): {info.duration_s} s, {len(info.changes)} changes")
+        yield info
+    finally:
+        lab_down(name=NAME)
 
 
 # -- pure parts -------------------------------------------------------------------------------
@@ -89,22 +94,22 @@ def test_other_subnet_overlapping_an_existing_route_is_refused_before_anything_i
     routes = json.loads(subprocess.check_output(["ip", "-j", "route"]))
     taken = next(r for r in routes if r.get("dst", "default") != "default" and not r.get("dev", "").startswith("hl-"))
     subnet = str(next(ipaddress.ip_network(taken["dst"], strict=False).subnets(new_prefix=28)))
+    t2 = run_name("t2")
     params = tmp_path / "t2.yaml"
-    rules_before = _forward_rules()
     with pytest.raises(PreflightError, match="overlaps route"):
-        lab_up(name="t2", subnet=subnet, params_out=params)
-    assert "hl-t2" not in _links()
-    assert not [ns for ns in _netns() if ns.startswith("hl-t2-")]
-    assert not (STATE_ROOT / "t2").exists() and not (RUN_ROOT / "t2").exists()
+        lab_up(name=t2, subnet=subnet, params_out=params)
+    assert f"hl-{t2}" not in _links()
+    assert not [ns for ns in _netns() if ns.startswith(f"hl-{t2}-")]
+    assert not (STATE_ROOT / t2).exists() and not (RUN_ROOT / t2).exists()
     assert not params.exists()
-    assert _forward_rules() == rules_before
+    assert f"hubops-lab-{t2}" not in _forward_rules()  # (other runs' labs may add and remove theirs meanwhile)
 
 
 # -- a running lab ----------------------------------------------------------------------------
 def test_up_brings_engines_that_answer_over_mutual_tls_only(lab):
     assert [(n.name, n.role, n.address) for n in lab.nodes] == [
-        ("t1-manager", "manager", "10.78.0.11"), ("t1-node0", "worker", "10.78.0.12"),
-        ("t1-node1", "worker", "10.78.0.13")]
+        (f"{NAME}-manager", "manager", str(BASE + 11)), (f"{NAME}-node0", "worker", str(BASE + 12)),
+        (f"{NAME}-node1", "worker", str(BASE + 13))]
     ids = set()
     for n in lab.nodes:
         c = _tls_client(n, lab)
@@ -143,7 +148,7 @@ def test_engines_form_a_swarm_over_the_lab_network(lab):
             if len(ready) == 3 or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        assert ready == ["t1-manager", "t1-node0", "t1-node1"]
+        assert ready == [f"{NAME}-manager", f"{NAME}-node0", f"{NAME}-node1"]
         addrs = {n.attrs["Description"]["Hostname"]: n.attrs["Status"]["Addr"] for n in nodes}
         assert addrs == {n.name: n.address for n in lab.nodes}
         assert {n.name: n.swarm_state for n in lab_status(name=NAME).nodes} == dict.fromkeys(addrs, "active")
@@ -183,7 +188,7 @@ def test_up_restarts_a_dead_engine_and_keeps_the_others(lab):
 
 
 def test_another_topology_for_the_same_name_is_refused(lab):
-    with pytest.raises(HubopsError, match="lab down --name t1"):
+    with pytest.raises(HubopsError, match=f"lab down --name {NAME}"):
         lab_up(name=NAME, workers=1, subnet=SUBNET, params_out=lab.params_file)
     assert lab_up(name=NAME, subnet=SUBNET, params_out=lab.params_file).changes == []
 
@@ -191,8 +196,8 @@ def test_another_topology_for_the_same_name_is_refused(lab):
 def test_params_file_loads_and_names_the_lab(lab):
     p = load_params(lab.params_file)
     assert p.deployment == NAME
-    assert [h.name for h in p.hosts.managers] == ["t1-manager"]
-    assert [h.name for h in p.hosts.workers] == ["t1-node0", "t1-node1"]
+    assert [h.name for h in p.hosts.managers] == [f"{NAME}-manager"]
+    assert [h.name for h in p.hosts.workers] == [f"{NAME}-node0", f"{NAME}-node1"]
     for h, n in zip(p.hosts.all, lab.nodes):
         assert h.url == f"tcp://{n.address}:2376" and h.advertise_addr == n.address
         # One socket path for every engine, each in its own mount namespace (as on real hosts); from
@@ -200,7 +205,7 @@ def test_params_file_loads_and_names_the_lab(lab):
         assert h.engine_socket == str(lab_mod.engine_socket(RUN_ROOT / NAME))
         assert lab_mod.node_socket(RUN_ROOT / NAME, h.name).is_socket()
         assert str(p.path(h.tls.ca)) == lab.certs["ca"]
-    assert p.hub.public_name == "10.78.0.11" and p.hub.https_port == 443
+    assert p.hub.public_name == str(BASE + 11) and p.hub.https_port == 443
     assert p.tls.mode == "self-signed" and p.auth.mode == "shared-password"
     assert p.admins == ["operator"] and p.allowed == ["alice", "bob", "operator"]
     assert p.network.subnet == "10.240.0.0/24"
@@ -208,8 +213,8 @@ def test_params_file_loads_and_names_the_lab(lab):
     assert p.operator_path == STATE_ROOT / NAME / "operator" / NAME
     assert lab.params_file.read_text().startswith("# Written by `hubops lab up`")
     # The engine socket the hub mounts answers too.
-    c = docker.DockerClient(base_url=f"unix://{lab_mod.node_socket(RUN_ROOT / NAME, 't1-manager')}", timeout=10)
-    assert c.info()["Name"] == "t1-manager"
+    c = docker.DockerClient(base_url=f"unix://{lab_mod.node_socket(RUN_ROOT / NAME, f'{NAME}-manager')}", timeout=10)
+    assert c.info()["Name"] == f"{NAME}-manager"
     c.close()
 
 
@@ -220,7 +225,7 @@ def test_hubops_engine_clients_reach_the_lab(lab, monkeypatch):
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     p = load_params(lab.params_file)
     c = client_for(p, p.hosts.managers[0], timeout=10)
-    assert c.info()["Name"] == "t1-manager"
+    assert c.info()["Name"] == f"{NAME}-manager"
 
 
 def test_status_renders(lab):
@@ -251,12 +256,12 @@ def test_down_removes_everything_and_twice_is_fine(lab):
     print(f"\nlab down: {down.duration_s} s")
     assert not [ns for ns in _netns() if ns.startswith(f"hl-{NAME}-")]
     links = _links()
-    assert "hl-t1" not in links and not [link for link in links if link.startswith("hv-t1-")]
-    assert "hubops-lab-t1" not in _forward_rules()
+    assert f"hl-{NAME}" not in links and not [link for link in links if link.startswith(f"hv-{NAME}-")]
+    assert f"hubops-lab-{NAME}" not in _forward_rules()
     assert not state.exists() and not run.exists()
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
     assert str(state) not in Path("/proc/self/mountinfo").read_text()
-    assert not list(Path("/sys/fs/cgroup").glob("*/hubops-lab/t1-*"))
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/hubops-lab/{NAME}-*"))
     assert lab.params_file.exists()  # the parameter file stays
     assert not lab_status(name=NAME).exists
     assert lab_down(name=NAME).changes == []

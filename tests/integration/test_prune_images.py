@@ -1,4 +1,4 @@
-"""ops/prune-images on real engines: a lab of a manager and a worker (name `pr`, 10.85.0.0/24), so
+"""ops/prune-images on real engines: a lab of a manager and a worker (name `pr-RUN`, a free subnet), so
 that pruning never touches the images this machine's own engine caches for the other tests.
 
 Each node gets versions of `hubops-hub` and `hubops-singleuser` (tiny images imported with hubops's
@@ -19,11 +19,11 @@ from hubops.ops import prune_images
 from hubops.lab import cluster as lab
 from hubops.core.engine import Clients
 from hubops.core.params import load_params
+from tests.helpers import LAB_SUBNETS, free_subnet, run_name
 
 pytestmark = pytest.mark.engine
 
-NAME = "pr"
-SUBNET = "10.85.0.0/24"
+NAME = run_name("pr")
 
 
 def _tar(text: str) -> bytes:
@@ -65,8 +65,9 @@ def _has(client, image_id: str) -> bool:
 def cluster(tmp_path_factory):
     params = tmp_path_factory.mktemp("prune") / "pr.yaml"
     lab.lab_down(name=NAME)
-    lab.lab_up(name=NAME, managers=1, workers=1, subnet=SUBNET, params_out=params, overlay_subnet="10.249.9.0/24")
     try:
+        lab.lab_up(name=NAME, managers=1, workers=1, subnet=free_subnet(LAB_SUBNETS), params_out=params,
+                   overlay_subnet="10.249.9.0/24")  # inside the lab's own engines
         p = load_params(params)
         clients = Clients(p)
         m, w = clients.manager, clients[p.hosts.workers[0].name]

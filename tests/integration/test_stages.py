@@ -5,6 +5,9 @@ from __future__ import annotations
 import docker
 import pytest
 
+import ipaddress
+import time
+
 from hubops.core import certs
 from hubops.stages import auth, network, storage, swarm, tls
 from hubops.core import secrets
@@ -13,12 +16,17 @@ from hubops.core.engine import Clients
 from hubops.core.errors import ConflictError, ParameterError
 from hubops.core.params import load_params
 from hubops.core.result import Result
+from tests.helpers import ensure_swarm, run_name
 
 pytestmark = pytest.mark.engine
+
+# Deployments are `itest-RUN`, `itest2-RUN`, ... (tests/helpers.RUN) with free ports and subnets, so
+# that two runs of this file on one engine never meet.
 
 
 @pytest.fixture
 def deployment(params_factory, docker_client):
+    ensure_swarm()  # this file needs a swarm and makes it when the engine has none
     p = load_params(params_factory("itest"))
     clients = Clients(p)
     swarm.ensure_swarm(p, clients)
@@ -26,7 +34,7 @@ def deployment(params_factory, docker_client):
     teardown.teardown(p, clients, remove_volumes=True)
     left = [o.name for coll in (docker_client.secrets, docker_client.configs, docker_client.networks,
                                 docker_client.services, docker_client.volumes)
-            for o in coll.list(filters={"label": "hubops.deployment=itest"})]
+            for o in coll.list(filters={"label": f"hubops.deployment={p.deployment}"})]
     clients.close()
     assert not left, f"teardown left {left}"
 
@@ -36,7 +44,7 @@ def test_swarm_is_idempotent(deployment):
     r = swarm.ensure_swarm(p, clients)
     assert not r.changed, r
     node = clients.manager.nodes.list()[0]
-    assert node.attrs["Spec"]["Labels"]["hubops.itest.hub"] == "true"
+    assert node.attrs["Spec"]["Labels"][f"hubops.{p.deployment}.hub"] == "true"
 
 
 def test_network_created_kept_and_foreign_one_refused(deployment, docker_client, params_factory):
@@ -46,20 +54,26 @@ def test_network_created_kept_and_foreign_one_refused(deployment, docker_client,
     first = network.ensure_network(p, clients)
     assert [i.action for i in first.items] == ["create"]
     net = docker_client.networks.get(p.network_name)
+    for _ in range(120):  # Swarm's allocator fills in the driver shortly after the create (later on a busy engine)
+        if net.attrs["Driver"]:
+            break
+        time.sleep(0.25)
+        net.reload()
     assert net.attrs["Driver"] == "overlay" and net.attrs["Attachable"]
-    assert net.attrs["IPAM"]["Config"][0]["Subnet"] == "10.233.0.0/24"
+    assert net.attrs["IPAM"]["Config"][0]["Subnet"] == str(p.network.subnet)
     assert not network.ensure_network(p, clients).changed
 
     # Another deployment asking for an overlapping subnet is refused before anything is made.
-    q = load_params(params_factory("itest2", subnet="10.233.0.128/25", port=8446))
-    with pytest.raises(ParameterError, match=r"network\.subnet: .*overlaps network hubops-itest"):
+    half = next(ipaddress.ip_network(str(p.network.subnet)).subnets(new_prefix=25), None)
+    q = load_params(params_factory("itest2", subnet=str(half)))
+    with pytest.raises(ParameterError, match=rf"network\.subnet: .*overlaps network {p.network_name}"):
         network.ensure_network(q, Clients(q))
 
     # A network with hubops's name but not hubops's labels is a conflict and is left alone.
-    foreign = docker_client.networks.create("hubops-itest3", driver="overlay", attachable=True)
+    q3 = load_params(params_factory("itest3"))
+    foreign = docker_client.networks.create(q3.network_name, driver="overlay", attachable=True)
     try:
-        q3 = load_params(params_factory("itest3", subnet="10.234.0.0/24", port=8447))
-        with pytest.raises(ConflictError, match="hubops-itest3 exists but was not created by hubops"):
+        with pytest.raises(ConflictError, match=f"{q3.network_name} exists but was not created by hubops"):
             network.ensure_network(q3, Clients(q3))
         foreign.reload()  # still there
     finally:
@@ -88,12 +102,13 @@ def test_storage_volume_and_foreign_volume(deployment, docker_client, params_fac
     assert storage.ensure_hub_volume(p, clients).changed
     r = storage.ensure_hub_volume(p, clients)
     assert not r.changed and r.facts["hub_can_move"] is False
-    foreign = docker_client.volumes.create("hubops-itest4-hub-data")
+    q = load_params(params_factory("itest4"))
+    volume = f"hubops-{q.deployment}-hub-data"
+    foreign = docker_client.volumes.create(volume)
     try:
-        q = load_params(params_factory("itest4", subnet="10.235.0.0/24", port=8448))
-        with pytest.raises(ConflictError, match="volume hubops-itest4-hub-data on local exists"):
+        with pytest.raises(ConflictError, match=f"volume {volume} on local exists"):
             storage.ensure_hub_volume(q, Clients(q))
-        docker_client.volumes.get("hubops-itest4-hub-data")  # untouched
+        docker_client.volumes.get(volume)  # untouched
     finally:
         foreign.remove()
 
@@ -119,9 +134,9 @@ def test_tls_files_mode_refuses_mismatched_key_before_any_change(deployment, doc
     (tmp_path / "key.pem").write_bytes(other_key)
     # Refused when the parameters are read (hubops check), before any stage runs.
     with pytest.raises(ParameterError, match="tls.files.key: .* is not the key of tls.files.cert"):
-        load_params(params_factory("itest5", subnet="10.236.0.0/24", port=8449,
+        load_params(params_factory("itest5",
                                    extra=f"tls: {{mode: files, files: {{cert: {tmp_path}/cert.pem, key: {tmp_path}/key.pem}}}}\n"))
-    assert not docker_client.secrets.list(filters={"label": "hubops.deployment=itest5"})
+    assert not docker_client.secrets.list(filters={"label": f"hubops.deployment={run_name('itest5')}"})
 
 
 def test_auth_userlist_change_makes_a_new_version(deployment, params_factory, tmp_path):
@@ -142,10 +157,10 @@ def test_teardown_removes_only_labelled_objects(deployment, docker_client):
     p, clients = deployment
     network.ensure_network(p, clients)
     storage.ensure_hub_volume(p, clients)
-    bystander = docker_client.secrets.create(name="hubops-itest-bystander", data=b"x")
+    bystander = docker_client.secrets.create(name=f"hubops-{p.deployment}-bystander", data=b"x")
     try:
         r = teardown.teardown(p, clients, remove_volumes=True)
-        assert any("network hubops-itest" in i.target for i in r.changes)
+        assert any(f"network {p.network_name}" in i.target for i in r.changes)
         docker_client.secrets.get(bystander.id)  # untouched: no hubops labels
         with pytest.raises(docker.errors.NotFound):
             docker_client.networks.get(p.network_name)

@@ -95,7 +95,7 @@ def test_logging_filter_redacts_message_arguments_and_tracebacks():
     h.addFilter(RedactingFilter(Redactor([SECRET])))
     log = logging.getLogger("hubops.test-redact")
     log.addHandler(h)
-    log.propagate = False
+    propagate, log.propagate = log.propagate, False
     try:
         log.warning("token %s in %r", SECRET, {"k": SECRET})
         try:
@@ -104,6 +104,7 @@ def test_logging_filter_redacts_message_arguments_and_tracebacks():
             log.exception("failed")
     finally:
         log.removeHandler(h)
+        log.propagate = propagate
     assert records and all(SECRET not in r for r in records)
     assert MASK in records[0] and "ValueError: bad [redacted]" in records[1]
 
