@@ -138,6 +138,9 @@ def main() -> None:
     ap.add_argument("--spawns", type=int, default=20)
     ap.add_argument("--burst", type=int, default=20)
     ap.add_argument("--floor", type=int, default=10)
+    ap.add_argument("--overlay-subnet", default="10.243.0.0/24")
+    ap.add_argument("--engine", default=None,
+                    help="the lab nodes' Docker engine (`hubops lab up --engine`): 20.10 (default), 26, 28 or per node")
     ap.add_argument("--keep", action="store_true", help="leave the lab and deployment up")
     ap.add_argument("--skip-delivery", action="store_true")
     args = ap.parse_args()
@@ -145,7 +148,10 @@ def main() -> None:
     params.parent.mkdir(exist_ok=True)
     res: dict = {"machine": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
                              "kernel": platform.release()}, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    lab.lab_up(name=args.lab, workers=2, subnet=args.subnet, params_out=params, overlay_subnet="10.243.0.0/24")
+    up = lab.lab_up(name=args.lab, workers=2, subnet=args.subnet, params_out=params,
+                    overlay_subnet=args.overlay_subnet, engines=args.engine)
+    print("engines: " + ", ".join(f"{n.name} Docker {n.engine_version}" for n in up.nodes))
+    res["engines"] = {n.name: n.engine_version for n in up.nodes}
     try:
         t0 = time.monotonic()
         r = cli("deploy", "-p", str(params))

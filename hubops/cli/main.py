@@ -462,13 +462,18 @@ def lab() -> None:
 @click.option("--overlay-subnet", default="10.240.0.0/24", show_default=True, help="the deployment's overlay subnet")
 @click.option("--params", "params_file", default="parameters/lab.yaml", show_default=True,
               type=click.Path(dir_okay=False), help="parameter file to write for the lab")
-def lab_up_cmd(name: str, managers: int, workers: int, subnet: str, overlay_subnet: str, params_file: str) -> None:
+@click.option("--engine", "engines", default=None, metavar="VERSION|NODE=VERSION,...",
+              help="Docker engine of the nodes: one version for all (28, 26, 20.10) or per node "
+                   "(manager=28,node0=26,node1=20.10; nodes not named: 20.10, this machine's dockerd)")
+@click.option("--rebuild", is_flag=True, help="build the chosen engines' root file systems again")
+def lab_up_cmd(name: str, managers: int, workers: int, subnet: str, overlay_subnet: str, params_file: str,
+               engines: str | None, rebuild: bool) -> None:
     """Bring up the lab (idempotent) and write its parameter file."""
     from hubops.lab.cluster import lab_up
 
     try:
         info = lab_up(name=name, managers=managers, workers=workers, subnet=subnet,
-                      overlay_subnet=overlay_subnet, params_out=Path(params_file))
+                      overlay_subnet=overlay_subnet, params_out=Path(params_file), engines=engines, rebuild=rebuild)
     except HubopsError as e:
         _fail(e, 1)
     click.echo(repr(info))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -106,3 +107,31 @@ def docker_op(what: str, host: str = "") -> Iterator[None]:
         raise DockerOpError(f"{what}{where} failed: {e.explanation or e}") from e
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
         raise DockerOpError(f"{what}{where} failed: the engine did not answer ({e.__class__.__name__})") from e
+
+
+# -- engine versions (read by preflight and status) ----------------------------------------
+# The oldest engine release hubops is tested on (Debian 12's docker.io); the newest tested are
+# 26.1 (Debian trixie) and 28.5 (Debian sid), on lab nodes (`hubops lab up --engine`).
+MIN_ENGINE = (20, 10)
+TESTED = ("20.10", "26.1", "28.5")
+
+
+def engine_release(version: str) -> tuple[int, int] | None:
+    """(major, minor) of an engine version string: '28.5.2' -> (28, 5), '20.10.24+dfsg1' -> (20, 10);
+    None when it is not of that form (a development build)."""
+    m = re.match(r"^v?(\d+)\.(\d+)", version or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def mixed_versions(facts: dict[str, dict]) -> str | None:
+    """A warning naming the nodes when the engines are of more than one release, else None."""
+    by_release: dict[str, list[str]] = {}
+    for host, f in facts.items():
+        rel = engine_release(f["engine"])
+        by_release.setdefault(".".join(map(str, rel)) if rel else f["engine"], []).append(f"{host} ({f['engine']})")
+    if len(by_release) < 2:
+        return None
+    parts = "; ".join(f"Docker {rel} on {', '.join(hosts)}" for rel, hosts in sorted(by_release.items()))
+    return (f"mixed engine versions: {parts}. hubops works on such a cluster (it speaks API "
+            f"{API_VERSION} to every engine), but upgrade the older nodes when you can: "
+            "Swarm features follow the oldest engine")

@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from hubops.core.errors import ConflictError, HubopsError, PreflightError
+from hubops.lab import engines as lab_engines
 
 log = logging.getLogger("hubops")
 
@@ -82,10 +83,12 @@ class LabNode:
     netns: str
     veth: str
     bip: str
+    engine: str = lab_engines.HOST  # the engine it runs: "20.10" (this machine's), "26", "28"
     # observed
     netns_present: bool = False
     pid: int | None = None
     engine_version: str | None = None  # set when the engine answered over TLS
+    engine_api: str | None = None
     engine_name: str | None = None  # the engine's idea of its host name (docker info Name)
     swarm_state: str | None = None  # inactive, pending, active, error, locked
     error: str | None = None
@@ -99,7 +102,7 @@ class LabNode:
         return self.pid is not None
 
     def plan(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("name", "role", "index", "address", "netns", "veth", "bip")}
+        return {k: getattr(self, k) for k in ("name", "role", "index", "address", "netns", "veth", "bip", "engine")}
 
 
 @dataclass
@@ -139,12 +142,13 @@ class LabInfo:
         return d
 
     # -- rendering ---------------------------------------------------------------------------
-    _COLS = ("node", "role", "address", "netns", "pid", "engine", "name", "swarm")
+    _COLS = ("node", "role", "address", "netns", "pid", "runs", "engine", "api", "name", "swarm")
 
     def _rows(self) -> list[tuple[str, ...]]:
         return [
             (n.name, n.role, n.address, "yes" if n.netns_present else "no", str(n.pid or "-"),
-             n.engine_version or (n.error or "-"), n.engine_name or "-", n.swarm_state or "-")
+             "this machine's dockerd" if n.engine == lab_engines.HOST else f"Docker {n.engine} rootfs",
+             n.engine_version or (n.error or "-"), n.engine_api or "-", n.engine_name or "-", n.swarm_state or "-")
             for n in self.nodes
         ]
 
@@ -222,7 +226,11 @@ def _check_name(name: str, count: int = 1) -> None:
         )
 
 
-def _plan(name: str, managers: int, workers: int, net: ipaddress.IPv4Network) -> list[LabNode]:
+def _plan(name: str, managers: int, workers: int, net: ipaddress.IPv4Network,
+          engines: str | dict[str, str] | None = None) -> list[LabNode]:
+    """The lab's nodes. `engines`: `--engine` as given (one version for every node, or
+    NODE=VERSION pairs) or a dict node -> version; unknown versions are refused here, before
+    anything is made."""
     if managers < 1 or workers < 0:
         raise HubopsError(f"lab {name}: give at least 1 manager and 0 or more workers "
                           f"(got {managers} managers, {workers} workers)")
@@ -234,10 +242,13 @@ def _plan(name: str, managers: int, workers: int, net: ipaddress.IPv4Network) ->
     if FIRST_HOST + len(names) - 1 > hosts:
         raise HubopsError(f"lab subnet {net} is too small for {len(names)} nodes (they use .{FIRST_HOST} "
                           f"onwards); give a /24, e.g. --subnet 10.77.0.0/24")
+    if isinstance(engines, dict):
+        engines = ",".join(f"{k}={v}" for k, v in engines.items())
+    which = lab_engines.parse_engines(engines, names, name)
     return [
         LabNode(name=n, role=role, index=i, address=str(net.network_address + FIRST_HOST + i),
                 netns=f"hl-{n}", veth=f"hv-{name}-{i}",
-                bip=f"{BIP_RANGE.network_address + (i + 1) * 256 + 1}/24")
+                bip=f"{BIP_RANGE.network_address + (i + 1) * 256 + 1}/24", engine=which[n])
         for i, (n, role) in enumerate(names)
     ]
 
@@ -282,6 +293,15 @@ def overlaps(net: ipaddress.IPv4Network, routes: list[dict], addrs: list[dict], 
     return list(dict.fromkeys(found))
 
 
+def engine_label(key: str, manifest: dict | None = None) -> str:
+    """What a node's engine is, for people: 'Docker 28.5.2 (Debian sid root file system)'."""
+    if key == lab_engines.HOST:
+        return "Docker 20.10 (this machine's dockerd)"
+    spec = lab_engines.ENGINES[key]
+    version = (manifest or {}).get("docker") or f"{spec.expect}.x"
+    return f"Docker {version} (Debian {spec.suite} root file system)"
+
+
 def engine_socket(run: Path) -> Path:
     """Where every lab engine has its unix socket, each in its own mount namespace."""
     return run / "engine" / "docker.sock"
@@ -293,8 +313,9 @@ def node_socket(run: Path, node: str) -> Path:
 
 
 def params_text(name: str, nodes: list[LabNode], *, state: Path, run: Path, overlay_subnet: str,
-                userlist: str) -> str:
-    """The parameter file for a lab (YAML with a header that marks it as written by `lab up`)."""
+                userlist: str, engines: dict[str, str] | None = None) -> str:
+    """The parameter file for a lab (YAML with a header that marks it as written by `lab up`).
+    `engines`: node name -> what engine it runs, written into the header."""
     certs = state / "certs"
     tls = {"ca": str(certs / "ca.pem"), "cert": str(certs / "cert.pem"), "key": str(certs / "key.pem")}
 
@@ -322,6 +343,7 @@ def params_text(name: str, nodes: list[LabNode], *, state: Path, run: Path, over
         f"# Deploy on the lab: hubops deploy -p THIS_FILE. Remove the lab: hubops lab down --name {name}\n"
         f"# (that also removes the operator folder and the certificates named below, under {state}).\n"
     )
+    header += "".join(f"# engine of {n.name}: {(engines or {}).get(n.name) or engine_label(n.engine)}\n" for n in nodes)
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
@@ -583,7 +605,8 @@ def _nodes_from_state(data: dict) -> list[LabNode]:
 
 
 def _describe(data: dict) -> str:
-    return f"{data['managers']} manager(s), {data['workers']} worker(s) on {data['subnet']}"
+    engines = ", ".join(f"{n['name']} on {n.get('engine', lab_engines.HOST)}" for n in data.get("nodes", []))
+    return f"{data['managers']} manager(s), {data['workers']} worker(s) on {data['subnet']} ({engines})"
 
 
 # -- up --------------------------------------------------------------------------------------
@@ -598,8 +621,18 @@ def lab_up(
     state_root: Path = STATE_ROOT,
     run_root: Path = RUN_ROOT,
     timeout: float = 120,
+    engines: str | dict[str, str] | None = None,
+    rebuild: bool = False,
+    cache_root: Path = lab_engines.CACHE_ROOT,
+    mirror: str = lab_engines.MIRROR,
+    shared: tuple[str, ...] = lab_engines.DEFAULT_SHARED,
 ) -> LabInfo:
     """Bring up (or complete) the lab `name` and write its parameter file `params_out`.
+
+    `engines` chooses each node's Docker engine (see `lab_engines`): ``"28"`` for every node,
+    ``"manager=28,node0=26"`` per node (the others: this machine's 20.10), or a dict. The root
+    file system of each newer engine is built into `cache_root` when missing (or `rebuild`),
+    before the lab is made; nodes on it see this machine's `shared` folders at their own paths.
 
     Creates the bridge, its FORWARD rule, one namespace, veth pair and Docker engine per node,
     the lab's certificates and the parameter file (see the module docstring). Idempotent: on a
@@ -611,7 +644,7 @@ def lab_up(
     _check_name(name)
     net = _subnet(subnet)
     overlay = _subnet(overlay_subnet, "overlay subnet")
-    nodes = _plan(name, managers, workers, net)
+    nodes = _plan(name, managers, workers, net, engines)
     bridge = _bridge(name)
     for other, what in ((overlay, "the overlay subnet"), (BIP_RANGE, "the nodes' default bridges (172.30.0.0/16)")):
         if net.overlaps(other):
@@ -635,11 +668,17 @@ def lab_up(
             f"--subnet (one that `ip route` does not cover, e.g. 10.77.0.0/24 or 10.78.0.0/24)")
 
     changes: list[str] = []
+    if rebuild:
+        _refuse_rebuild_in_use({n.engine for n in nodes}, state_root, run_root)
+    # Before the lab is made: a tree that cannot be built leaves no lab behind.
+    manifests = {key: lab_engines.ensure_rootfs(key, cache=cache_root, mirror=mirror, rebuild=rebuild, changes=changes)
+                 for key in dict.fromkeys(n.engine for n in nodes)}
+    rootfs = {"cache": str(cache_root), "shared": list(shared)}
     if current is None:
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o711)
         # Written first, so that `lab down` finds everything even after a failed `lab up`.
-        _write(state / "lab.json", json.dumps(plan, indent=2).encode() + b"\n", 0o644)
+        _write(state / "lab.json", json.dumps({**plan, "rootfs": rootfs}, indent=2).encode() + b"\n", 0o644)
         changes.append(f"created lab state {state}")
     run.mkdir(parents=True, exist_ok=True)
 
@@ -658,13 +697,14 @@ def lab_up(
             pid = None
         if pid is None:
             _clear_stale_containerd(n, run, changes)
-            started[n.name] = _start_engine(n, state, run, certs)
+            started[n.name] = _start_engine(n, state, run, certs, rootfs)
             changes.append(f"started engine of {n.name} ({n.url})")
     deadline = time.monotonic() + timeout
     for n in nodes:
         _wait_engine(n, state, run, certs, started.get(n.name), deadline)
 
-    _ensure_params(name, nodes, Path(params_out), state, run, overlay_subnet, changes)
+    labels = {n.name: engine_label(n.engine, manifests.get(n.engine)) for n in nodes}
+    _ensure_params(name, nodes, Path(params_out), state, run, overlay_subnet, changes, labels)
     info = lab_status(name=name, state_root=state_root, run_root=run_root)
     info.params_file = Path(params_out).resolve()
     info.changes = changes
@@ -674,6 +714,20 @@ def lab_up(
     else:
         log.info("lab %s already up: no change", name)
     return info
+
+
+def _refuse_rebuild_in_use(keys: set[str], state_root: Path, run_root: Path) -> None:
+    """A cached tree is the lower layer of every running node on it: it is not replaced under them."""
+    busy = []
+    for d in sorted(Path(state_root).glob("*/lab.json")):
+        data = _read_state(d.parent) or {}
+        for n in data.get("nodes", []):
+            if n.get("engine", lab_engines.HOST) in keys - {lab_engines.HOST} and \
+                    _engine_pid(Path(run_root) / d.parent.name, n["name"]) is not None:
+                busy.append(f"{n['name']} (lab {d.parent.name}, Docker {n['engine']})")
+    if busy:
+        raise HubopsError(f"--rebuild: the root file system is in use by the running node(s) {', '.join(busy)}; "
+                          "stop those labs first (hubops lab down --name NAME), then rebuild")
 
 
 def _ensure_bridge(bridge: str, net: ipaddress.IPv4Network, changes: list[str]) -> None:
@@ -781,7 +835,8 @@ def _ensure_certs(name: str, nodes: list[LabNode], state: Path, changes: list[st
     return {"ca": ca_file, "cert": cert_file, "key": key_file}, reissued
 
 
-def _engine_argv(n: LabNode, state: Path, run: Path, certs: dict[str, Path]) -> list[str]:
+def _engine_argv(n: LabNode, state: Path, run: Path, certs: dict[str, Path],
+                 rootfs: dict | None = None) -> list[str]:
     tls = state / n.name / "tls"
     dockerd = [
         "dockerd",
@@ -798,6 +853,17 @@ def _engine_argv(n: LabNode, state: Path, run: Path, certs: dict[str, Path]) -> 
         # down` can remove what a killed engine leaves there.
         "--cgroup-parent", _cgroup_parent(n.name),
     ]
+    if n.engine != lab_engines.HOST:
+        # A newer engine: its own Debian tree as its root (pivot_root), with the node's folders,
+        # the lab's certificates and its socket folder at the same paths as on this machine.
+        rootfs = rootfs or {"cache": str(lab_engines.CACHE_ROOT), "shared": list(lab_engines.DEFAULT_SHARED)}
+        binds = [(str(state / n.name), str(state / n.name)), (str(certs["ca"].parent), str(certs["ca"].parent)),
+                 (str(run / n.name), str(run / n.name)),
+                 (str(run / n.name / "engine"), str(engine_socket(run).parent))]
+        inner = lab_engines.pivot_argv(node=n.name, key=n.engine, cache=Path(rootfs["cache"]), state=state, run=run,
+                                       binds=binds, shared=list(rootfs["shared"]), dockerd=dockerd)
+        return ["nsenter", f"--net={NETNS_DIR / n.netns}", "unshare", "--uts", "--mount", "--propagation", "private",
+                *inner]
     # nsenter, not `ip netns exec`: the latter remounts /sys and dockerd then finds no devices
     # cgroup. unshare --uts gives the node its own host name (the engine's and Swarm's node name);
     # --mount its own mounts: RUN/NODE/engine at RUN/engine, where its socket is (the same path on
@@ -835,7 +901,8 @@ def _clear_stale_containerd(n: LabNode, run: Path, changes: list[str]) -> None:
         pass
 
 
-def _start_engine(n: LabNode, state: Path, run: Path, certs: dict[str, Path]) -> subprocess.Popen:
+def _start_engine(n: LabNode, state: Path, run: Path, certs: dict[str, Path],
+                  rootfs: dict | None = None) -> subprocess.Popen:
     """Start the node's dockerd in its namespace, in a session of its own so that it outlives
     the calling process; its log goes to STATE/NODE/dockerd.log."""
     (state / n.name / "docker").mkdir(parents=True, exist_ok=True)
@@ -843,14 +910,14 @@ def _start_engine(n: LabNode, state: Path, run: Path, certs: dict[str, Path]) ->
     engine_socket(run).parent.mkdir(parents=True, exist_ok=True)
     cfg = state / n.name / "daemon.json"
     # Its own engine ID (key.json), not the one of this machine's engine in /etc/docker.
-    text = json.dumps({"deprecated-key-path": str(state / n.name / "key.json")}, indent=2).encode() + b"\n"
+    text = json.dumps(lab_engines.daemon_config(n.engine, state, n.name), indent=2).encode() + b"\n"
     if not cfg.exists() or cfg.read_bytes() != text:
         _write(cfg, text, 0o644)
     env = {k: v for k, v in _env().items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "TZ")}
     # A Swarm node uses its local image instead of asking a registry first: lab nodes have
     # no internet, and every task start would wait for a DNS timeout.
     env["DOCKER_SERVICE_PREFER_OFFLINE_IMAGE"] = "1"
-    argv = _engine_argv(n, state, run, certs)
+    argv = _engine_argv(n, state, run, certs, rootfs)
     log.info("lab: starting the engine of %s at %s", n.name, n.url)
     log.debug("lab: %s", shlex.join(argv))
     with open(state / n.name / "dockerd.log", "ab") as logf:
@@ -914,9 +981,10 @@ def _wait_engine(n: LabNode, state: Path, run: Path, certs: dict[str, Path],
 
 
 def _ensure_params(name: str, nodes: list[LabNode], params_out: Path, state: Path, run: Path,
-                   overlay_subnet: str, changes: list[str]) -> None:
+                   overlay_subnet: str, changes: list[str], engines: dict[str, str] | None = None) -> None:
     userlist = params_out.with_name(f"{params_out.stem}.userlist")
-    text = params_text(name, nodes, state=state, run=run, overlay_subnet=overlay_subnet, userlist=userlist.name)
+    text = params_text(name, nodes, state=state, run=run, overlay_subnet=overlay_subnet, userlist=userlist.name,
+                       engines=engines)
     if params_out.exists():
         old = params_out.read_text()
         if old != text:
@@ -1014,6 +1082,8 @@ def lab_down(
     for rule in _tagged_rules(name):
         _run(["iptables", "-w", "-D", *rule[1:]])
         changes.append(f"deleted iptables rule {' '.join(rule[1:])}")
+    if state.is_dir():
+        lab_engines.remove_trees([d for d in state.iterdir() if d.is_dir()])
     for d in (run, state):
         if d.exists():
             shutil.rmtree(d)
@@ -1061,7 +1131,8 @@ def lab_status(
         try:
             c = _client(n, certs, timeout=timeout)
             try:
-                n.engine_version = c.version()["Version"]
+                v = c.version()
+                n.engine_version, n.engine_api = v["Version"], v.get("ApiVersion")
                 i = c.info()
                 n.engine_name = i.get("Name")
                 n.swarm_state = (i.get("Swarm") or {}).get("LocalNodeState")

@@ -11,7 +11,7 @@ import docker
 import docker.errors
 
 from hubops.core import labels as L
-from hubops.core.engine import Clients, docker_op
+from hubops.core.engine import Clients, docker_op, mixed_versions
 from hubops.core.facts import node_name, user_of
 from hubops.core.params import Loaded
 from hubops.core.result import Result
@@ -140,6 +140,9 @@ def status(p: Loaded, clients: Clients) -> Result:
         r.check(f"node {node_name(p, n)}", f"{spec.get('Role')}, {spec.get('Availability')}, {st.get('State')}")
     where = placements(p, c)
     r.facts["nodes"] = rows
+    mixed = mixed_versions({row["node"]: {"engine": row["engine"] or "?"} for row in rows})
+    r.facts["engine versions"] = (f"WARNING: {mixed}" if mixed else
+                                  f"every node runs Docker {rows[0]['engine']}" if rows else "no node")
     r.facts["services"] = where
     users = {}
     for row in where:

@@ -102,15 +102,23 @@ def hub_constraints(p: Loaded) -> list[str]:
     return [f"node.labels.{p.hub_node_label}==true"]
 
 
+# Where the hub's container has its engine's socket. Not /var/run/docker.sock: /var/run is a
+# symlink to /run in Debian images, and Docker 28 refuses every archive call (`docker cp`, backup,
+# the users' notices) on a container with a mount below a symlink ("mkdirat var/run: path escapes
+# from parent"); /var/run/docker.sock still reaches it through the symlink.
+HUB_ENGINE_SOCKET = "/run/docker.sock"
+
+
 def service_spec(p: Loaded, *, hub_image: str, secret_refs: list, config_refs: list) -> dict[str, Any]:
     """Keyword arguments for `services.create` / `service.update` (pure: parameters in, spec out)."""
     container = docker.types.ContainerSpec(
         image=hub_image,
         command=["jupyterhub", "-f", hubconfig.CONFIG_PATH],
-        env=[f"HUBOPS_DEPLOYMENT={p.deployment}"],
+        # The spawner (docker-py) finds the engine through DOCKER_HOST.
+        env=[f"HUBOPS_DEPLOYMENT={p.deployment}", f"DOCKER_HOST=unix://{HUB_ENGINE_SOCKET}"],
         mounts=[
             # The spawner drives the swarm through the manager's engine it runs on.
-            docker.types.Mount("/var/run/docker.sock", p.hub_host.engine_socket, type="bind"),
+            docker.types.Mount(HUB_ENGINE_SOCKET, p.hub_host.engine_socket, type="bind"),
             hub_data_mount(p),
             # shared-path homes: the hub creates PATH/USER with the right owner before a server starts.
             *([docker.types.Mount(p.storage.users.shared_path, p.storage.users.shared_path, type="bind")]

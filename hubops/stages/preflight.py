@@ -9,7 +9,7 @@ import platform
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
-from hubops.core.engine import Clients
+from hubops.core.engine import MIN_ENGINE, TESTED, Clients, engine_release, mixed_versions  # noqa: F401
 from hubops.core.errors import PreflightError
 from hubops.core.params import Host, Loaded
 from hubops.core.result import Result
@@ -17,11 +17,25 @@ from hubops.core.result import Result
 log = logging.getLogger("hubops")
 
 MIN_API = (1, 41)
-
-
 def _api(v: str) -> tuple[int, int]:
     major, minor = v.split(".")[:2]
     return int(major), int(minor)
+
+
+def refuse_old(host: str, version: dict) -> None:
+    """Raise PreflightError naming `host` when its engine (`docker version`'s answer) is older than
+    the oldest one hubops is tested on."""
+    release = engine_release(version.get("Version", ""))
+    if release is not None and release < MIN_ENGINE:
+        raise PreflightError(
+            f"host {host}: Docker {version['Version']} is older than {'.'.join(map(str, MIN_ENGINE))}, the "
+            f"oldest engine hubops is tested on (tested: {', '.join(TESTED)}); upgrade Docker on that host"
+        )
+    if _api(version["ApiVersion"]) < MIN_API:
+        raise PreflightError(
+            f"host {host}: engine API {version['ApiVersion']} is older than "
+            f"{'.'.join(map(str, MIN_API))} (Docker 20.10); upgrade Docker on that host"
+        )
 
 
 def probe(clients: Clients, host: Host) -> dict:
@@ -39,14 +53,15 @@ def probe(clients: Clients, host: Host) -> dict:
             "Start the engine (for the local default: `dockerd`, or `bash .ci/ensure-docker`) "
             "or fix hosts[].url / tls in the parameter file."
         ) from e
-    if _api(version["ApiVersion"]) < MIN_API:
-        raise PreflightError(
-            f"host {host.name}: engine API {version['ApiVersion']} is older than "
-            f"{'.'.join(map(str, MIN_API))} (Docker 20.10); upgrade Docker on that host"
-        )
+    refuse_old(host.name, version)
     return {
         "engine": version["Version"],
         "api": version["ApiVersion"],
+        "min_api": version.get("MinAPIVersion"),
+        "containerd": next((c.get("Version") for c in version.get("Components") or []
+                            if c.get("Name") == "containerd"), None),
+        "storage_driver": info.get("Driver"),
+        "cgroup": f"v{info.get('CgroupVersion', '1')} ({info.get('CgroupDriver')})",
         "os": info.get("OperatingSystem"),
         "kernel": info.get("KernelVersion"),
         "arch": info.get("Architecture"),
@@ -66,6 +81,19 @@ def check(p: Loaded, clients: Clients) -> Result:
     for h, f in zip(hosts, facts):
         r.keep(f"host {h.name}", f"Docker {f['engine']} (API {f['api']}), {f['cpus']} CPUs, {f['memory_gib']} GiB")
         r.facts[h.name] = f
+    engines = {h.name: f for h, f in zip(hosts, facts)}
+    r.facts["engines"] = [{"host": h, "engine": f["engine"], "api": f["api"], "containerd": f["containerd"],
+                           "storage": f["storage_driver"], "cgroup": f["cgroup"]} for h, f in engines.items()]
+    warning = mixed_versions(engines)
+    if warning:
+        log.warning("%s", warning)
+        r.check("engine versions", f"WARNING: {warning}")
+        r.facts["warning"] = warning
+    else:
+        release = engine_release(facts[0]["engine"])
+        tested = release is not None and ".".join(map(str, release)) in TESTED
+        r.keep("engine versions", f"every host runs Docker {facts[0]['engine']}"
+               + ("" if tested else f" (not among the tested releases {', '.join(TESTED)})"))
     archs = {f["arch"] for f in facts}
     if len(archs) > 1:
         raise PreflightError(
