@@ -454,3 +454,13 @@ def write_cert_pair(cert: Path, key: Path, name: str = "stand-in") -> None:
     cert.write_bytes(c.public_bytes(serialization.Encoding.PEM))
     key.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()))
+
+
+def server_state(p, user: str, *, include_stopped: bool = False) -> dict:
+    """The spawner state of `user`'s default server, as an admin of the hub reads it (hubops's own
+    token may read only the verify user's state: tests read it with the admin's login)."""
+    s = admin_session(p)
+    q = "?include_stopped_servers=1" if include_stopped else ""
+    r = s.get(f"{p.hub_url}/hub/api/users/{user}{q}", timeout=30)
+    r.raise_for_status()
+    return ((r.json().get("servers") or {}).get("") or {}).get("state") or {}

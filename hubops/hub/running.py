@@ -225,6 +225,7 @@ class HubAPI:
     # Longer than JupyterHub's slow_spawn_timeout and slow_stop_timeout (10 s), after which its API
     # answers 202 and goes on in the background: a client giving up at 10 s races that answer.
     def __init__(self, p: Loaded, *, timeout: float = 30):
+        self.p = p
         token = operator.read(p, "api-token")
         if not token:
             raise VerifyError(

@@ -32,7 +32,7 @@ from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.core.record import read_record
 from hubops.hub.running import HubAPI
-from tests.helpers import admin_session, ensure_swarm, free_port, free_subnet, hubops_cli, make_params, run_name
+from tests.helpers import admin_session, ensure_swarm, server_state, free_port, free_subnet, hubops_cli, make_params, run_name
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 PROJECT = Path(__file__).resolve().parents[2]
@@ -345,7 +345,7 @@ def test_node_local_file_survives_a_restart_on_its_node(day2):
     start(api, "alice")
     token = f"node-local {time.time()}"
     write_file(api, "alice", "persist.txt", token)
-    state = api.request("GET", "/hub/api/users/alice").json()["servers"][""]["state"]
+    state = server_state(p, "alice")
     node_id = c.nodes.list()[0].id
     assert state["home_node"] == node_id
     vol = c.volumes.get(f"hubops-{DEPLOYMENT}-home-alice")

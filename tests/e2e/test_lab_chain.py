@@ -67,8 +67,7 @@ def nodes_of(p, clients) -> dict[str, str]:
 
 
 def server_node(p, clients, api: HubAPI, user: str) -> str:
-    state = ((api.user(user) or {}).get("servers") or {}).get("", {}).get("state") or {}
-    svc = clients.manager.services.get(state["object_name"])
+    svc = clients.manager.services.get(f"{p.prefix}-user-{user}")  # the spawner's service name
     for _ in range(60):
         tasks = [t for t in svc.tasks(filters={"desired-state": "running"}) if t["Status"]["State"] == "running"]
         if tasks:

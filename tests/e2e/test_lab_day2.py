@@ -42,7 +42,7 @@ from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.core.record import read_record
 from hubops.hub.running import HubAPI
-from tests.helpers import LAB_SUBNETS, RUN, admin_session, free_subnet, hubops_cli, run_name
+from tests.helpers import LAB_SUBNETS, RUN, admin_session, free_subnet, hubops_cli, run_name, server_state
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]  # `make test-all` only (see README: Tests)
 NAME = run_name("d2lab")  # the lab and the deployment: d2lab-RUN (tests/helpers)
@@ -233,7 +233,7 @@ def test_node_local_home_survives_a_restart_pinned_to_its_node(d2):
     assert home in (f"{NAME}-node0", f"{NAME}-node1")
     token = f"written on {home} at {time.time()}"
     write_file(api, "alice", "persist.txt", token)
-    state = api.request("GET", "/hub/api/users/alice").json()["servers"][""]["state"]
+    state = server_state(p, "alice")
     assert names[state["home_node"]] == home
     volume = f"{p.prefix}-home-alice"
     where = {h.name: bool(clients[h.name].volumes.list(filters={"name": volume})) for h in p.hosts.all}
@@ -367,7 +367,7 @@ def test_restore_onto_a_fresh_deployment_brings_back_users_admins_and_server_rec
     bob = api.request("GET", "/hub/api/users/bob?include_stopped_servers=1").json()
     alice = api.request("GET", "/hub/api/users/alice?include_stopped_servers=1").json()
     assert bob["admin"] is False, "a fresh hub knows nothing of the first one"
-    assert "home_node" not in ((alice["servers"].get("") or {}).get("state") or {}), alice["servers"]
+    assert "home_node" not in server_state(p, "alice", include_stopped=True), alice["servers"]
     t0 = time.monotonic()
     res = hubops_cli("ops", "restore", "-p", str(d2["fresh"]), "--set", f"backup={d2['backup']}",
                      "--set", "confirm=true", outputs=d2["outputs"])
@@ -379,7 +379,7 @@ def test_restore_onto_a_fresh_deployment_brings_back_users_admins_and_server_rec
     bob = api.request("GET", "/hub/api/users/bob?include_stopped_servers=1").json()
     alice = api.request("GET", "/hub/api/users/alice?include_stopped_servers=1").json()
     assert bob["admin"] is True
-    assert alice["servers"][""]["state"]["home_node"] == d2["home_node"]
+    assert server_state(p, "alice", include_stopped=True)["home_node"] == d2["home_node"]
     # The restored record sends alice's server back to the node that kept her home through the teardown.
     clients = Clients(p)
     took = start(api, "alice")

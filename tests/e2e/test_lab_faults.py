@@ -184,8 +184,7 @@ def wait_answers(api: HubAPI, user: str, timeout: float) -> float:
 
 
 def service_of(api: HubAPI, user: str) -> str:
-    state = ((api.user(user) or {}).get("servers") or {}).get("", {}).get("state") or {}
-    return state["object_name"]
+    return f"{api.p.prefix}-user-{user}"  # the spawner's service name
 
 
 def running_node(p, c, service: str, *, not_on: str | None = None, timeout: float = 120) -> str:
