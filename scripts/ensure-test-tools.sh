@@ -37,3 +37,19 @@ if ! "$(command -v ldconfig || echo /sbin/ldconfig)" -p 2>/dev/null | grep 'liba
     echo "warning: libatomic.so.1 is missing; Playwright cannot start (apt-get install libatomic1)" >&2
   fi
 fi
+# slapd: the LDAP directory of the ldap login tests (auth.mode ldap); ldap-utils for its tools.
+if [ ! -x /usr/sbin/slapd ] || [ ! -x /usr/sbin/slapadd ]; then
+  if can_apt; then
+    apt_install "LDAP directory for the ldap login tests" slapd ldap-utils
+  else
+    echo "warning: slapd is missing; the LDAP tests will fail (apt-get install slapd ldap-utils)" >&2
+  fi
+fi
+# Node.js and npm: the OpenID provider of the oidc tests (npm's oidc-provider, installed on first use).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if can_apt; then
+    apt_install "OpenID provider (oidc-provider on Node.js) for the oidc tests" nodejs npm
+  else
+    echo "warning: node or npm is missing; the OIDC tests will fail (apt-get install nodejs npm)" >&2
+  fi
+fi
