@@ -464,3 +464,10 @@ def server_state(p, user: str, *, include_stopped: bool = False) -> dict:
     r = s.get(f"{p.hub_url}/hub/api/users/{user}{q}", timeout=30)
     r.raise_for_status()
     return ((r.json().get("servers") or {}).get("") or {}).get("state") or {}
+
+
+def create_user(p, name: str) -> None:
+    """Make a hub user through the admin's login: hubops's own token may not create users (it is
+    scoped to what hubops does)."""
+    r = admin_session(p).post(f"{p.hub_url}/hub/api/users/{name}", timeout=30)
+    assert r.status_code == 201, f"creating user {name}: HTTP {r.status_code} {r.text[:300]}"

@@ -32,7 +32,7 @@ from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.core.record import read_record
 from hubops.hub.running import HubAPI
-from tests.helpers import admin_session, ensure_swarm, server_state, free_port, free_subnet, hubops_cli, make_params, run_name
+from tests.helpers import admin_session, create_user, ensure_swarm, server_state, free_port, free_subnet, hubops_cli, make_params, run_name
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 PROJECT = Path(__file__).resolve().parents[2]
@@ -178,7 +178,7 @@ def test_an_idle_server_is_culled(day2):
 def test_backup_while_the_hub_runs(day2):
     p, outputs = day2["p"], day2["outputs"]
     api = api_for(p)
-    api.request("POST", "/hub/api/users/carol", ok=(201,))
+    create_user(p, "carol")
     r = admin_session(p).patch(f"{p.hub_url}/hub/api/users/carol", json={"admin": True}, timeout=10)
     assert r.status_code == 200, r.text[:300]
     start(api, "carol")

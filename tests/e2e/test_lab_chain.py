@@ -22,7 +22,7 @@ from hubops.lab import cluster as lab
 from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
-from tests.helpers import LAB_SUBNETS, free_subnet, run_name
+from tests.helpers import LAB_SUBNETS, create_user, free_subnet, run_name
 from tests.helpers import hubops_cli as cli
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
@@ -79,7 +79,7 @@ def server_node(p, clients, api: HubAPI, user: str) -> str:
 
 def spawn(api: HubAPI, user: str) -> None:
     if api.user(user) is None:
-        api.request("POST", f"/hub/api/users/{user}", ok=(201,))
+        create_user(api.p, user)
     api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202))
     api.wait_server(user, ready=True, timeout=120)
 

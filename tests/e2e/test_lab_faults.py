@@ -35,7 +35,7 @@ from hubops.lab import cluster as lab
 from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
-from tests.helpers import LAB_SUBNETS, PROJECT, free_subnet, run_name
+from tests.helpers import LAB_SUBNETS, PROJECT, create_user, free_subnet, run_name
 from tests.helpers import hubops_cli as cli
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]  # `make test-all` only (see README: Tests)
@@ -154,7 +154,7 @@ def api_at(p, address: str | None = None) -> HubAPI:
 
 def spawn(api: HubAPI, user: str) -> None:
     if api.user(user) is None:
-        api.request("POST", f"/hub/api/users/{user}", ok=(201,))
+        create_user(api.p, user)
     api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202))
     api.wait_server(user, ready=True, timeout=180)
 
@@ -476,7 +476,7 @@ def test_backup_and_restore_with_the_hubs_data_on_shared_storage(cluster):
     r = cli("ops", "backup", "-p", str(cluster["params"]), "--set", "reason=faults", outputs=outputs)
     assert r.returncode == 0, r.stderr[-3000:]
     api = api_at(p)
-    api.request("POST", "/hub/api/users/dave", ok=(201,))  # made after the backup: the restore drops it
+    create_user(api.p, "dave")  # made after the backup: the restore drops it
     r = cli("ops", "restore", "-p", str(cluster["params"]), "--set", "backup=latest", "--set", "confirm=true",
             outputs=outputs)
     assert r.returncode == 0, r.stderr[-3000:]
