@@ -13,8 +13,9 @@ What hubops calls on the hub API, and so all its role allows (`scopes`): list us
 with their servers (status, backup, teardown, renew-tls, verify), start and stop servers (verify,
 teardown), reach servers through the proxy (`/user/NAME/api/status`: verify, renew-tls), and create,
 delete and read the server state (which Swarm service runs it) of one user, the verify stage's test
-user (`admin:users!user=NAME`, `admin:server_state!user=NAME`). No other user can be created, deleted
-or made admin with it.
+user (`admin:users!user=NAME`, `admin:server_state!user=NAME`), and delete users (`delete:users`:
+80-deploy removes from the hub the users taken off the userlist). No other user can be created or
+made admin with it.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ RENEW_DAYS = 14
 
 def scopes(p: Loaded) -> list[str]:
     """The hubops service role's scopes: what hubops calls, and no more."""
-    return ["list:users", "read:users", "read:servers", "servers", "access:servers",
+    return ["list:users", "read:users", "read:servers", "servers", "access:servers", "delete:users",
             f"admin:users!user={p.verify.user}", f"admin:server_state!user={p.verify.user}"]
 
 
