@@ -15,7 +15,6 @@ an older hubops, before the spawner was a module, fails to start and Swarm rolls
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import tempfile
 import time
@@ -25,6 +24,7 @@ from typing import Any
 from hubops.ops import backup as _backup
 from hubops.hub import running, schema
 from hubops.stages import deploy, images
+from hubops.stages.pinned import pin_jupyterhub
 from hubops.core import progress, secrets
 from hubops.core.engine import Clients
 from hubops.core.errors import DockerOpError, HubopsError, ImageNotBuilt, ParameterError, VerifyError
@@ -32,25 +32,6 @@ from hubops.core.params import Loaded
 from hubops.core.result import Result
 
 log = logging.getLogger("hubops")
-VERSION_RE = re.compile(r"^\d+\.\d+\.\d+([a-z]+\d*)?$")
-
-
-def pin_jupyterhub(requirements: str, version: str) -> str:
-    """requirements.txt text with the jupyterhub pin set to `version` (pure)."""
-    if not VERSION_RE.match(version):
-        raise ParameterError(f"jupyterhub_version {version!r}: give a release such as 5.5.4")
-    out, found = [], False
-    for line in requirements.splitlines():
-        if re.match(r"^jupyterhub\s*==", line.split("#")[0].strip(), re.IGNORECASE):
-            out.append(f"jupyterhub=={version}")
-            found = True
-        else:
-            out.append(line)
-    if not found:
-        raise HubopsError("images/hub/requirements.txt pins no jupyterhub==VERSION line to replace")
-    return "\n".join(out) + "\n"
-
-
 def _build_variant(p: Loaded, clients: Clients, version: str, dry_run: bool) -> Result:
     """The hub image built from images/hub with jupyterhub==`version` (a temporary copy of the context)."""
     src = images.images_dir(p) / "hub"
