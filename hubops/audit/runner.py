@@ -201,10 +201,16 @@ def _rel(path: Path) -> str:
 
 def new_run(p: Loaded, *, kind: str, stages: list[Path]) -> Run:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    run_id = f"{stamp}-{p.deployment}-{kind}"
-    d = OUTPUTS / run_id
     OUTPUTS.mkdir(parents=True, exist_ok=True)
-    d.mkdir(exist_ok=False, mode=0o700)
+    # Two runs of one deployment and kind may start within the same second: the second gets -2, ...
+    for n in range(1, 1000):
+        run_id = f"{stamp}-{p.deployment}-{kind}" + (f"-{n}" if n > 1 else "")
+        d = OUTPUTS / run_id
+        try:
+            d.mkdir(exist_ok=False, mode=0o700)
+            break
+        except FileExistsError:
+            continue
     os.chmod(d, 0o700)  # whatever the umask: nothing in it is readable by others, from the first byte
     from hubops import __version__
 
