@@ -20,6 +20,10 @@ DATA_DIR = "/srv/jupyterhub/data"
 # Notices for users, shown on the hub's pages (day-2 runbooks write it: e.g. "your server moves").
 ANNOUNCEMENTS = f"{DATA_DIR}/hubops-announcements.json"
 HUB_PORT = 8081
+# The hub's user in its container (images/hub/Dockerfile makes it): the hub is not root, and drives
+# Docker only through the door (stages/apiproxy.py). Its data and secrets belong to this user.
+HUB_UID = 990
+HUB_GID = 990
 PROXY_PORT = 8000
 API_SERVICE = "hubops"
 # hubops's spawner: a module of its own that the hub image installs (hubops/inhub/spawner.py).

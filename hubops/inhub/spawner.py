@@ -135,6 +135,19 @@ class HubopsSpawner(SwarmSpawner):
                 "(NFS: export with no_root_squash, or create the directory beforehand with that owner)?"
             ) from e
 
+    async def prepare_home_through_door(self) -> None:
+        """shared-path, the hub not being root: hubops's Docker API door (apiproxy.py) makes PATH/USER
+        with the users' owner (the hub has neither the path nor the right to chown)."""
+        url = self.client._url("/hubops/homes/{0}", self.escaped_name)
+        resp = await self.docker("_post", url)
+        if resp.status_code != 200:
+            raise RuntimeError(f"hubops: the Docker API door could not prepare the home of {self.user.name}: "
+                               f"{resp.status_code} {resp.text[:300]}")
+        made = resp.json()
+        if made.get("created"):
+            self.log.info("hubops: created home %s (owner %s:%s) for %s", made.get("path"), made.get("uid"),
+                          made.get("gid"), self.user.name)
+
     async def node_exists(self, node_id: str) -> bool:
         try:
             await self.docker("inspect_node", node_id)
@@ -262,7 +275,9 @@ class HubopsSpawner(SwarmSpawner):
 
     async def start(self):
         mode = self.home_mode
-        if mode == "shared-path":
+        if mode == "shared-path" and os.geteuid() != 0 and os.environ.get("DOCKER_HOST", "").startswith("unix://"):
+            await self.prepare_home_through_door()
+        elif mode == "shared-path":
             self.prepare_home_dir()
         elif mode == "node-local":
             if self.home_node and not await self.node_exists(self.home_node):

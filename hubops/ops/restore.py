@@ -19,7 +19,7 @@ from typing import Any
 import docker.errors
 import docker.types
 
-from hubops.hub import running
+from hubops.hub import config as hubconfig, running
 from hubops.core import labels as L
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import BackupError, DockerOpError, HubNotRunning, NotDeployed
@@ -59,6 +59,7 @@ for extra in ("-journal", "-wal", "-shm"):
     except FileNotFoundError:
         pass
 os.replace(src, dst)
+os.chown(dst, int(sys.argv[2]), int(sys.argv[3]))  # the hub's user (the hub is not root)
 print(digest)
 """
 
@@ -114,7 +115,7 @@ def _place_db(p: Loaded, clients: Clients, image: str, db: Path, sha: str) -> No
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(str(db), arcname=".hubops-restore.sqlite")
     with docker_op(f"put the database into {_data_where(p)}", node):
-        ctr = hc.containers.create(image, ["python3", "-c", _PLACE_SCRIPT, sha], user="0:0", network_mode="none",
+        ctr = hc.containers.create(image, ["python3", "-c", _PLACE_SCRIPT, sha, str(hubconfig.HUB_UID), str(hubconfig.HUB_GID)], user="0:0", network_mode="none",
                                    mounts=[mount],
                                    labels=L.labels(p.deployment, "restore", role="restore"))
         try:

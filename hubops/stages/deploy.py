@@ -20,7 +20,7 @@ import docker.errors
 import docker.types
 
 from hubops.hub import config as hubconfig, running
-from hubops.stages import auth_oidc, images, removal
+from hubops.stages import apiproxy, auth_oidc, images, removal
 from hubops.core import api_token, labels as L, secrets
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import HubopsError, ImageNotBuilt
@@ -62,8 +62,9 @@ def _secret_refs(c: docker.DockerClient, p: Loaded, r: Result) -> tuple[list, li
                 f"run the stage that makes it first ({'40-tls' if role.startswith('tls') else '50-auth'})"
             )
         names.append(obj.name)
+        # The hub's user (not root) reads them.
         refs.append(docker.types.SecretReference(obj.id, obj.name, filename=hubconfig.SECRET_FILES[role],
-                                                 uid="0", gid="0", mode=0o400))
+                                                 uid=str(hubconfig.HUB_UID), gid=str(hubconfig.HUB_GID), mode=0o400))
     return refs, names
 
 
@@ -114,16 +115,12 @@ def service_spec(p: Loaded, *, hub_image: str, secret_refs: list, config_refs: l
     container = docker.types.ContainerSpec(
         image=hub_image,
         command=["jupyterhub", "-f", hubconfig.CONFIG_PATH],
-        # The spawner (docker-py) finds the engine through DOCKER_HOST.
-        env=[f"HUBOPS_DEPLOYMENT={p.deployment}", f"DOCKER_HOST=unix://{HUB_ENGINE_SOCKET}"],
-        mounts=[
-            # The spawner drives the swarm through the manager's engine it runs on.
-            docker.types.Mount(HUB_ENGINE_SOCKET, p.hub_host.engine_socket, type="bind"),
-            hub_data_mount(p),
-            # shared-path homes: the hub creates PATH/USER with the right owner before a server starts.
-            *([docker.types.Mount(p.storage.users.shared_path, p.storage.users.shared_path, type="bind")]
-              if p.storage.users.mode == "shared-path" else []),
-        ],
+        # The spawner (docker-py) finds the engine through DOCKER_HOST: the door (stages/apiproxy.py),
+        # a filtering proxy; the hub has no engine socket and is not root. shared-path homes are made by
+        # the door too.
+        env=[f"HUBOPS_DEPLOYMENT={p.deployment}", *apiproxy.hub_env(p)],
+        user=apiproxy.hub_user(),
+        mounts=[apiproxy.door_mount(p), hub_data_mount(p)],
         secrets=secret_refs,
         configs=config_refs,
         healthcheck=docker.types.Healthcheck(
@@ -200,6 +197,10 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
         schema.guard(p, clients, refs["hub"], current_image=running_image)
     # Who the running hub lets in, to take out those who left the userlist once the new hub serves.
     userlist_before = removal.running_userlist(c, svc, hubconfig.USERLIST_PATH)
+    # The door to the Docker API first (the hub spawns through it), and the hub's data to its user.
+    apiproxy.ensure_door(p, clients, r, image=refs["hub"], constraints=hub_constraints(p))
+    if svc is None or svc.attrs["Spec"].get("Labels", {}).get(SPEC_DIGEST) != digest:
+        apiproxy.ensure_data_owner(p, clients, r, image=refs["hub"], data_mount=hub_data_mount(p))
     if svc is None:
         r.change("create", f"service {p.hub_service}", f"hub {refs['hub']} on {p.hub_host.name}, port {p.hub.https_port}")
     elif svc.attrs["Spec"].get("Labels", {}).get(SPEC_DIGEST) != digest:

@@ -28,7 +28,7 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from hubops.stages import deploy
+from hubops.stages import apiproxy, deploy
 from hubops.inhub import spawner as spawner_module
 from hubops.inhub.spawner import HubopsSpawner
 from hubops.core.params import load_params
@@ -196,10 +196,13 @@ def test_shared_path_home_is_created_with_its_owner_and_bind_mounted(tmp_path):
     (users / "alice" / "work.txt").write_text("kept")
     s.prepare_home_dir()  # again: the home is kept as it is
     assert (users / "alice" / "work.txt").read_text() == "kept"
-    # The hub's own service mounts the shared path at the same place, to create homes there.
+    # The hub (not root) no longer mounts the shared path: its Docker API door does, at the same
+    # place, and creates homes there (stages/apiproxy.py).
     spec = deploy.service_spec(p, hub_image="h:1", secret_refs=[], config_refs=[])
+    assert str(users) not in {m["Source"] for m in spec["task_template"]["ContainerSpec"]["Mounts"]}
+    door = apiproxy.service_spec(p, image="h:1", constraints=[])
     assert {"Target": str(users), "Source": str(users), "Type": "bind", "ReadOnly": False} in \
-        spec["task_template"]["ContainerSpec"]["Mounts"]
+        door["task_template"]["ContainerSpec"]["Mounts"]
 
 
 def test_shared_path_not_mounted_says_what_to_do(tmp_path):
