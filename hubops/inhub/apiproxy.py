@@ -187,7 +187,7 @@ def check_mount(m: Any, policy: Policy, where: str) -> None:
         if not source.startswith("/"):
             raise Refused(f"{where}: bind source {source!r} is not an absolute path")
         norm = posixpath.normpath(source)
-        if norm != source.rstrip("/") or "/../" in source + "/" or "/./" in source + "/":
+        if source not in (norm, norm + "/") or "/../" in source + "/" or "/./" in source + "/":
             raise Refused(f"{where}: bind source {source!r} is not a plain path (no '..', '.' or '//')")
         if not _under(norm, policy.bind_paths):
             allowed = ", ".join(f"{r} or {r}/NAME" for r in policy.bind_paths) or "none (storage.users.mode is not shared-path)"
