@@ -59,6 +59,14 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("home-not-writable", r"hubops: cannot prepare the home",
               "the hub could not create a user's home on the shared storage",
               "NFS with root_squash: export with no_root_squash, or create PATH/USER owned by storage.users.uid:gid"),
+    Signature("door-refused", r"refused by hubops's Docker API door",
+              "the hub asked Docker for something its door (the filtering proxy) does not let through",
+              "read the reason in `docker service logs hubops-DEPLOYMENT-apiproxy` (lines starting `refuse`); a "
+              "server's mounts, capabilities or networks must come from the parameters (storage.users, spawner.cap_add)"),
+    Signature("door-missing", r"hubops-door/docker\.sock.*(no such file|connection refused|permission denied)|"
+                              r"the Docker API door could not",
+              "the hub cannot reach its Docker API door on its node",
+              "check `docker service ps hubops-DEPLOYMENT-apiproxy` (a task on the hub's node, running), then run 80-deploy"),
     Signature("no-suitable-node", r"no suitable node",
               "Swarm finds no node that meets the task's constraints: the hub's node lost its label or is drained, "
               "or a node-local home's node is down, drained or gone",
