@@ -506,7 +506,9 @@ class Door:
                 status, headers, data = "HTTP/1.1 200 OK", [("Content-Type", "application/json")], answer
             else:
                 status, headers, data = await self.call(req.method, req.target, req.headers, req.body)
-            log.info("allow  %s -> %s", what, status.split(" ", 1)[1] if " " in status else status)
+            # The healthcheck pings every 10 s: not worth a line each.
+            log.log(logging.DEBUG if action == "pass" and what.endswith("/_ping") else logging.INFO,
+                    "allow  %s -> %s", what, status.split(" ", 1)[1] if " " in status else status)
         except Refused as e:
             log.warning("refuse %s: %s", what, e)
             msg = f"refused by hubops's Docker API door: {e}"

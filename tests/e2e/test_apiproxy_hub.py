@@ -30,7 +30,7 @@ from hubops.hub import config as hubconfig
 from hubops.hub.running import HubAPI, hub_container
 from hubops.ops import teardown
 from hubops.stages import apiproxy
-from tests.helpers import create_user, ensure_swarm, free_port, free_subnet, hubops_cli, make_params, run_name
+from tests.helpers import ensure_swarm, free_port, free_subnet, hubops_cli, make_params, run_name
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 DEPLOYMENT = run_name("door")
@@ -124,8 +124,7 @@ def test_the_hub_is_not_root_and_has_no_engine_socket(deployed):
 
 def test_a_real_spawn_through_the_hub_passes_the_door(deployed):
     p = deployed["p"]
-    create_user(p, "alice")
-    api = HubAPI(p, timeout=30)
+    api = HubAPI(p, timeout=30)  # alice is on the userlist
     t0 = time.monotonic()
     api.request("POST", "/hub/api/users/alice/server", ok=(201, 202))
     api.wait_server("alice", ready=True, timeout=180)
