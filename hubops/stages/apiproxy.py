@@ -205,11 +205,19 @@ def ensure_data_owner(p: Loaded, clients: Clients, r: Result, *, image: str, dat
     container on the data's node changes the owner of what is not the hub's (the database of a hub that
     ran as root, files an upgrade or a restore wrote). Run when the hub's spec changes."""
     where = f"the hub's data ({data_mount['Source']})"
+    node = p.hub_host.name
+    hc = clients[node]
+    if data_mount["Type"] == "volume":
+        with docker_op(f"inspect volume {data_mount['Source']}", node):
+            try:
+                hc.volumes.get(data_mount["Source"])
+            except docker.errors.NotFound:
+                # made by the hub's first start, from the image's folder (owned by the hub's user)
+                r.check(where, f"a new volume takes the owner of the image's folder ({hub_user()})")
+                return
     if r.dry_run:
         r.change("update", where, f"files not owned by {hub_user()} would be given to it (the hub runs as that user)")
         return
-    node = p.hub_host.name
-    hc = clients[node]
     mount = docker.types.Mount("/data", data_mount["Source"], type=data_mount["Type"])
     script = ("import os, sys\nuid, gid = int(sys.argv[1]), int(sys.argv[2])\nn = 0\n"
               "for d, dirs, files in os.walk('/data'):\n"
@@ -219,13 +227,6 @@ def ensure_data_owner(p: Loaded, clients: Clients, r: Result, *, image: str, dat
               "            os.lchown(x, uid, gid); n += 1\n"
               "print(n)\n")
     with docker_op(f"give {where} to the hub's user", node):
-        if data_mount["Type"] == "volume":
-            try:
-                hc.volumes.get(data_mount["Source"])
-            except docker.errors.NotFound:
-                # made by the hub's first start, from the image's folder (owned by the hub's user)
-                r.check(where, "a new volume takes the owner of the image's folder")
-                return
         try:
             out = hc.containers.run(image, ["python3", "-c", script, str(hubconfig.HUB_UID), str(hubconfig.HUB_GID)],
                                     user="0:0", network_mode="none", mounts=[mount], remove=True,
