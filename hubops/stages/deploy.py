@@ -172,6 +172,9 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
             raise
         # A plan before any image exists: 60-images would build them first.
         refs = {k: f"hubops-{k}:<built by 60-images>" for k in images.KINDS}
+    # The Docker API door runs the image built from images/hub, not an upgrade's candidate: a broken
+    # candidate must not take the door down with it (Swarm rolls the hub back; the door stays).
+    door_image = refs["hub"]
     if hub_image:
         refs = {**refs, "hub": hub_image}
     sec_refs, sec_names = _secret_refs(c, p, r)
@@ -198,9 +201,9 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
     # Who the running hub lets in, to take out those who left the userlist once the new hub serves.
     userlist_before = removal.running_userlist(c, svc, hubconfig.USERLIST_PATH)
     # The door to the Docker API first (the hub spawns through it), and the hub's data to its user.
-    apiproxy.ensure_door(p, clients, r, image=refs["hub"], constraints=hub_constraints(p))
+    apiproxy.ensure_door(p, clients, r, image=door_image, constraints=hub_constraints(p))
     if svc is None or svc.attrs["Spec"].get("Labels", {}).get(SPEC_DIGEST) != digest:
-        apiproxy.ensure_data_owner(p, clients, r, image=refs["hub"], data_mount=hub_data_mount(p))
+        apiproxy.ensure_data_owner(p, clients, r, image=door_image, data_mount=hub_data_mount(p))
     if svc is None:
         r.change("create", f"service {p.hub_service}", f"hub {refs['hub']} on {p.hub_host.name}, port {p.hub.https_port}")
     elif svc.attrs["Spec"].get("Labels", {}).get(SPEC_DIGEST) != digest:
