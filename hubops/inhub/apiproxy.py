@@ -47,7 +47,8 @@ log = logging.getLogger("hubops.apiproxy")
 UPSTREAM = "/run/docker.sock"
 LISTEN = "/run/hubops-door/docker.sock"
 POLICY_ENV = "HUBOPS_APIPROXY_POLICY"
-MAX_BODY = 16 * 1024 * 1024
+MAX_BODY = 16 * 1024 * 1024       # a request's body (a service spec is a few KiB)
+MAX_ANSWER = 256 * 1024 * 1024    # an answer of the engine's (lists of tasks or services)
 MAX_HEAD = 64 * 1024
 SOCKET_NAMES = ("docker.sock", "containerd.sock", "dockershim.sock", "crio.sock", "podman.sock")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -106,6 +107,10 @@ _VERSION = re.compile(r"^/v\d+\.\d+(?=/)")
 def route(method: str, path: str) -> tuple[str, str]:
     """(action, the object's name or ID) for a request; Refused when the call is not one spawning needs."""
     bare = _VERSION.sub("", urllib.parse.urlsplit(path).path, count=1)
+    # No way around the routes: no dot segments, no encoded slashes, dots or backslashes.
+    if any(seg in (".", "..") for seg in bare.split("/")) or "//" in bare or \
+            any(x in bare.lower() for x in ("%2f", "%2e", "%5c", "\\")):
+        raise Refused(f"{method} {bare}: not a plain path")
     for m, pattern, action in ROUTES:
         match = pattern.match(bare)
         if m == method and match:
@@ -332,7 +337,8 @@ def parse_headers(lines: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-async def read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]], *, until_eof: bool) -> bytes:
+async def read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]], *, until_eof: bool,
+                    limit: int = MAX_BODY) -> bytes:
     h = {k.lower(): v for k, v in headers}
     if "chunked" in h.get("transfer-encoding", "").lower():
         out = bytearray()
@@ -344,15 +350,20 @@ async def read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]]
                 return bytes(out)
             out += await reader.readexactly(size)
             await reader.readexactly(2)
-            if len(out) > MAX_BODY:
+            if len(out) > limit:
                 raise Refused("body too large")
     if "content-length" in h:
         n = int(h["content-length"])
-        if n > MAX_BODY:
+        if n > limit:
             raise Refused("body too large")
         return await reader.readexactly(n) if n else b""
     if until_eof:
-        return await reader.read(MAX_BODY)
+        out = bytearray()
+        while chunk := await reader.read(65536):
+            out += chunk
+            if len(out) > limit:
+                raise Refused("body too large")
+        return bytes(out)
     return b""
 
 
@@ -382,7 +393,7 @@ class Door:
             status, resp_headers = lines[0], parse_headers(lines[1:])
             code = int(status.split()[1])
             data = b"" if method == "HEAD" or code in (204, 304) or 100 <= code < 200 else \
-                await read_body(reader, resp_headers, until_eof=True)
+                await read_body(reader, resp_headers, until_eof=True, limit=MAX_ANSWER)
             return status, resp_headers, data
         finally:
             writer.close()

@@ -100,6 +100,13 @@ def test_everything_else_is_refused(method, path):
         door.route(method, path)
 
 
+@pytest.mark.parametrize("path", ["/v1.41/images/../containers/json", "/v1.41/images/x/..%2F..%2Fcontainers/json",
+                                  "/v1.41/images/%2e%2e/json", "/v1.41/services//x", "/v1.41/images/a\\b/json"])
+def test_no_way_around_the_routes(path):
+    with pytest.raises(door.Refused, match="not a plain path"):
+        door.route("GET", path)
+
+
 # -- what the real spawner sends passes --------------------------------------------------------
 @pytest.mark.parametrize("storage", [
     "",
