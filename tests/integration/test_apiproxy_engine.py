@@ -82,8 +82,16 @@ def setup(tmp_path_factory):
     finally:
         door.log.removeHandler(handler)
         if "task" in serving:
-            loop.call_soon_threadsafe(serving["task"].cancel)
+            async def stop():  # the server and every open connection's handler
+                for t in asyncio.all_tasks():
+                    if t is not asyncio.current_task():
+                        t.cancel()
+            asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
             thread.join(10)
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
         mine = {"label": f"hubops.deployment={p.deployment}"}
         for svc in client.services.list(filters=mine):
             svc.remove()
