@@ -12,8 +12,8 @@ root). One deployment, `door-RUN` (a free port and subnet), shared by the tests 
 4. the upgrade path: a database written by a root hub (root-owned files in the hub's data) is given
    to the hub's user by the next deploy that changes the hub, and the hub serves on it.
 
-Teardown at the end leaves no object labelled for the deployment. About 4 minutes when the images
-are built (the hub image's build adds 1 to 7 minutes when the hub's code changed)."""
+Teardown at the end leaves no object labelled for the deployment. 1-3 in `make test` (one deploy,
+about 2 minutes with the images built); 4 is `slow` (a second deploy, `make test-all`)."""
 from __future__ import annotations
 
 import json
@@ -185,6 +185,7 @@ def test_the_door_refuses_from_inside_the_hub(deployed):
                 if s.name.startswith(p.prefix + "-user-")]
 
 
+@pytest.mark.slow  # a second deploy (1.5 to 3 minutes): make test-all
 def test_a_database_a_root_hub_wrote_is_given_to_the_hubs_user(deployed):
     """The upgrade path: a deployment whose hub ran as root has root-owned files in its data; the
     deploy that changes the hub (here: its log level; an upgrade changes its image) gives them to the
