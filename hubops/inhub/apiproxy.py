@@ -36,6 +36,7 @@ import logging
 import os
 import posixpath
 import re
+import signal
 import stat
 import sys
 import urllib.parse
@@ -540,21 +541,32 @@ async def serve_forever(policy: Policy, listen: str = LISTEN, upstream: str = UP
                         owner: tuple[int, int] | None = None) -> None:
     door = Door(policy, upstream)
     os.makedirs(posixpath.dirname(listen), exist_ok=True)
+    # Made beside and renamed over the socket a previous task left: the path never goes missing
+    # (the hub sees "connection refused" for a moment, never "no such file").
+    fresh = f"{listen}.{os.getpid()}.new"
     try:
-        os.unlink(listen)  # a socket left by the previous task on this node
+        os.unlink(fresh)
     except FileNotFoundError:
         pass
     old = os.umask(0o177)
     try:
-        server = await asyncio.start_unix_server(door.handle, path=listen)
+        server = await asyncio.start_unix_server(door.handle, path=fresh)
     finally:
         os.umask(old)
     if owner is not None:
-        os.chown(listen, *owner)
-    os.chmod(listen, 0o600)
+        os.chown(fresh, *owner)
+    os.chmod(fresh, 0o600)
+    os.rename(fresh, listen)
     log.info("apiproxy: %s -> %s for deployment %s (owner %s)", listen, upstream, policy.deployment, owner)
+    loop = asyncio.get_running_loop()
+    stopping = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # PID 1 ignores them unless handled: stop at once
+        loop.add_signal_handler(sig, lambda: stopping.done() or stopping.set_result(None))
     async with server:
-        await server.serve_forever()
+        serving = asyncio.ensure_future(server.serve_forever())
+        await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+        serving.cancel()
+        log.info("apiproxy: stopped")
 
 
 def ping(listen: str = LISTEN) -> int:

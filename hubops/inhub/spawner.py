@@ -21,7 +21,7 @@ import asyncio
 import os
 import time
 
-from docker.errors import APIError, NotFound
+from docker.errors import APIError, DockerException, NotFound
 from docker.types import DriverConfig, Mount
 from dockerspawner import SwarmSpawner
 from tornado.httpclient import AsyncHTTPClient
@@ -186,6 +186,13 @@ class HubopsSpawner(SwarmSpawner):
                 raise
             self.log.warning("hubops: the swarm has no leader (quorum lost); %s's server is taken as still "
                              "running: %s", self.user.name, e)
+            return None
+        except (DockerException, OSError) as e:
+            # The engine (the hub's Docker API door, stages/apiproxy.py) did not answer: restarting, or
+            # started after the hub. Nothing is known, nothing stopped: as without a leader.
+            # (requests' ConnectionError is an OSError.)
+            self.log.warning("hubops: Docker did not answer (%s); %s's server is taken as still running", e,
+                             self.user.name)
             return None
 
     async def create_object(self):

@@ -82,7 +82,12 @@ def in_hub(p, code: str) -> dict:
     ctr = hub_container(p, Clients(p))
     rc, out = ctr.exec_run(["python3", "-c", textwrap.dedent(code)], demux=False)
     text = out.decode(errors="replace")
-    assert rc == 0, text[-3000:]
+    if rc != 0:
+        tasks = docker.from_env().api.tasks(filters={"service": apiproxy.service_name(p)})
+        states = [(t["CreatedAt"][:19], t["Status"]["State"], t["Status"].get("Err", "")) for t in tasks]
+        _, ls = ctr.exec_run(["ls", "-la", apiproxy.DOOR_DIR])
+        raise AssertionError(f"{text[-2000:]}\ndoor tasks: {states}\n{ls.decode(errors='replace')}\n"
+                             + "\n".join(door_log(p)[-30:]))
     return json.loads(text.strip().splitlines()[-1])
 
 

@@ -258,3 +258,18 @@ def test_the_hub_image_user_matches_the_config():
     text = (PROJECT / "images/hub/Dockerfile").read_text()
     assert f"--uid {hubconfig.HUB_UID} " in text and f"--gid {hubconfig.HUB_GID} " in text
     assert f"chown {hubconfig.HUB_UID}:{hubconfig.HUB_GID} /srv/jupyterhub" in text
+
+
+def test_a_hub_whose_door_does_not_answer_keeps_its_servers(tmp_path, monkeypatch):
+    """The door restarting (or starting after the hub): poll cannot know, so the server is taken as
+    running, as JupyterHub would otherwise forget it; SwarmSpawner alone raises."""
+    p = params(tmp_path)
+    client = docker.APIClient(base_url=f"unix://{tmp_path}/no-door.sock", version="1.41", timeout=5)
+    monkeypatch.setattr(HubopsSpawner, "_client", client)
+    monkeypatch.setattr(dockerspawner.SwarmSpawner, "_client", client)
+    s = hub_spawner(hub_config(p), "alice")
+    s.object_id = "svc1"
+    assert asyncio.run(s.poll()) is None
+    plain = dockerspawner.SwarmSpawner(user=s.user, hub=s.hub, config=hub_config(p), orm_spawner=s.orm_spawner)
+    with pytest.raises(OSError):
+        asyncio.run(plain.poll())
