@@ -561,7 +561,10 @@ async def serve_forever(policy: Policy, listen: str = LISTEN, upstream: str = UP
     loop = asyncio.get_running_loop()
     stopping = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):  # PID 1 ignores them unless handled: stop at once
-        loop.add_signal_handler(sig, lambda: stopping.done() or stopping.set_result(None))
+        try:
+            loop.add_signal_handler(sig, lambda: stopping.done() or stopping.set_result(None))
+        except (RuntimeError, ValueError):  # not the main thread (a test runs the door in one)
+            pass
     async with server:
         serving = asyncio.ensure_future(server.serve_forever())
         await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
