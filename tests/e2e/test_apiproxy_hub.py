@@ -16,7 +16,9 @@ Teardown at the end leaves no object labelled for the deployment. 1-3 in `make t
 about 2 minutes with the images built); 4 is `slow` (a second deploy, `make test-all`)."""
 from __future__ import annotations
 
+import collections
 import json
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -148,7 +150,11 @@ def test_a_real_spawn_through_the_hub_passes_the_door(deployed):
     api.wait_server("alice", ready=False, timeout=90)
     assert not docker.from_env().services.list(filters={"name": f"{p.prefix}-user-alice"})
     calls = [line for line in door_log(p) if " allow " in line or " refuse " in line]
-    print(f"\nspawn to ready through the hub: {took:.1f} s; the door saw:\n  " + "\n  ".join(calls[-40:]))
+    seen = collections.Counter(re.sub(r"/(services|nodes|tasks|homes)/[^/? ]+", r"/\1/{id}",
+                                      re.sub(r"\?\S*", "", c.split(" allow  ", 1)[-1].split(" refuse ", 1)[-1]))
+                               for c in calls)
+    print(f"\nspawn to ready through the hub: {took:.1f} s; the door saw (what a spawn, a poll and a stop send):\n  "
+          + "\n  ".join(f"{n:4d} x {what}" for what, n in sorted(seen.items())))
     assert any("allow  POST /services/create -> 201" in c for c in calls), calls
     assert any("allow  POST /hubops/homes/alice -> 200" in c for c in calls), calls
     assert any("allow  DELETE /services/" in c for c in calls), calls
@@ -160,7 +166,7 @@ def test_the_door_refuses_from_inside_the_hub(deployed):
     seen = in_hub(p, f"""
         import json, docker
         from docker.types import ContainerSpec, TaskTemplate
-        api = docker.APIClient(version="auto")  # DOCKER_HOST, as the spawner's
+        api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())  # DOCKER_HOST, as the spawner
         labels = {{"hubops.deployment": {p.deployment!r}, "hubops.role": "user-server", "hubops.managed": "true"}}
         image = {docker.from_env().services.get(p.hub_service).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]!r}
         def attempt(name, cs=None, **task):
