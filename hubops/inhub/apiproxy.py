@@ -18,7 +18,8 @@ real spawn, stop and cull):
 Everything else is refused with HTTP 403 and a message that says what and why.
 
 A service spec (create and update) must be a user's server of this deployment (its name and labels),
-and may not: be privileged or add capabilities beyond the parameters' spawner.cap_add; use the host's
+and may not: be privileged, keep Docker's default capabilities, or add any beyond the parameters'
+spawner.cap_add; use the host's
 network, PID or IPC namespace, devices, sysctls, another runtime or log driver; publish ports on the
 nodes; bind-mount a path outside the allowed home and data paths, or the engine's socket; mount a
 volume not named like a user's home, or through a driver with other options than the parameters';
@@ -70,6 +71,7 @@ class Policy:
     volume_driver: str = ""                  # the one volume driver allowed (storage.users.driver)
     volume_driver_opts: dict[str, str] = field(default_factory=dict)  # its options; {username} a name
     cap_add: list[str] = field(default_factory=list)  # capabilities users' servers may get back
+    cap_drop_all: bool = True                # users' servers must drop every capability (then get cap_add)
     roles: list[str] = field(default_factory=lambda: ["user-server"])  # hubops.role of users' objects
     home_root: str = ""                      # shared-path homes are made here (POST /hubops/homes/NAME)
     home_uid: int = 1000
@@ -277,6 +279,9 @@ def check_service_spec(spec: Any, policy: Policy, networks: set[str]) -> dict[st
         raise Refused(f"{where}.Isolation: {cs['Isolation']!r}")
     for i, m in enumerate(cs.get("Mounts") or []):
         check_mount(m, policy, f"{where}.Mounts[{i}]")
+    if policy.cap_drop_all and "ALL" not in [c.upper() for c in cs.get("CapabilityDrop") or []]:
+        raise Refused(f"{where}.CapabilityDrop: keeps Docker's default capabilities; users' servers drop ALL "
+                      "(and get back only spawner.cap_add)")
     used: dict[str, list[str]] = {"secrets": [], "configs": []}
     for kind, key, id_key in (("secrets", "Secrets", "SecretID"), ("configs", "Configs", "ConfigID")):
         for i, ref in enumerate(cs.get(key) or []):

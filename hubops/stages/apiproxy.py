@@ -72,6 +72,7 @@ def policy(p: Loaded) -> dict[str, Any]:
         "volume_driver": (us.driver or "") if us.mode == "volume-driver" else "",
         "volume_driver_opts": dict(sorted(us.driver_opts.items())) if us.mode == "volume-driver" else {},
         "cap_add": sorted(set(p.spawner.cap_add)),
+        "cap_drop_all": True,  # hub/config.py: c.HubopsSpawner.cap_drop = ['ALL']
         "roles": ["user-server"],
         "home_root": str(us.shared_path) if shared else "",
         "home_uid": us.uid,

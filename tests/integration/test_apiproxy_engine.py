@@ -143,7 +143,8 @@ def test_the_real_spawner_starts_and_stops_through_the_door(setup, monkeypatch):
 
 def _user_spec(setup, api, **container):
     p = setup["p"]
-    cs = docker.types.ContainerSpec(image=setup["image"], command=["/bin/sleep", "infinity"], **container)
+    cs = docker.types.ContainerSpec(image=setup["image"], command=["/bin/sleep", "infinity"], cap_drop=["ALL"],
+                                    **container)
     return dict(name=f"{p.prefix}-user-mallory-{secrets.token_hex(2)}",
                 task_template=docker.types.TaskTemplate(container_spec=cs, networks=[p.network_name]),
                 labels={"hubops.deployment": p.deployment, "hubops.role": "user-server", "hubops.managed": "true"})

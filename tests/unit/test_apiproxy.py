@@ -174,6 +174,8 @@ def test_the_engine_socket_is_never_mounted(tmp_path, monkeypatch, source):
     (lambda cs: cs.update(Mounts=[{"Type": "cluster", "Source": "x", "Target": "/d"}]), "mount type 'cluster'"),
     (lambda cs: cs.update(Secrets=[{"SecretID": ""}]), "no SecretID"),
     (lambda cs: cs.update(Whatever=1), r"ContainerSpec.Whatever: not a setting a user's server needs"),
+    (lambda cs: cs.pop("CapabilityDrop"), r"CapabilityDrop: keeps Docker's default capabilities"),
+    (lambda cs: cs.update(CapabilityDrop=["NET_RAW"]), r"CapabilityDrop: keeps Docker's default capabilities"),
 ])
 def test_container_settings_that_leave_the_container_are_refused(tmp_path, monkeypatch, mutate, match):
     p = params(tmp_path)
