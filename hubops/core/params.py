@@ -573,6 +573,13 @@ class Spawner(_Model):
                                description="capabilities given back to users' servers (all are dropped)")
     start_timeout: int = Field(120, ge=10)
     http_timeout: int = Field(60, ge=5)
+    # A burst of users (a class starting at once) must not take the hub down: servers beyond these
+    # wait their turn, told by JupyterHub's HTTP 429 when to try again (hubops/hub/spawn_limits.py).
+    concurrent_spawn_limit: Optional[int] = Field(
+        None, ge=0, description="servers starting at once; more are asked to try again shortly (HTTP 429). "
+        "null: from the cluster, twice the CPUs of the nodes that run users' servers (at least 2); 0: no limit")
+    active_server_limit: int = Field(
+        0, ge=0, description="servers running at once; more are refused until one stops (0: no limit)")
     placement: Literal["auto", "workers", "any"] = Field(
         "auto", description="auto: on workers when there are any, else anywhere"
     )
