@@ -61,7 +61,9 @@ def hub_lines(p: Loaded, spawn_limit: int) -> list[str]:
         "and try again ---",
         f"c.JupyterHub.concurrent_spawn_limit = {spawn_limit}",
         f"c.JupyterHub.active_server_limit = {p.spawner.active_server_limit}",
-        f"c.JupyterHub.spawn_throttle_retry_range = {RETRY_RANGE!r}",
+        # JupyterHub 5 and 6 do not make spawn_throttle_retry_range configurable (no config tag: set
+        # as c.JupyterHub.spawn_throttle_retry_range it is ignored); its tornado setting is what counts.
+        f"c.JupyterHub.tornado_settings.update({{'spawn_throttle_retry_range': {RETRY_RANGE!r}}})",
         # hubops's pages: 429.html (wait your turn, retried by itself), from the folder the hub image
         # installs with hubops's spawner; and a heartbeat file the healthcheck reads to tell a busy hub
         # (its event loop slow to answer) from a dead one (its loop stopped).

@@ -92,7 +92,13 @@ def test_the_hub_config_carries_the_limits_the_retry_range_and_the_429_page(tmp_
         os.environ.pop("HUBOPS_USERLIST")
     assert cfg.JupyterHub.concurrent_spawn_limit == 4
     assert cfg.JupyterHub.active_server_limit == 30
-    assert cfg.JupyterHub.spawn_throttle_retry_range == spawn_limits.RETRY_RANGE
+    # JupyterHub reads the retry range from its tornado settings only (the trait is not configurable),
+    # beside the HSTS header set there before.
+    assert cfg.JupyterHub.tornado_settings["spawn_throttle_retry_range"] == spawn_limits.RETRY_RANGE
+    assert "Strict-Transport-Security" in cfg.JupyterHub.tornado_settings["headers"]
+    from jupyterhub.app import JupyterHub
+
+    assert not JupyterHub.class_traits()["spawn_throttle_retry_range"].metadata.get("config")
     assert cfg.JupyterHub.template_paths == [health.TEMPLATES]
     assert (Path(health.TEMPLATES) / "429.html").is_file()
 
