@@ -29,7 +29,7 @@ from hubops.core.params import load_params
 from hubops.core.record import read_record
 from hubops.hub.running import hub_session
 from hubops.ops import teardown
-from tests.helpers import create_user, ensure_swarm, free_port, free_subnet, hubops_cli, make_params, run_name, runs
+from tests.helpers import ensure_swarm, free_port, free_subnet, hubops_cli, make_params, run_name, runs
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 DEPLOYMENT = run_name("burst")
@@ -59,9 +59,7 @@ def hub(tmp_path_factory):
     print(f"\ndeploy: {time.monotonic() - t0:.1f} s")
     p = load_params(params)
     try:
-        assert r.returncode == 0, r.stderr[-4000:]
-        for u in USERS:
-            create_user(p, u)
+        assert r.returncode == 0, r.stderr[-4000:]  # the hub makes the userlist's users when it starts
         yield {"p": p, "outputs": outputs}
     finally:
         down = hubops_cli("ops", "teardown", "-p", str(params), "--set", "confirm=true", "--set", "remove_volumes=true",
