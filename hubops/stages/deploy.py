@@ -82,7 +82,8 @@ def _config_refs(c: docker.DockerClient, p: Loaded, r: Result, singleuser_image:
     discovery = auth_oidc.discover(p) if p.auth.mode == "oidc" else None
     # The spawn limit follows the CPUs of the nodes that run users' servers (hub/spawn_limits.py).
     cpus = spawn_limits.user_node_cpus(c, p)
-    r.facts["concurrent_spawn_limit"] = spawn_limits.concurrent_spawn_limit(p, cpus)
+    if not r.dry_run:  # (a plan's record stays free of this machine's CPU count)
+        r.facts["concurrent_spawn_limit"] = spawn_limits.concurrent_spawn_limit(p, cpus)
     secrets.ensure_versioned(c, p, r, role="hub-config", kind="config", stage=STAGE,
                              value=hubconfig.render(p, singleuser_image=singleuser_image, discovery=discovery,
                                                     node_cpus=cpus).encode(),
