@@ -685,6 +685,19 @@ class Culler(_Model):
     every: int = Field(60, ge=5, description="seconds between two checks")
 
 
+class Monitoring(_Model):
+    """Optional Prometheus (on the hub's manager) scraping the hub's /hub/metrics and a node exporter on
+    every node; the status and diagnose runbooks plot what it gathered (hubops/stages/monitoring.py)."""
+
+    enabled: bool = False
+    scrape_interval: int = Field(15, ge=5, le=600, description="seconds between two scrapes of each target")
+    retention_days: int = Field(15, ge=1, le=3650, description="days of data Prometheus keeps in its volume")
+    publish_port: Optional[int] = Field(
+        None, ge=1, le=65535,
+        description="publish Prometheus's port 9090 on this host port of its node (default: reachable on the "
+                    "overlay network only; Prometheus has no login, anyone who reaches the port reads the metrics)")
+
+
 class Params(_Model):
     """The whole parameter file."""
 
@@ -705,6 +718,7 @@ class Params(_Model):
     storage: Storage = Field(default_factory=Storage)
     backup: Backup = Field(default_factory=Backup)
     culler: Culler = Field(default_factory=Culler)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     @model_validator(mode="before")
     @classmethod
@@ -712,7 +726,7 @@ class Params(_Model):
         # A section whose keys are all commented out (`images:` alone) means "the defaults".
         if isinstance(data, dict):
             return {k: ({} if v is None and k in ("swarm", "network", "hub", "tls", "images", "spawner", "verify",
-                                                          "storage", "backup", "culler") else v)
+                                                          "storage", "backup", "culler", "monitoring") else v)
                     for k, v in data.items()}
         return data
 
