@@ -110,13 +110,13 @@ class Plots:
             display({"image/png": base64.b64encode(png).decode(), "text/plain": caption}, raw=True)
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     return buf.getvalue()
 
 
-def _figure(ncols: int = 1):
+def new_figure(ncols: int = 1):
     from matplotlib.figure import Figure  # not pyplot: no global state, no GUI backend
 
     fig = Figure(figsize=(5.5 * ncols, 3.4))
@@ -189,7 +189,7 @@ def spawn_plot(prom: Prometheus, start: float, end: float, step: float, numbers:
     p95 = prom.scalar(f"histogram_quantile(0.95, sum by (le) (increase({sel}[{span}s])))")
     if p50 is not None:
         numbers["spawn duration p50 / p95 (s, from the histogram)"] = f"{p50:.2f} / {p95:.2f}"
-    fig, (a1, a2) = _figure(2)
+    fig, (a1, a2) = new_figure(2)
     labels, counts, prev = [], [], 0.0
     for le, c in cum:
         labels.append("≤" + (f"{le:g}" if le != math.inf else "∞"))
@@ -212,12 +212,12 @@ def spawn_plot(prom: Prometheus, start: float, end: float, step: float, numbers:
         a2.legend(fontsize=8)
     a2.set_ylabel("seconds")
     a2.set_title("spawn duration over time", fontsize=10)
-    return "spawn durations", _png(fig)
+    return "spawn durations", png_bytes(fig)
 
 
 def servers_plot(prom: Prometheus, per_node: dict[str, int], start: float, end: float, step: float,
                  numbers: dict) -> tuple[str, bytes]:
-    fig, (a1, a2) = _figure(2)
+    fig, (a1, a2) = new_figure(2)
     names = sorted(per_node)
     a1.bar(names, [per_node[n] for n in names], color="#388e3c")
     a1.set_ylabel("users' servers")
@@ -228,7 +228,7 @@ def servers_plot(prom: Prometheus, per_node: dict[str, int], start: float, end: 
     if not _times(a2, total, lambda m: "running servers (hub)"):
         a2.text(0.5, 0.5, "no data from the hub yet", ha="center", va="center", transform=a2.transAxes)
     a2.set_title("running servers, the hub's count", fontsize=10)
-    return "running servers per node", _png(fig)
+    return "running servers per node", png_bytes(fig)
 
 
 def node_plot(prom: Prometheus, hosts: dict[str, str], start: float, end: float, step: float,
@@ -237,7 +237,7 @@ def node_plot(prom: Prometheus, hosts: dict[str, str], start: float, end: float,
     mem = prom.range(f"(node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes){by_node}", start, end, step)
     cpu = prom.range(f"(1 - avg by (instance) (rate(node_cpu_seconds_total{{mode=\"idle\"}}[{max(int(step * 4), 60)}s])))"
                      f" * 100{by_node}", start, end, step)
-    fig, (a1, a2) = _figure(2)
+    fig, (a1, a2) = new_figure(2)
 
     def name(m: dict) -> str:
         return hosts.get(m.get("nodename", ""), m.get("nodename", m.get("instance", "?")))
@@ -256,7 +256,7 @@ def node_plot(prom: Prometheus, hosts: dict[str, str], start: float, end: float,
     now_mem = prom.instant(f"(node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes){by_node}")
     numbers["memory in use per node (now)"] = ", ".join(
         f"{name(s['metric'])}: {float(s['value'][1]) / GIB:.1f} GiB" for s in now_mem) or "no data"
-    return "memory and CPU per node", _png(fig)
+    return "memory and CPU per node", png_bytes(fig)
 
 
 def certificate_plot(p: Loaded, numbers: dict) -> Optional[tuple[str, bytes]]:
@@ -269,14 +269,14 @@ def certificate_plot(p: Loaded, numbers: dict) -> Optional[tuple[str, bytes]]:
     days = cert["days_left"]
     renew = p.tls.acme.renew_days if p.tls.mode == "acme" and p.tls.acme else 14
     numbers["certificate days left"] = days
-    fig, (ax,) = _figure(1)
+    fig, (ax,) = new_figure(1)
     ax.barh([cert["names"] or p.hub.public_name], [days],
             color="#c62828" if days < renew else "#ef6c00" if days < 2 * renew else "#2e7d32")
     ax.axvline(renew, color="#555", linestyle="--", label=f"renewal threshold ({renew} days)")
     ax.set_xlabel("days left")
     ax.set_title(f"certificate: {days} days left (expires {cert['expires'][:10]})", fontsize=10)
     ax.legend(fontsize=8)
-    return "certificate days left", _png(fig)
+    return "certificate days left", png_bytes(fig)
 
 
 def plots(p: Loaded, clients: Clients, result: Optional[Result] = None, *, hours: float = 24) -> Plots:
