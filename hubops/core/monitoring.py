@@ -37,6 +37,8 @@ NODE_EXPORTER_PORT = 9100
 PROMETHEUS_UID = 990  # the prometheus user of images/prometheus (fixed there)
 CONFIG_PATH = "/etc/prometheus/prometheus.yml"
 DATA_DIR = "/prometheus"
+# hubops.role of the monitoring services: not users' servers (status, diagnose tell them apart).
+ROLES = ("prometheus", "node-exporter")
 
 
 def prometheus_service(p: Loaded) -> str:
