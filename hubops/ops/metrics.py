@@ -126,9 +126,11 @@ def new_figure(ncols: int = 1):
     return fig, axes
 
 
-def _times(ax, series: list[dict], label_of, scale: float = 1.0) -> int:
-    """Plot each range series against local clock time; returns how many had points."""
+def _times(ax, series: list[dict], label_of, scale: float = 1.0, span: tuple[float, float] | None = None) -> int:
+    """Plot each range series against local clock time over `span`; returns how many had points."""
     import datetime as dt
+
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
     drawn = 0
     for s in series:
@@ -139,12 +141,17 @@ def _times(ax, series: list[dict], label_of, scale: float = 1.0) -> int:
         xs, ys = zip(*pts)
         ax.plot(xs, ys, marker="." if len(pts) < 30 else None, label=label_of(s["metric"]))
         drawn += 1
-    from matplotlib.dates import DateFormatter
-
-    ax.xaxis.set_major_formatter(DateFormatter("%H:%M"))
-    for lbl in ax.get_xticklabels():
-        lbl.set_rotation(30)
+    locator = AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    if span is not None:
+        ax.set_xlim(dt.datetime.fromtimestamp(span[0]), dt.datetime.fromtimestamp(span[1]))
     return drawn
+
+
+def how_long(seconds: float) -> str:
+    """A window's length for people: '40 min', '5.5 h'."""
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _window(prom: Prometheus, p: Loaded, hours: float) -> tuple[float, float, float]:
@@ -199,14 +206,19 @@ def spawn_plot(prom: Prometheus, start: float, end: float, step: float, numbers:
     a1.set_xticks(range(len(counts)), labels, rotation=45, fontsize=7)
     a1.set_xlabel("spawn duration (s)")
     a1.set_ylabel("spawns")
-    a1.set_title(f"{spawns} successful spawn(s), last {span / 3600:.1f} h", fontsize=10)
+    a1.set_title(f"{spawns} successful spawn(s), last {how_long(span)}", fontsize=10)
+    from matplotlib.ticker import MaxNLocator
+
+    a1.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if not spawns:
+        a1.set_ylim(0, 1)
     rate = max(int(step * 4), 300)
     series = []
     for q in (0.5, 0.95):
         for s in prom.range(f"histogram_quantile({q}, sum by (le) (rate({sel}[{rate}s])))", start, end, step):
             s["metric"] = {"q": f"p{int(q * 100)}"}
             series.append(s)
-    if not _times(a2, series, lambda m: m["q"]):
+    if not _times(a2, series, lambda m: m["q"], span=(start, end)):
         a2.text(0.5, 0.5, "no spawn in the window", ha="center", va="center", transform=a2.transAxes)
     else:
         a2.legend(fontsize=8)
@@ -225,7 +237,7 @@ def servers_plot(prom: Prometheus, per_node: dict[str, int], start: float, end: 
     a1.tick_params(axis="x", labelrotation=30)
     numbers["running servers per node (now)"] = ", ".join(f"{n}: {per_node[n]}" for n in names) or "no node"
     total = prom.range("sum(jupyterhub_running_servers)", start, end, step)
-    if not _times(a2, total, lambda m: "running servers (hub)"):
+    if not _times(a2, total, lambda m: "running servers (hub)", span=(start, end)):
         a2.text(0.5, 0.5, "no data from the hub yet", ha="center", va="center", transform=a2.transAxes)
     a2.set_title("running servers, the hub's count", fontsize=10)
     return "running servers per node", png_bytes(fig)
@@ -242,16 +254,16 @@ def node_plot(prom: Prometheus, hosts: dict[str, str], start: float, end: float,
     def name(m: dict) -> str:
         return hosts.get(m.get("nodename", ""), m.get("nodename", m.get("instance", "?")))
 
-    if not _times(a1, mem, name, scale=GIB):
+    if not _times(a1, mem, name, scale=GIB, span=(start, end)):
         a1.text(0.5, 0.5, "no data from the node exporters yet", ha="center", va="center", transform=a1.transAxes)
     else:
         a1.legend(fontsize=8)
     a1.set_ylabel("GiB in use")
     a1.set_title("memory in use per node", fontsize=10)
-    if _times(a2, cpu, name):
+    if _times(a2, cpu, name, span=(start, end)):
         a2.legend(fontsize=8)
     a2.set_ylabel("% busy")
-    a2.set_ylim(bottom=0)
+    a2.set_ylim(0, 105)
     a2.set_title("CPU busy per node", fontsize=10)
     now_mem = prom.instant(f"(node_memory_MemTotal_bytes - node_memory_MemAvailable_bytes){by_node}")
     numbers["memory in use per node (now)"] = ", ".join(
@@ -307,9 +319,9 @@ def plots(p: Loaded, clients: Clients, result: Optional[Result] = None, *, hours
         if fig is not None:
             figures.append(fig)
     targets = prom.targets()
-    hours_shown = (end - start) / 3600
-    note = (f"from Prometheus on {node} (asked inside its task, not published), the last {hours_shown:.1f} h"
-            + (" (all it has)" if hours_shown < hours - 0.01 else "")
+    shown = end - start
+    note = (f"from Prometheus on {node} (asked inside its task, not published), the last {how_long(shown)}"
+            + (" (all it has)" if shown < hours * 3600 - 60 else "")
             + f"; {sum(t['health'] == 'up' for t in targets)} of {len(targets)} scrape targets up")
     if result is not None:
         result.facts["monitoring"] = note

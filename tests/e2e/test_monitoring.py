@@ -68,7 +68,18 @@ def mon(tmp_path_factory):
     t0 = time.monotonic()
     try:
         up = hubops_cli("deploy", "-p", str(params), outputs=outputs)
-        print(f"\ndeploy with monitoring: {time.monotonic() - t0:.1f} s")
+        print(f"\ndeploy with monitoring: {time.monotonic() - t0:.1f} s, exit status {up.returncode}")
+        for _ in range(3):
+            if up.returncode == 0 or "--resume" not in up.stderr:
+                break
+            # On a machine shared with other suites, a hub under heavy load can fail its healthcheck (its
+            # python3 takes more than 5 s to start) and be restarted by Swarm during 90-verify; the operator's
+            # answer is `--resume`: so is the test's (at most 3 times, each printed).
+            print(up.stderr[-1500:])
+            time.sleep(30)
+            run_id = sorted(outputs.glob(f"*-{DEPLOYMENT}-deploy"), key=lambda d: d.stat().st_mtime)[-1].name
+            up = hubops_cli("deploy", "-p", str(params), "--resume", run_id, outputs=outputs)
+            print(f"deploy --resume {run_id}: exit status {up.returncode}, {time.monotonic() - t0:.1f} s in all")
         assert up.returncode == 0, up.stderr[-4000:]
         yield {"params": params, "p": p, "outputs": outputs, "tmp": tmp}
     finally:
