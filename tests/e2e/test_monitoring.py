@@ -62,7 +62,7 @@ def mon(tmp_path_factory):
     outputs = tmp / "outputs"
     ensure_swarm()
     params = make_params(tmp, DEPLOYMENT, port=free_port(), subnet=free_subnet(),
-                         extra="monitoring: {enabled: true, scrape_interval: 5}\n")
+                         extra="monitoring: {enabled: true}\n")  # scrapes every 15 s
     assert not labelled_objects(), f"deployment {DEPLOYMENT} exists already: {labelled_objects()}"
     p = load_params(params)
     t0 = time.monotonic()
@@ -132,7 +132,7 @@ def test_prometheus_is_not_published_and_scrapes_every_target(mon):
     assert vol.attrs["Labels"]["hubops.deployment"] == DEPLOYMENT
     node, ctr = prometheus_container(p, Clients(p))
     prom = metrics.Prometheus(node, ctr)
-    for _ in range(60):  # the first scrapes of every target (5 s apart)
+    for _ in range(90):  # the first scrapes of every target (15 s apart)
         targets = prom.targets()
         if {t["job"] for t in targets} >= {"hub", "node", "prometheus"} and all(t["health"] == "up" for t in targets):
             break
@@ -151,7 +151,7 @@ def test_status_and_diagnose_plot_real_numbers(mon):
     node, ctr = prometheus_container(p, Clients(p))
     prom = metrics.Prometheus(node, ctr)
     spawns = running = None
-    for _ in range(60):  # until Prometheus scraped the hub after alice's spawn (90-verify spawned one before)
+    for _ in range(90):  # until Prometheus scraped the hub after alice's spawn (90-verify spawned one before)
         spawns = prom.scalar('sum(jupyterhub_server_spawn_duration_seconds_count{status="success"})')
         running = prom.scalar("sum(jupyterhub_running_servers)")
         if spawns and spawns >= 2 and running == 1:
