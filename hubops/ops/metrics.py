@@ -116,10 +116,10 @@ def png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def new_figure(ncols: int = 1):
+def new_figure(ncols: int = 1, height: float = 3.4):
     from matplotlib.figure import Figure  # not pyplot: no global state, no GUI backend
 
-    fig = Figure(figsize=(5.5 * ncols, 3.4))
+    fig = Figure(figsize=(5.5 * ncols, height))
     axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
     for ax in axes:
         ax.grid(True, alpha=0.3)
@@ -200,7 +200,7 @@ def spawn_plot(prom: Prometheus, start: float, end: float, step: float, numbers:
     labels, counts, prev = [], [], 0.0
     for le, c in cum:
         labels.append("≤" + (f"{le:g}" if le != math.inf else "∞"))
-        counts.append(max(c - prev, 0.0))
+        counts.append(max(round(c - prev), 0))  # increase() extrapolates to the window's edges: whole spawns
         prev = c
     a1.bar(range(len(counts)), counts, color="#1976d2")
     a1.set_xticks(range(len(counts)), labels, rotation=45, fontsize=7)
@@ -281,13 +281,13 @@ def certificate_plot(p: Loaded, numbers: dict) -> Optional[tuple[str, bytes]]:
     days = cert["days_left"]
     renew = p.tls.acme.renew_days if p.tls.mode == "acme" and p.tls.acme else 14
     numbers["certificate days left"] = days
-    fig, (ax,) = new_figure(1)
+    fig, (ax,) = new_figure(1, height=1.6)
     ax.barh([cert["names"] or p.hub.public_name], [days],
             color="#c62828" if days < renew else "#ef6c00" if days < 2 * renew else "#2e7d32")
     ax.axvline(renew, color="#555", linestyle="--", label=f"renewal threshold ({renew} days)")
     ax.set_xlabel("days left")
     ax.set_title(f"certificate: {days} days left (expires {cert['expires'][:10]})", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
     return "certificate days left", png_bytes(fig)
 
 
