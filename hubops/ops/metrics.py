@@ -327,4 +327,28 @@ def plots(p: Loaded, clients: Clients, result: Optional[Result] = None, *, hours
         result.facts["monitoring"] = note
         result.facts["monitoring numbers"] = [{"what": k, "value": v} for k, v in numbers.items()]
         result.facts["scrape targets"] = targets
+        if "findings" in result.facts:  # diagnose: a target Prometheus cannot scrape is a finding
+            found = target_findings(targets)
+            if found:
+                known = result.facts["findings"]
+                result.facts["findings"] = (known if isinstance(known, list) else []) + found
     return Plots(title, note, figures, numbers)
+
+
+def target_findings(targets: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Diagnose's findings (same shape as its own) for the scrape targets that are down."""
+    out = []
+    for t in targets:
+        if t["health"] == "up":
+            continue
+        refused = t["job"] == "hub" and any(code in t["error"] for code in ("401", "403"))
+        out.append({
+            "recovery": "metrics-token-refused" if refused else "scrape-target-down",
+            "seen in": f"Prometheus's target {t['job']} {t['target']}",
+            "evidence": t["error"] or t["health"],
+            "means": ("the hub refuses Prometheus's token (expired, or rotated without the hub restarting)"
+                      if refused else "Prometheus cannot reach this target: its service is down or restarting"),
+            "do": ("run `hubops deploy` (80-deploy renews the token and restarts the hub with it)" if refused
+                   else "see `docker service ps` of the target's service; `hubops deploy` starts what is missing"),
+        })
+    return out

@@ -145,3 +145,12 @@ def test_plots_are_png_outputs_that_survive_redaction(tmp_path):
     assert len(red) >= 2
     assert red.redact_notebook(path) is False
     assert nbformat.read(path, as_version=4).cells[0].outputs[-1]["data"]["image/png"] == pngs[0]
+
+
+def test_targets_down_are_diagnose_findings():
+    targets = [{"job": "hub", "target": "h:8081", "health": "down", "error": "server returned HTTP status 403 Forbidden"},
+               {"job": "node", "target": "10.0.0.5:9100", "health": "down", "error": "connection refused"},
+               {"job": "prometheus", "target": "127.0.0.1:9090", "health": "up", "error": ""}]
+    found = metrics.target_findings(targets)
+    assert [f["recovery"] for f in found] == ["metrics-token-refused", "scrape-target-down"]
+    assert "hubops deploy" in found[0]["do"]
