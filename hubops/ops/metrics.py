@@ -185,11 +185,30 @@ def _servers_per_node(p: Loaded, clients: Clients) -> dict[str, int]:
     return counts
 
 
+def counts_in_window(series: list[dict], *, since: float) -> dict[float, float]:
+    """How much each histogram bucket (by `le`) grew over a window, from the raw samples of a range
+    selector, summed over series: exact, where PromQL's increase() extrapolates to the window's
+    edges (two spawns could read 2.6). A counter that went down was reset (the hub restarted): its new
+    value is growth. A series whose first sample comes well after the window's start appeared in the
+    window (a hub started then), so its first value is growth too."""
+    out: dict[float, float] = {}
+    for s in series:
+        values = [(float(t), float(v)) for t, v in s.get("values") or []]
+        if not values:
+            continue
+        grew = values[0][1] if values[0][0] > since + 60 else 0.0
+        for (_, prev), (_, cur) in zip(values, values[1:]):
+            grew += cur - prev if cur >= prev else cur
+        le = float(s["metric"].get("le", "inf"))
+        out[le] = out.get(le, 0.0) + grew
+    return out
+
+
 def spawn_plot(prom: Prometheus, start: float, end: float, step: float, numbers: dict) -> tuple[str, bytes]:
     span = max(int(end - start), 60)
     sel = f'{SPAWN}_bucket{{status="success"}}'
-    buckets = prom.instant(f"sum by (le) (increase({sel}[{span}s]))")
-    cum = sorted(((float(b["metric"]["le"]), float(b["value"][1])) for b in buckets), key=lambda x: x[0])
+    counted = counts_in_window(prom.instant(f"{sel}[{span}s]"), since=end - span)
+    cum = sorted(counted.items())
     spawns = round(cum[-1][1]) if cum else 0
     numbers["spawns (successful, in the window)"] = spawns
     p50 = prom.scalar(f"histogram_quantile(0.5, sum by (le) (increase({sel}[{span}s])))")

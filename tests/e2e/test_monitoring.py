@@ -25,6 +25,7 @@ import requests
 
 from hubops.core import monitoring as M
 from hubops.core.engine import Clients
+from hubops.core.errors import HubopsError
 from hubops.core.params import load_params
 from hubops.core.record import read_record
 from hubops.hub.running import HubAPI
@@ -217,3 +218,42 @@ def test_status_and_diagnose_plot_real_numbers(mon):
     assert len(png_outputs(dnb)) == 4
     api.request("DELETE", "/hub/api/users/alice/server", ok=(202, 204))
     api.wait_server("alice", ready=False, timeout=90)
+
+
+def test_a_second_deploy_changes_nothing(mon):
+    again = hubops_cli("deploy", "-p", str(mon["params"]), outputs=mon["outputs"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 changed" in again.stderr, again.stderr[-3000:]
+
+
+def test_a_rotated_scrape_token_is_revoked_and_prometheus_gets_the_new_one(mon):
+    """Near its expiry a deploy makes a new scrape token; the hub refuses the old one from its restart on,
+    and Prometheus, given the new one, scrapes the hub again."""
+    from datetime import datetime, timedelta, timezone
+
+    p = mon["p"]
+    old = (p.operator_path / M.TOKEN_FILE).read_text().strip()
+    soon = datetime.now(timezone.utc) + timedelta(days=3)  # inside RENEW_DAYS: the next deploy rotates
+    (p.operator_path / M.EXPIRES_FILE).write_text(soon.isoformat() + "\n")
+    again = hubops_cli("deploy", "-p", str(mon["params"]), outputs=mon["outputs"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "rotated" in again.stderr
+    new = (p.operator_path / M.TOKEN_FILE).read_text().strip()
+    assert new != old and M.read_expiry(p) - datetime.now(timezone.utc) > timedelta(days=80)
+    s = hub_session(p)
+    url = f"{p.hub_url}/hub/metrics"
+    assert s.get(url, headers={"Authorization": f"token {new}"}, timeout=10).status_code == 200
+    assert s.get(url, headers={"Authorization": f"token {old}"}, timeout=10).status_code == 403
+    hub: list = []
+    for _ in range(120):  # Prometheus's task is replaced (its secret changed), then scrapes with the new token
+        node, ctr = prometheus_container(p, Clients(p))
+        if node is not None:
+            try:
+                hub = [t for t in metrics.Prometheus(node, ctr).targets() if t["job"] == "hub"]
+            except HubopsError as e:  # starting: curl finds nothing listening yet
+                print(f"Prometheus not answering yet: {e}")
+            if hub and hub[0]["health"] == "up":
+                break
+        time.sleep(2)
+    print(f"\nafter the rotation: {hub}")
+    assert hub and hub[0]["health"] == "up", hub

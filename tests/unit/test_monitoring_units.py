@@ -154,3 +154,15 @@ def test_targets_down_are_diagnose_findings():
     found = metrics.target_findings(targets)
     assert [f["recovery"] for f in found] == ["metrics-token-refused", "scrape-target-down"]
     assert "hubops deploy" in found[0]["do"]
+
+
+def test_spawns_are_counted_exactly_across_a_hub_restart():
+    def series(le, points):
+        return {"metric": {"le": le}, "values": [[t, str(v)] for t, v in points]}
+
+    since = 1000.0
+    raw = [series("5", [(1000, 3), (1015, 3), (1030, 4)]),            # one spawn of at most 5 s
+           series("+Inf", [(1000, 3), (1015, 3), (1030, 4), (1045, 0), (1060, 1)]),  # then a restart, and one more
+           series("+Inf", [(1200, 1), (1215, 2)])]                   # a series born in the window: both count
+    got = metrics.counts_in_window(raw, since=since)
+    assert got == {5.0: 1.0, float("inf"): 2.0 + 2.0}
