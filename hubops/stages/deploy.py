@@ -20,7 +20,7 @@ import docker.errors
 import docker.types
 
 from hubops.hub import config as hubconfig, running
-from hubops.stages import auth_oidc, images, removal
+from hubops.stages import auth, auth_oidc, images, removal
 from hubops.core import api_token, labels as L, secrets
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import HubopsError, ImageNotBuilt
@@ -223,6 +223,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
         r.facts["answered_after_s"] = running.wait_until_serving(p, clients, changed=r.items[-1].changed)
         removal.remove_departed(p, r, userlist_before)
         secrets.prune_unused(c, p, r, keep=set(sec_names) | set(cfg_names))
+        auth.retire_unused_passwords(p, r)
     return r
 
 

@@ -24,9 +24,11 @@ from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
 from tests import engine_labs as el
 from tests.helpers import hubops_cli as cli
+from tests.helpers import LAB_SUBNETS, free_subnet, run_name
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
-NAME = "en28"
+NAME = run_name("en28")  # lab and deployment, per run (tests/helpers)
+SUBNET, OVERLAY = free_subnet(LAB_SUBNETS), free_subnet()
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("en28")
     lab.lab_down(name=NAME)  # what an interrupted run left
     try:
-        params, info, took = el.up(tmp, NAME, subnet="10.65.28.0/24", overlay="10.165.28.0/24", engines="28",
+        params, info, took = el.up(tmp, NAME, subnet=SUBNET, overlay=OVERLAY, engines="28",
                                    workers=1)
         print(f"\nlab up (Docker 28 root file system cached: {lab.lab_engines.manifest(lab.lab_engines.CACHE_ROOT, '28') is not None}): "
               f"{took:.1f} s")
@@ -87,10 +89,10 @@ def test_a_users_server_runs_on_the_docker_28_worker_and_answers(cluster):
 
 
 def test_second_lab_up_changes_nothing_and_rebuild_waits_for_lab_down(cluster):
-    again = lab.lab_up(name=NAME, workers=1, subnet="10.65.28.0/24", overlay_subnet="10.165.28.0/24",
+    again = lab.lab_up(name=NAME, workers=1, subnet=SUBNET, overlay_subnet=OVERLAY,
                        params_out=cluster["params"].with_name("again.yaml"), engines="28")
     assert [c for c in again.changes if "parameter file" not in c and "userlist" not in c] == []
     assert [n.pid for n in again.nodes] == [n.pid for n in cluster["info"].nodes]
     with pytest.raises(lab.HubopsError, match=rf"in use by the running node\(s\) {NAME}-manager"):
-        lab.lab_up(name=NAME, workers=1, subnet="10.65.28.0/24", overlay_subnet="10.165.28.0/24",
+        lab.lab_up(name=NAME, workers=1, subnet=SUBNET, overlay_subnet=OVERLAY,
                    params_out=cluster["params"].with_name("again.yaml"), engines="28", rebuild=True)
