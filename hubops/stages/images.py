@@ -24,6 +24,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests.exceptions
 
 from hubops.core.paths import IMAGES
 from hubops.core.errors import DockerOpError, HubopsError, ImageBuildError, ImageNotBuilt
@@ -436,6 +437,9 @@ def ensure_images_on_nodes(
     return res
 
 
+LOAD_TIMEOUT = 900  # seconds a node may take to answer an image load (read timeout of that one call)
+
+
 def _stream_image(source: docker.DockerClient, target: docker.DockerClient, node: str,
                   ref: str, on_chunk: Callable[[int, str], None] | None = None) -> None:
     """Stream `ref` from the source engine into `target` without a file in between."""
@@ -451,6 +455,10 @@ def _stream_image(source: docker.DockerClient, target: docker.DockerClient, node
             yield chunk
 
     log.info("loading %s onto %s", ref, node)
+    # A node writes the layers of a big image before it answers: on a slow disk or a busy node that
+    # takes longer than the engine client's usual read timeout (60 s; seen on a loaded 2-core lab).
+    saved_timeout = target.api.timeout
+    target.api.timeout = max(saved_timeout or 0, LOAD_TIMEOUT)
     try:
         for msg in target.api.load_image(chunks(), quiet=True):
             if isinstance(msg, dict) and (msg.get("error") or msg.get("errorDetail")):
@@ -458,6 +466,11 @@ def _stream_image(source: docker.DockerClient, target: docker.DockerClient, node
                 raise DockerOpError(f"node {node}: loading image {ref} failed: {detail}")
     except docker.errors.DockerException as e:
         raise DockerOpError(f"node {node}: loading image {ref} failed: {_one_line(e)}") from e
+    except requests.exceptions.RequestException as e:  # the connection to the node (or its ssh tunnel) dropped
+        raise DockerOpError(f"node {node}: loading image {ref} failed: the connection to its engine was lost "
+                            f"({_one_line(e)}); when the node answers again, run the stage again (--resume)") from e
+    finally:
+        target.api.timeout = saved_timeout
     log.info("loaded %s onto %s: %d MB in %.1f s", ref, node, sent // 2**20,
              time.monotonic() - t0)
 

@@ -155,6 +155,12 @@ def test_a_lost_connection_fails_the_stage_and_resume_finishes(cluster):
     def singleuser_on_worker() -> list:
         return [i for i in worker_engine.images.list() if any(t.startswith("hubops-singleuser:") for t in i.tags)]
 
+    api = HubAPI(p)  # alice's server (on the worker) uses the image: stop it first
+    api.request("DELETE", "/hub/api/users/alice/server", ok=(202, 204))
+    api.wait_server("alice", ready=False, timeout=120)
+    deadline = time.monotonic() + 60
+    while worker_engine.containers.list(filters={"label": "com.docker.swarm.service.name"}) and time.monotonic() < deadline:
+        time.sleep(1)
     for img in singleuser_on_worker():
         worker_engine.images.remove(img.id, force=True)
     assert not singleuser_on_worker()
