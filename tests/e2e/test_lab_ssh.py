@@ -15,7 +15,6 @@ only the lab's key, and its host key is pinned in the parameters' `ssh.known_hos
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -38,7 +38,6 @@ DEPLOYMENT = run_name("switch")
 PORT = free_port()
 PROVIDER_PORT = free_port(avoid=(PORT,))
 CLIENT_ID = "hubops-switch"
-CHROMIUM = Path("/usr/bin/chromium")
 USERS = "opadmin admin\nalice\n"
 PROOF = "written before the switch"
 
@@ -63,15 +62,8 @@ def provider(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                               args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+    with chrome.chromium() as b:
         yield b
-        b.close()
 
 
 def alice_container():
