@@ -172,11 +172,14 @@ def test_alice_logs_in_through_the_provider_and_finds_her_server_and_file(switch
     page.wait_for_url(switched["provider"].issuer + "/interaction/**")
     page.click("button[type=submit]")  # consent
     page.wait_for_url(f"{p.hub_url}/hub/**", timeout=120_000)
-    chrome.goto(page, f"{p.hub_url}/user/alice/api/contents/switch-proof.txt?content=1")
-    if "/hub/api/oauth2/authorize" in page.url:
+    # Her server first (its own OAuth round with the hub), then its API, as a browser would.
+    resp = chrome.goto(page, f"{p.hub_url}/user/alice/")
+    if "/hub/api/oauth2/authorize" in page.url and resp and resp.status == 200:
         with page.expect_navigation():
             page.click("input[type=submit], button[type=submit]")
-        chrome.goto(page, f"{p.hub_url}/user/alice/api/contents/switch-proof.txt?content=1")
+    assert page.url.startswith(f"{p.hub_url}/user/alice/"), page.url
+    resp = chrome.goto(page, f"{p.hub_url}/user/alice/api/contents/switch-proof.txt?content=1")
+    assert resp and resp.status == 200, (resp and resp.status, page.content()[:500])
     assert PROOF in page.inner_text("body"), page.content()[:500]
     ctx.close()
     svc, ctr = alice_container()
