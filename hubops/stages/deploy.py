@@ -20,7 +20,7 @@ import docker.errors
 import docker.types
 
 from hubops.hub import config as hubconfig, running
-from hubops.stages import auth_oidc, images, monitoring, removal
+from hubops.stages import auth, auth_oidc, images, monitoring, removal
 from hubops.core import api_token, labels as L, secrets
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import HubopsError, ImageNotBuilt
@@ -226,6 +226,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
         removal.remove_departed(p, r, userlist_before)
         monitoring.ensure(p, clients, r)  # Prometheus and node exporters (monitoring.enabled), or their removal
         secrets.prune_unused(c, p, r, keep=set(sec_names) | set(cfg_names))
+        auth.retire_unused_passwords(p, r)
     return r
 
 
