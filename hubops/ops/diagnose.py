@@ -291,7 +291,7 @@ def _swarm_report(p: Loaded, c, r: Result, texts: list, findings: list, log_line
         for t in tasks[:10]:
             texts.append((f"hub task {t['ID'][:12]}", f"{t['Status'].get('Err', '')} {t['Status'].get('Message', '')}"))
         r.check(f"service {p.hub_service}", f"{len(up)} running task(s)" if up else "PROBLEM: no running task")
-        if not running:
+        if not up:
             findings.append(_finding("hub-down", f"service {p.hub_service}", "no running task",
                                      "the hub is not serving", "see the hub's tasks and log lines; the signatures "
                                      "below name the cause when it is a known one"))
