@@ -12,6 +12,7 @@ from typing import Any
 
 from hubops.core import api_token
 from hubops.core import labels as L
+from hubops.core import monitoring
 from hubops.core.params import Loaded
 from hubops.hub import spawn_limits
 
@@ -40,6 +41,7 @@ SECRET_FILES = {
     "github-client-secret": "hubops-github-client-secret",
     "oidc-client-secret": "hubops-oidc-client-secret",
     "ldap-bind-password": "hubops-ldap-bind-password",
+    monitoring.TOKEN_ROLE: monitoring.SECRET_FILE,  # Prometheus's scrape token (monitoring.enabled)
 }
 # Role -> where the hub container finds a (public) Swarm config besides its jupyterhub_config.py.
 CONFIG_FILES = {
@@ -81,6 +83,8 @@ def secret_roles(p: Loaded) -> list[str]:
         roles += ["admin-password"]
     else:
         roles += ["github-client-secret"]
+    if monitoring.enabled(p):
+        roles.append(monitoring.TOKEN_ROLE)
     return roles
 
 
@@ -201,6 +205,7 @@ def render(p: Loaded, *, singleuser_image: str, discovery: Any = None, node_cpus
     lines += user_storage_lines(p, user_labels)
     lines += spawn_limits.hub_lines(p, spawn_limits.concurrent_spawn_limit(p, node_cpus))
     lines += culler_lines(p)
+    lines += monitoring.hub_lines(p)
     # Users' servers locked down: every capability dropped (the server runs as the image's user and
     # needs none), no privilege gained through exec, a process limit, memory and CPU limits.
     lines += [

@@ -20,7 +20,7 @@ import docker.errors
 import docker.types
 
 from hubops.hub import config as hubconfig, running, spawn_limits
-from hubops.stages import auth_oidc, images, removal
+from hubops.stages import auth, auth_oidc, images, monitoring, removal
 from hubops.core import api_token, labels as L, secrets
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import HubopsError, ImageNotBuilt
@@ -194,6 +194,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
         refs = {k: f"hubops-{k}:<built by 60-images>" for k in images.KINDS}
     if hub_image:
         refs = {**refs, "hub": hub_image}
+    monitoring.ensure_token(c, p, r)  # monitoring.enabled: Prometheus's hub token, which the hub mounts too
     sec_refs, sec_names = _secret_refs(c, p, r)
     cfg_refs, cfg_names = _config_refs(c, p, r, refs["singleuser"])
     spec = service_spec(p, hub_image=refs["hub"], secret_refs=sec_refs, config_refs=cfg_refs)
@@ -227,6 +228,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
         for name in sorted(set(userlist_before or {}) - set(p.users)):
             r.change("remove", f"user {name}", "off the userlist: would be removed from the hub and their server stopped "
                      "(unless a provider group let them in at their last login)")
+        monitoring.ensure(p, clients, r)
         return r
 
     if svc is None:
@@ -239,7 +241,9 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
     if wait:
         r.facts["answered_after_s"] = running.wait_until_serving(p, clients, changed=r.items[-1].changed)
         removal.remove_departed(p, r, userlist_before)
+        monitoring.ensure(p, clients, r)  # Prometheus and node exporters (monitoring.enabled), or their removal
         secrets.prune_unused(c, p, r, keep=set(sec_names) | set(cfg_names))
+        auth.retire_unused_passwords(p, r)
     return r
 
 
