@@ -67,11 +67,21 @@ def _secret_refs(c: docker.DockerClient, p: Loaded, r: Result) -> tuple[list, li
     return refs, names
 
 
+def _profile_images(c: docker.DockerClient, p: Loaded, singleuser_image: str) -> dict[str, str]:
+    """Spawn profiles' images (60-images built them FROM the single-user image, which every node holds)."""
+    try:
+        return images.profile_refs(p, c, singleuser_image)
+    except ImageNotBuilt:
+        return {pr.name: f"hubops-{pr.image_folder}:<built by 60-images>" for pr in p.profiles if pr.image_folder}
+
+
 def _config_refs(c: docker.DockerClient, p: Loaded, r: Result, singleuser_image: str) -> tuple[list, list[str]]:
     # OpenID Connect: the provider's endpoints, from its discovery document (refused if it does not answer).
     discovery = auth_oidc.discover(p) if p.auth.mode == "oidc" else None
+    profile_images = _profile_images(c, p, singleuser_image)
     secrets.ensure_versioned(c, p, r, role="hub-config", kind="config", stage=STAGE,
-                             value=hubconfig.render(p, singleuser_image=singleuser_image, discovery=discovery).encode(),
+                             value=hubconfig.render(p, singleuser_image=singleuser_image, discovery=discovery,
+                                                    profile_images=profile_images).encode(),
                              what="jupyterhub_config.py")
     refs, names = [], []
     for role in hubconfig.config_roles(p):
