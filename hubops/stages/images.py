@@ -594,6 +594,12 @@ def ensure_delivered(p, clients, *, dry_run: bool = False) -> Result:
 # spawn profiles (parameter profiles:): each profile's image built FROM the single-user image and
 # delivered only to the nodes its placement (labels, spawner.placement, generic resources) allows.
 # --------------------------------------------------------------------------------------
+def profile_images_dir(p) -> Path:
+    """Where profiles' folders are: images.dir, else the project's images/ (never the pinned copy, which
+    holds hub/ and singleuser/ only; a profile's JupyterHub is the single-user image's it is built FROM)."""
+    return p.path(p.images.dir) if p.images.dir else PROJECT_IMAGES
+
+
 def profile_refs(p, client: docker.DockerClient, singleuser_ref: str) -> dict[str, str]:
     """Profile name -> the tag its folder gives (`hubops-<folder>:<digest>`, the digest over the folder, the
     single-user image's ID and the extra CA), for the profiles built from images/FOLDER."""
@@ -605,7 +611,7 @@ def profile_refs(p, client: docker.DockerClient, singleuser_ref: str) -> dict[st
         raise ImageNotBuilt(f"single-user image {singleuser_ref} is missing: run 60-images first")
     ca = extra_ca(p)
     ca_digest = hashlib.sha256(ca.read_bytes()).hexdigest() if ca and ca.read_bytes() else None
-    return {name: image_ref(folder, images_dir=images_dir(p), base_id=su.id, extra_ca_digest=ca_digest, extras={})
+    return {name: image_ref(folder, images_dir=profile_images_dir(p), base_id=su.id, extra_ca_digest=ca_digest, extras={})
             for name, folder in folders.items()}
 
 
@@ -656,7 +662,7 @@ def ensure_profile_images(p, clients, *, dry_run: bool = False) -> Result:
         ref = refs.get(prof.name) or prof.image or su_ref
         res.facts[f"profile {prof.name}"] = f"{ref} on {', '.join(nodes) or 'no node'}"
         if prof.name in refs:
-            built = ensure_image_built(source, prof.image_folder, images_dir=images_dir(p), base=su_ref,
+            built = ensure_image_built(source, prof.image_folder, images_dir=profile_images_dir(p), base=su_ref,
                                        extra_ca_bundle=ca, deployment=p.deployment, dry_run=dry_run)
             for c in built.changes:
                 res.change(c.action, f"{prof.name}: {c.target}", c.detail)
