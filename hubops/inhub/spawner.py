@@ -368,6 +368,8 @@ class HubopsSpawner(SwarmSpawner):
         name = (self.user_options or {}).get("profile")
         if name:
             found = [pr for pr in self.profiles if pr["name"] == name]
+            if not found or found[0] not in allowed:
+                self.forget_choice()
             if not found:
                 raise refusal(400, "hubops: there is no profile %r; choose one of %s"
                                     % (name, ", ".join(pr["name"] for pr in allowed) or "none"))
@@ -379,6 +381,14 @@ class HubopsSpawner(SwarmSpawner):
             raise refusal(403, "hubops: no profile is open to %s (each is for groups the user is not in); "
                                 "ask an admin to add you to one" % self.user.name)
         return allowed[0]
+
+    def forget_choice(self) -> None:
+        """A refused choice is not kept as the default of the user's next start (JupyterHub starts a server
+        with the last options when none are given: the user would be refused again and again, with no
+        spawn page to choose another when only one profile is open to them)."""
+        orm_spawner = getattr(self, "orm_spawner", None)
+        if orm_spawner is not None and (orm_spawner.user_options or {}).get("profile") == self.user_options.get("profile"):
+            orm_spawner.user_options = {}  # committed with the hub's cleanup of the failed start
 
     def apply_profile(self) -> None:
         """Set this start's image and limits from the chosen profile (placement, generic resources and the
