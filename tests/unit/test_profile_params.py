@@ -2,7 +2,7 @@
 config on the real spawner JupyterHub makes (options form by group, the choice's image, limits,
 placement, generic resources and label on the service spec, the refusal when no GPU is free), the
 preflight's node checks on engines' `docker info` answers, and the lab's fake generic resources.
-No engine: tests/integration/test_profiles_preflight.py and tests/e2e/test_profiles*.py use real ones."""
+No engine: tests/e2e/test_spawn_profiles.py, tests/e2e/test_lab_gpu_profiles.py use real ones."""
 from __future__ import annotations
 
 import asyncio
