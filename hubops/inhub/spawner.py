@@ -334,7 +334,7 @@ class HubopsSpawner(SwarmSpawner):
             if pr.get("mem_limit"):
                 facts.append(f"memory {pr['mem_limit']}")
             if pr.get("cpu_limit"):
-                facts.append(f"{pr['cpu_limit']:g} CPUs")
+                facts.append(f"{pr['cpu_limit']:g} CPU" + ("" if pr["cpu_limit"] == 1 else "s"))
             facts += [f"{n} {kind}" for kind, n in (pr.get("generic_resources") or {}).items()]
             items.append(
                 '<div class="radio hubops-profile">'
