@@ -102,6 +102,23 @@ def spawn_failure(api: HubAPI, user: str, timeout: float = 120) -> str:
     raise AssertionError(f"{user}'s start did not fail within {timeout} s")
 
 
+def hub_log(p, lines: int = 150) -> str:
+    """The hub's last log lines, from the lab's manager (for a failed step's message)."""
+    svc = Clients(p).manager.services.get(p.hub_service)
+    return b"".join(svc.logs(stdout=True, stderr=True, tail=lines)).decode(errors="replace")
+
+
+def wait_ready(api: HubAPI, user: str, timeout: float) -> None:
+    try:
+        api.wait_server(user, ready=True, timeout=timeout)
+    except Exception:
+        print(hub_log(api.p))
+        c = Clients(api.p).manager
+        for t in c.services.get(f"{api.p.prefix}-user-{user}").tasks():
+            print(t["Status"])
+        raise
+
+
 def test_deploy_and_preflight_report_the_fake_gpu(cluster):
     assert cluster["deploy"].returncode == 0, cluster["deploy"].stderr[-4000:]
     run = runs(cluster["outputs"])[0]
@@ -117,7 +134,7 @@ def test_a_gpu_profile_lands_on_the_gpu_node_with_the_gpu_s_id(cluster):
     t0 = time.monotonic()
     r = start(api, "alice", "gpu")
     assert r.status_code in (201, 202), r.text[:500]
-    api.wait_server("alice", ready=True, timeout=300)
+    wait_ready(api, "alice", 300)
     FIGURES["gpu_spawn_s"] = round(time.monotonic() - t0, 1)
     node, task = node_of(p, "alice")
     assert node == f"{NAME}-node0"
@@ -158,7 +175,7 @@ def test_a_waiting_gpu_user_starts_when_the_gpu_frees(cluster):
     assert not ((api.user("carol") or {}).get("servers", {}).get("") or {}).get("ready")
     t0 = time.monotonic()
     api.request("DELETE", "/hub/api/users/alice/server", ok=(202, 204))
-    api.wait_server("carol", ready=True, timeout=280)
+    wait_ready(api, "carol", 280)
     FIGURES["queued_start_after_free_s"] = round(time.monotonic() - t0, 1)
     node, _ = node_of(p, "carol")
     assert node == f"{NAME}-node0"

@@ -12,6 +12,7 @@ spawner changed; the profile image builds in seconds)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -127,12 +128,19 @@ def wait_for_own_server(page, p, user: str) -> None:
     ERR_NETWORK_CHANGED (other tests' interfaces coming and going) is not the hub's answer: the spawn
     is then followed through the API and the page opened again."""
     try:
-        page.wait_for_url(f"{p.hub_url}/user/{user}/**", timeout=180_000)
-    except Exception as e:  # playwright's Error
-        if not chrome.network_changed(e):
-            raise
-        print(f"browser: ERR_NETWORK_CHANGED while following {user}'s spawn; following it through the API")
-        HubAPI(p).wait_server(user, ready=True, timeout=180)
+        try:
+            page.wait_for_url(f"{p.hub_url}/user/{user}/**", timeout=300_000)
+        except Exception as e:  # playwright's Error
+            if not chrome.network_changed(e):
+                raise
+            print(f"browser: ERR_NETWORK_CHANGED while following {user}'s spawn; following it through the API")
+            HubAPI(p).wait_server(user, ready=True, timeout=300)
+    except Exception:
+        print(f"page {page.url}: {page.inner_text('body')[:1500]}")
+        print(chrome.hub_log_tail(p.hub_service, 150))
+        print(subprocess.run(["docker", "service", "ps", "--no-trunc", f"{p.prefix}-user-{user}"],
+                             capture_output=True, text=True).stdout)
+        raise
     resp = chrome.goto(page, f"{p.hub_url}/user/{user}/api/status")
     assert resp.status == 200, resp.status
 
