@@ -77,6 +77,16 @@ def node_of(p, clients: Clients, user: str) -> str:
     return "?"
 
 
+def _has(client, ref: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(ref)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
 def spawn(api: HubAPI, user: str, profile: str) -> float:
     t0 = time.monotonic()
     api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202), json={"profile": profile})
@@ -91,12 +101,16 @@ def spawn(api: HubAPI, user: str, profile: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--lab", default="bprof")
-    ap.add_argument("--subnet", default="10.78.0.0/24")
-    ap.add_argument("--overlay-subnet", default="10.241.0.0/24")
+    from tests.helpers import LAB_SUBNETS, free_subnet, run_name
+
+    ap.add_argument("--lab", default=run_name("bprof"))
+    ap.add_argument("--subnet", default=None, help="the lab's subnet (default: a free one)")
+    ap.add_argument("--overlay-subnet", default=None, help="the overlay's subnet (default: a free one)")
     ap.add_argument("--spawns", type=int, default=5)
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
+    a.subnet = a.subnet or free_subnet(LAB_SUBNETS)
+    a.overlay_subnet = a.overlay_subnet or free_subnet()
     out = PROJECT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     params = out / f"{a.lab}.yaml"
@@ -125,6 +139,8 @@ def main() -> None:
         figures["profile images"] = {"facts": prof["facts"],
                                      "items": [f"{i['action']} {i['target']}: {i['detail']}" for i in prof["items"]]}
         api, clients = HubAPI(p), Clients(p)
+        ref = prof["facts"]["profile extras"].split(" ")[0]
+        figures["extras image on"] = sorted(h.name for h in p.hosts.all if _has(clients[h.name], ref))
         admin = admin_session(p)
         for prof in PROFILES:
             name = prof["name"]
