@@ -47,7 +47,7 @@ def hub_spawner(cfg, name: str, db=None):
     return User(orm_user, settings=settings, db=db).spawners[""]
 
 
-def hub_config(p, singleuser_image: str = "hubops-singleuser:abc"):
+def hub_config(p, singleuser_image: str = "hubops-singleuser:abc", profile_images: dict | None = None):
     """The generated jupyterhub_config.py, executed as JupyterHub executes it (secrets and userlist
     from files), into a traitlets Config."""
     import os
@@ -67,7 +67,8 @@ def hub_config(p, singleuser_image: str = "hubops-singleuser:abc"):
     os.environ.update(env)
     try:
         cfg = Config()
-        exec(compile(hubconfig.render(p, singleuser_image=singleuser_image), "jupyterhub_config.py", "exec"),
+        exec(compile(hubconfig.render(p, singleuser_image=singleuser_image, profile_images=profile_images),
+                     "jupyterhub_config.py", "exec"),
              {"get_config": lambda: cfg})
     finally:
         for k, v in old.items():

@@ -469,14 +469,18 @@ def lab() -> None:
 @click.option("--ssh", "ssh_nodes", default=None, metavar="all|NODE,...",
               help="reach these nodes over ssh:// (sshd in their namespaces, the lab's key, pinned host keys) "
                    "instead of tcp+TLS; 20.10 nodes only")
+@click.option("--generic-resource", "generic", multiple=True, metavar="NODE:KIND=ID",
+              help="a fake generic resource a node's engine advertises to Swarm, as a GPU host's does "
+                   "(e.g. node0:NVIDIA-GPU=gpu0; repeat for more)")
 def lab_up_cmd(name: str, managers: int, workers: int, subnet: str, overlay_subnet: str, params_file: str,
-               engines: str | None, rebuild: bool, ssh_nodes: str | None) -> None:
+               engines: str | None, rebuild: bool, ssh_nodes: str | None, generic: tuple[str, ...] = ()) -> None:
     """Bring up the lab (idempotent) and write its parameter file."""
     from hubops.lab.cluster import lab_up
 
     try:
         info = lab_up(name=name, managers=managers, workers=workers, subnet=subnet,
-                      overlay_subnet=overlay_subnet, params_out=Path(params_file), engines=engines, rebuild=rebuild)
+                      overlay_subnet=overlay_subnet, params_out=Path(params_file), engines=engines, rebuild=rebuild,
+                      generic_resources=",".join(generic) or None)
         if ssh_nodes:
             from hubops.lab.ssh import enable_ssh
 

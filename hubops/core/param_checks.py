@@ -46,6 +46,9 @@ def check(p: "Loaded") -> list[str]:
     problems: list[str] = []
     for fn in (_subnet, _ports, _hosts, _labels, _names, _memory, _folders, _volume_driver, _certificates):
         problems += fn(p)
+    from .profiles import check as profile_problems  # spawn profiles (parameter profiles:)
+
+    problems += profile_problems(p)
     return problems
 
 

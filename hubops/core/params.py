@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hubops.core.errors import ParameterError
 from hubops.core.paths import PROJECT
+from hubops.core.profiles import Profile
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 # JupyterHub user names that are also valid in Docker service names (the spawner's name template).
@@ -744,6 +745,9 @@ class Params(_Model):
     backup: Backup = Field(default_factory=Backup)
     culler: Culler = Field(default_factory=Culler)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    profiles: list[Profile] = Field(default_factory=list,
+                                    description="spawn profiles users choose from (hubops/core/profiles.py); "
+                                    "with one or none, no spawn page")
 
     @model_validator(mode="before")
     @classmethod

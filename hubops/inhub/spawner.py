@@ -16,7 +16,10 @@ What it adds to SwarmSpawner:
 - stop returns once the old container is gone, not when the service is removed;
 - under a burst, those looks are paced: the engine is asked about as often in all as for one spawn
   (each look's interval times the number of servers starting, up to max_poll_interval), and
-  Docker calls run on a few threads shared by every spawner, not dockerspawner's single one.
+  Docker calls run on a few threads shared by every spawner, not dockerspawner's single one;
+- spawn profiles (parameter profiles:): the options form lists the profiles the user's groups
+  allow; the chosen one sets the image, limits, placement and Swarm generic resources (GPUs) of
+  the service, which is labelled with it (see the "spawn profiles" methods below).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.types import DriverConfig, Mount
 from dockerspawner import SwarmSpawner
 from tornado.httpclient import AsyncHTTPClient
+from tornado import escape, web
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
 # What Docker answers (HTTP 500) when the swarm's managers have lost their quorum.
@@ -38,6 +42,17 @@ LIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "startin
 # Task states SwarmSpawner.start_object waits through.
 WAITING = {"new", "assigned", "accepted", "starting", "pending", "preparing", "ready", "rejected"}
 HOME_MODES = ("none", "shared-path", "node-local", "volume-driver")
+# The service label that says which profile a server runs (hubops.core.profiles.PROFILE_LABEL).
+PROFILE_LABEL = "hubops.profile"
+# What Swarm puts in a pending task's status when no node has the reservation free.
+NO_ROOM_SIGNS = ("insufficient resources",)
+
+
+def refusal(code: int, message: str) -> web.HTTPError:
+    """An error the hub shows the user as it is (the spawn page's "Spawn failed: ..." line)."""
+    e = web.HTTPError(code, message)
+    e.jupyterhub_message = message
+    return e
 
 
 def no_leader(error: Exception) -> bool:
@@ -86,6 +101,12 @@ class HubopsSpawner(SwarmSpawner):
                              help="no privilege gained through exec (setuid, file capabilities); engines "
                                   "whose API lacks it for services ignore it, the image has no setuid program")
     pids_limit = Integer(0, config=True, help="processes and threads in the server's container (0: no limit)")
+
+    # -- spawn profiles (parameter profiles:) --------------------------------------------------
+    profiles = List(Dict(), config=True,
+                    help="spawn profiles: each {name, description, image, mem_limit, cpu_limit, mem_guarantee, "
+                         "cpu_guarantee, constraints, groups, generic_resources, when_full}; with two or more "
+                         "that a user may choose, the spawn page lists them")
 
     # node-local: the ID of the node that holds the user's home volume. Kept in the spawner's
     # state (get_state), and not cleared when the server stops, so later servers go there.
@@ -247,6 +268,7 @@ class HubopsSpawner(SwarmSpawner):
         A new service gets the lockdown settings (lock_down)."""
         if method == "create_service" and kwargs.get("task_template") is not None:
             self.lock_down(kwargs["task_template"])
+            self.profile_service(kwargs)
         result = await super().docker(method, *args, **kwargs)
         if method == "tasks" and self._creating and not result:
             for _ in range(self.new_task_polls):
@@ -266,6 +288,7 @@ class HubopsSpawner(SwarmSpawner):
             state = task["Status"]["State"].lower()
             if state not in WAITING:
                 break
+            self.refuse_when_full(task)
             await asyncio.sleep(self.paced(self.task_poll_interval))
         if state != "running":
             raise RuntimeError("Service %s not running: %s" % (self.service_name, task["Status"]))
@@ -313,6 +336,7 @@ class HubopsSpawner(SwarmSpawner):
             HubopsSpawner._starting -= 1
 
     async def _start(self):
+        self.apply_profile()
         mode = self.home_mode
         if mode == "shared-path" and os.geteuid() != 0 and os.environ.get("DOCKER_HOST", "").startswith("unix://"):
             await self.prepare_home_through_door()
@@ -338,3 +362,127 @@ class HubopsSpawner(SwarmSpawner):
             self.log.info("hubops: home volume %s of %s is on node %s; later servers go there",
                           self.home_volume, self.user.name, self.home_node)
         return result
+
+    # -- spawn profiles (parameter profiles:) ----------------------------------------------------
+    # Kept apart from the rest: the options form, the choice, and what the choice changes.
+    _profile = None  # the profile this start uses (a dict of `profiles`), set by apply_profile
+
+    def user_groups(self) -> set:
+        return {g.name for g in getattr(self.user, "groups", None) or []}
+
+    def allowed_profiles(self) -> list:
+        """The profiles this user may choose: those without groups, and those naming one of the user's groups."""
+        mine = self.user_groups()
+        return [pr for pr in self.profiles if not pr.get("groups") or mine & set(pr["groups"])]
+
+    def profile_form(self) -> str:
+        """The spawn page's form: one radio button per profile the user may choose (none with one or no choice)."""
+        choices = self.allowed_profiles()
+        if len(choices) < 2:
+            return ""
+        chosen = (self.user_options or {}).get("profile") or choices[0]["name"]
+        items = []
+        for pr in choices:
+            esc = lambda v: escape.xhtml_escape(str(v))  # noqa: E731
+            facts = [f"image {pr.get('image')}"]
+            if pr.get("mem_limit"):
+                facts.append(f"memory {pr['mem_limit']}")
+            if pr.get("cpu_limit"):
+                facts.append(f"{pr['cpu_limit']:g} CPU" + ("" if pr["cpu_limit"] == 1 else "s"))
+            facts += [f"{n} {kind}" for kind, n in (pr.get("generic_resources") or {}).items()]
+            items.append(
+                '<div class="radio hubops-profile">'
+                f'<label><input type="radio" name="profile" value="{esc(pr["name"])}" id="profile-{esc(pr["name"])}"'
+                f'{" checked" if pr["name"] == chosen else ""}> <strong>{esc(pr["name"])}</strong>'
+                f'{(" &mdash; " + esc(pr["description"])) if pr.get("description") else ""}'
+                f'<br><small class="text-muted">{esc(", ".join(facts))}</small></label></div>')
+        return '<fieldset><legend>Choose a profile</legend>' + "".join(items) + "</fieldset>"
+
+    async def get_options_form(self):
+        if self.profiles:
+            return self.profile_form()
+        return await super().get_options_form()
+
+    def run_options_from_form(self, form_data):
+        if self.profiles:
+            return {"profile": (form_data.get("profile") or [""])[0]}
+        return super().run_options_from_form(form_data)
+
+    def options_from_query(self, query_data):
+        if self.profiles:
+            return {"profile": query_data.get("profile", "")}
+        return super().options_from_query(query_data)
+
+    def chosen_profile(self):
+        """The profile of this start: the one in user_options (refused with a clear message when unknown or
+        not allowed to this user), else the first the user may choose; None without profiles."""
+        if not self.profiles:
+            return None
+        allowed = self.allowed_profiles()
+        name = (self.user_options or {}).get("profile")
+        if name:
+            found = [pr for pr in self.profiles if pr["name"] == name]
+            if not found or found[0] not in allowed:
+                self.forget_choice()
+            if not found:
+                raise refusal(400, "hubops: there is no profile %r; choose one of %s"
+                                    % (name, ", ".join(pr["name"] for pr in allowed) or "none"))
+            if found[0] not in allowed:
+                raise refusal(403, "hubops: profile %r is for the groups %s, and %s is in none of them"
+                                    % (name, ", ".join(found[0]["groups"]), self.user.name))
+            return found[0]
+        if not allowed:
+            raise refusal(403, "hubops: no profile is open to %s (each is for groups the user is not in); "
+                                "ask an admin to add you to one" % self.user.name)
+        return allowed[0]
+
+    def forget_choice(self) -> None:
+        """A refused choice is not kept as the default of the user's next start (JupyterHub starts a server
+        with the last options when none are given: the user would be refused again and again, with no
+        spawn page to choose another when only one profile is open to them)."""
+        orm_spawner = getattr(self, "orm_spawner", None)
+        if orm_spawner is not None and (orm_spawner.user_options or {}).get("profile") == self.user_options.get("profile"):
+            orm_spawner.user_options = {}  # committed with the hub's cleanup of the failed start
+
+    def apply_profile(self) -> None:
+        """Set this start's image and limits from the chosen profile (placement, generic resources and the
+        profile's label go onto the service in profile_service)."""
+        pr = self._profile = self.chosen_profile()
+        if pr is None:
+            return
+        self.image = pr.get("image") or self.image
+        for key in ("mem_limit", "cpu_limit", "mem_guarantee", "cpu_guarantee"):
+            setattr(self, key, pr.get(key))
+        self.log.info("hubops: %s starts profile %s (image %s)", self.user.name, pr["name"], self.image)
+
+    def profile_service(self, create_kwargs: dict) -> dict:
+        """The new service's placement constraints, generic resource reservations and profile label."""
+        pr = self._profile
+        if pr is None:
+            return create_kwargs
+        tt = create_kwargs["task_template"]
+        if pr.get("constraints"):
+            placement = tt.setdefault("Placement", {})
+            placement["Constraints"] = list(placement.get("Constraints") or []) + [
+                c for c in pr["constraints"] if c not in (placement.get("Constraints") or [])]
+        if pr.get("generic_resources"):
+            reservations = tt.setdefault("Resources", {}).setdefault("Reservations", {})
+            reservations["GenericResources"] = [{"DiscreteResourceSpec": {"Kind": kind, "Value": int(n)}}
+                                                for kind, n in sorted(pr["generic_resources"].items())]
+        create_kwargs["labels"] = dict(create_kwargs.get("labels") or {}, **{PROFILE_LABEL: pr["name"]})
+        tt.setdefault("ContainerSpec", {}).setdefault("Labels", {})[PROFILE_LABEL] = pr["name"]
+        return create_kwargs
+
+    def refuse_when_full(self, task: dict) -> None:
+        """With when_full 'refuse': a task Swarm cannot place for want of a free generic resource ends the
+        spawn with a message that says so (with 'wait', the task waits until one frees)."""
+        pr = self._profile
+        if not pr or not pr.get("generic_resources") or pr.get("when_full", "refuse") != "refuse":
+            return
+        status = task.get("Status") or {}
+        why = " ".join(str(status.get(k) or "") for k in ("Err", "Message"))
+        if status.get("State") == "pending" and any(s in why for s in NO_ROOM_SIGNS):
+            wanted = ", ".join("%s %s" % (n, kind) for kind, n in sorted(pr["generic_resources"].items()))
+            raise refusal(
+                503, "hubops: profile %s needs %s, and no node has one free right now (all in use by other "
+                "servers); try again later, or choose another profile. Swarm: %s" % (pr["name"], wanted, why.strip()))

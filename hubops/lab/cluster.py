@@ -84,6 +84,8 @@ class LabNode:
     veth: str
     bip: str
     engine: str = lab_engines.HOST  # the engine it runs: "20.10" (this machine's), "26", "28"
+    # fake generic resources its engine advertises (dockerd --node-generic-resource KIND=ID), e.g. a GPU
+    generic_resources: tuple[str, ...] = ()
     # observed
     netns_present: bool = False
     pid: int | None = None
@@ -102,7 +104,10 @@ class LabNode:
         return self.pid is not None
 
     def plan(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("name", "role", "index", "address", "netns", "veth", "bip", "engine")}
+        out = {k: getattr(self, k) for k in ("name", "role", "index", "address", "netns", "veth", "bip", "engine")}
+        if self.generic_resources:  # only when given: labs made before keep their plan
+            out["generic_resources"] = list(self.generic_resources)
+        return out
 
 
 @dataclass
@@ -226,8 +231,37 @@ def _check_name(name: str, count: int = 1) -> None:
         )
 
 
+def parse_generic_resources(spec: str | dict[str, list[str]] | None, names: list[str],
+                            lab: str) -> dict[str, tuple[str, ...]]:
+    """`--generic-resource` as given (NODE:KIND=ID,... with NODE a node's name or its short name such as
+    node0) or a dict node -> ["KIND=ID", ...]: full node name -> its resources. Refuses unknown nodes
+    and malformed entries, before anything is made."""
+    if not spec:
+        return {}
+    pairs: list[tuple[str, str]] = []
+    if isinstance(spec, dict):
+        pairs = [(node, r) for node, rs in spec.items() for r in rs]
+    else:
+        for item in filter(None, (x.strip() for x in spec.split(","))):
+            node, sep, r = item.partition(":")
+            if not sep:
+                raise HubopsError(f"--generic-resource {item!r}: give NODE:KIND=ID, e.g. node0:NVIDIA-GPU=gpu0")
+            pairs.append((node.strip(), r.strip()))
+    out: dict[str, list[str]] = {}
+    for node, r in pairs:
+        full = node if node in names else f"{lab}-{node}"
+        if full not in names:
+            raise HubopsError(f"--generic-resource: lab {lab} has no node {node!r} (its nodes: {', '.join(names)})")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*=[A-Za-z0-9][A-Za-z0-9_.:-]*$", r):
+            raise HubopsError(f"--generic-resource {node}:{r}: give KIND=ID (a named resource, e.g. NVIDIA-GPU=gpu0) "
+                              "or KIND=COUNT (e.g. SSD=2)")
+        out.setdefault(full, []).append(r)
+    return {k: tuple(v) for k, v in out.items()}
+
+
 def _plan(name: str, managers: int, workers: int, net: ipaddress.IPv4Network,
-          engines: str | dict[str, str] | None = None) -> list[LabNode]:
+          engines: str | dict[str, str] | None = None,
+          generic: str | dict[str, list[str]] | None = None) -> list[LabNode]:
     """The lab's nodes. `engines`: `--engine` as given (one version for every node, or
     NODE=VERSION pairs) or a dict node -> version; unknown versions are refused here, before
     anything is made."""
@@ -245,10 +279,12 @@ def _plan(name: str, managers: int, workers: int, net: ipaddress.IPv4Network,
     if isinstance(engines, dict):
         engines = ",".join(f"{k}={v}" for k, v in engines.items())
     which = lab_engines.parse_engines(engines, names, name)
+    resources = parse_generic_resources(generic, [n for n, _ in names], name)
     return [
         LabNode(name=n, role=role, index=i, address=str(net.network_address + FIRST_HOST + i),
                 netns=f"hl-{n}", veth=f"hv-{name}-{i}",
-                bip=f"{BIP_RANGE.network_address + (i + 1) * 256 + 1}/24", engine=which[n])
+                bip=f"{BIP_RANGE.network_address + (i + 1) * 256 + 1}/24", engine=which[n],
+                generic_resources=resources.get(n, ()))
         for i, (n, role) in enumerate(names)
     ]
 
@@ -626,6 +662,7 @@ def lab_up(
     cache_root: Path = lab_engines.CACHE_ROOT,
     mirror: str = lab_engines.MIRROR,
     shared: tuple[str, ...] = lab_engines.DEFAULT_SHARED,
+    generic_resources: str | dict[str, list[str]] | None = None,
 ) -> LabInfo:
     """Bring up (or complete) the lab `name` and write its parameter file `params_out`.
 
@@ -633,6 +670,8 @@ def lab_up(
     ``"manager=28,node0=26"`` per node (the others: this machine's 20.10), or a dict. The root
     file system of each newer engine is built into `cache_root` when missing (or `rebuild`),
     before the lab is made; nodes on it see this machine's `shared` folders at their own paths.
+    `generic_resources`: fake ones the nodes' engines advertise to Swarm, as a GPU host's does
+    (``{"node0": ["NVIDIA-GPU=gpu0"]}`` or ``"node0:NVIDIA-GPU=gpu0"``; see parse_generic_resources).
 
     Creates the bridge, its FORWARD rule, one namespace, veth pair and Docker engine per node,
     the lab's certificates and the parameter file (see the module docstring). Idempotent: on a
@@ -644,7 +683,7 @@ def lab_up(
     _check_name(name)
     net = _subnet(subnet)
     overlay = _subnet(overlay_subnet, "overlay subnet")
-    nodes = _plan(name, managers, workers, net, engines)
+    nodes = _plan(name, managers, workers, net, engines, generic_resources)
     bridge = _bridge(name)
     for other, what in ((overlay, "the overlay subnet"), (BIP_RANGE, "the nodes' default bridges (172.30.0.0/16)")):
         if net.overlaps(other):
@@ -852,6 +891,8 @@ def _engine_argv(n: LabNode, state: Path, run: Path, certs: dict[str, Path],
         # Its containers' cgroups apart from this machine's engine's (/docker), so that `lab
         # down` can remove what a killed engine leaves there.
         "--cgroup-parent", _cgroup_parent(n.name),
+        # Fake generic resources (a GPU's ID, as a GPU host's daemon.json node-generic-resources gives).
+        *(arg for r in n.generic_resources for arg in ("--node-generic-resource", r)),
     ]
     if n.engine != lab_engines.HOST:
         # A newer engine: its own Debian tree as its root (pivot_root), with the node's folders,

@@ -78,6 +78,14 @@ def _secret_refs(c: docker.DockerClient, p: Loaded, r: Result) -> tuple[list, li
     return refs, names
 
 
+def _profile_images(c: docker.DockerClient, p: Loaded, singleuser_image: str) -> dict[str, str]:
+    """Spawn profiles' images (60-images built them FROM the single-user image, which every node holds)."""
+    try:
+        return images.profile_refs(p, c, singleuser_image)
+    except ImageNotBuilt:
+        return {pr.name: f"hubops-{pr.image_folder}:<built by 60-images>" for pr in p.profiles if pr.image_folder}
+
+
 def _config_refs(c: docker.DockerClient, p: Loaded, r: Result, singleuser_image: str) -> tuple[list, list[str]]:
     # OpenID Connect: the provider's endpoints, from its discovery document (refused if it does not answer).
     discovery = auth_oidc.discover(p) if p.auth.mode == "oidc" else None
@@ -85,9 +93,10 @@ def _config_refs(c: docker.DockerClient, p: Loaded, r: Result, singleuser_image:
     cpus = spawn_limits.user_node_cpus(c, p)
     if not r.dry_run:  # (a plan's record stays free of this machine's CPU count)
         r.facts["concurrent_spawn_limit"] = spawn_limits.concurrent_spawn_limit(p, cpus)
+    profile_images = _profile_images(c, p, singleuser_image)
     secrets.ensure_versioned(c, p, r, role="hub-config", kind="config", stage=STAGE,
                              value=hubconfig.render(p, singleuser_image=singleuser_image, discovery=discovery,
-                                                    node_cpus=cpus).encode(),
+                                                    node_cpus=cpus, profile_images=profile_images).encode(),
                              what="jupyterhub_config.py")
     refs, names = [], []
     for role in hubconfig.config_roles(p):

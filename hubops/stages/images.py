@@ -624,3 +624,100 @@ def ensure_delivered(p, clients, *, dry_run: bool = False) -> Result:
 
 
 
+# --------------------------------------------------------------------------------------
+# spawn profiles (parameter profiles:): each profile's image built FROM the single-user image and
+# delivered only to the nodes its placement (labels, spawner.placement, generic resources) allows.
+# --------------------------------------------------------------------------------------
+def profile_images_dir(p) -> Path:
+    """Where profiles' folders are: images.dir, else the project's images/ (never the pinned copy, which
+    holds hub/ and singleuser/ only; a profile's JupyterHub is the single-user image's it is built FROM)."""
+    return p.path(p.images.dir) if p.images.dir else PROJECT_IMAGES
+
+
+def profile_refs(p, client: docker.DockerClient, singleuser_ref: str) -> dict[str, str]:
+    """Profile name -> the tag its folder gives (`hubops-<folder>:<digest>`, the digest over the folder, the
+    single-user image's ID and the extra CA), for the profiles built from images/FOLDER."""
+    folders = {pr.name: pr.image_folder for pr in p.profiles if pr.image_folder}
+    if not folders:
+        return {}
+    su = image_or_none(client, singleuser_ref)
+    if su is None:
+        raise ImageNotBuilt(f"single-user image {singleuser_ref} is missing: run 60-images first")
+    ca = extra_ca(p)
+    ca_digest = hashlib.sha256(ca.read_bytes()).hexdigest() if ca and ca.read_bytes() else None
+    return {name: image_ref(folder, images_dir=profile_images_dir(p), base_id=su.id, extra_ca_digest=ca_digest, extras={})
+            for name, folder in folders.items()}
+
+
+def profile_nodes(p, clients, prof) -> list[str]:
+    """The hosts that may run `prof`'s servers: its placement labels and spawner.placement, and, when it asks
+    for generic resources, the hosts whose engine advertises each kind (docker info's GenericResources)."""
+    from hubops.core.profiles import eligible_hosts
+
+    hosts = [h.name for h in eligible_hosts(p, prof)]
+    if prof.generic_resources:
+        hosts = [h for h in hosts if all(advertised(clients[h]).get(k, 0) >= n
+                                         for k, n in prof.generic_resources.items())]
+    return hosts
+
+
+def advertised(client: docker.DockerClient) -> dict[str, int]:
+    """The generic resources an engine advertises (dockerd --node-generic-resource, daemon.json
+    node-generic-resources): kind -> how many."""
+    from hubops.stages.profiles import count, generic_resources
+
+    return {k: count(v) for k, v in generic_resources(client.info()).items()}
+
+
+def ensure_profile_images(p, clients, *, dry_run: bool = False) -> Result:
+    """Each profile's image built (from images/FOLDER, FROM the single-user image) if its context changed,
+    then put on the nodes its placement allows, and only those, with the same ID as on the building
+    engine. A profile that names an existing image reference: delivered from the building engine when it
+    holds it, else every allowed node must already have it."""
+    res = Result("profile images", dry_run=dry_run)
+    if not p.profiles:
+        return res.keep("profiles", "none in the parameters: every server runs the single-user image")
+    source = builder(p, clients)
+    if image_or_none(source, p.images.base) is None:
+        if dry_run:
+            return res.change("create", "profile images", "after the base and single-user images are built")
+        raise ImageNotBuilt(f"base image {p.images.base} is missing: run 60-images first")
+    su_ref = desired_refs(p, source)["singleuser"]
+    if image_or_none(source, su_ref) is None:
+        if dry_run:
+            return res.change("create", "profile images", f"built FROM {su_ref} once it is built")
+        raise ImageNotBuilt(f"single-user image {su_ref} is missing: run 60-images first")
+    refs = profile_refs(p, source, su_ref)
+    ca = extra_ca(p)
+    per_node: dict[str, list[str]] = {}
+    deliver: list[str] = []
+    for i, prof in enumerate(p.profiles):
+        nodes = profile_nodes(p, clients, prof)
+        ref = refs.get(prof.name) or prof.image or su_ref
+        res.facts[f"profile {prof.name}"] = f"{ref} on {', '.join(nodes) or 'no node'}"
+        if prof.name in refs:
+            built = ensure_image_built(source, prof.image_folder, images_dir=profile_images_dir(p), base=su_ref,
+                                       extra_ca_bundle=ca, deployment=p.deployment, dry_run=dry_run)
+            for c in built.changes:
+                res.change(c.action, f"{prof.name}: {c.target}", c.detail)
+            if not built.changes:
+                res.keep(f"{prof.name}: {ref}", "an image with this context digest exists")
+        elif image_or_none(source, ref) is None:
+            absent = [n for n in nodes if _id_or_error(clients[n], n, ref) is None]
+            if absent:
+                raise ImageNotBuilt(f"{p.source}: profiles[{i}] ({prof.name}).image: {ref} is on neither the building "
+                                    f"engine nor the node(s) {', '.join(absent)} its placement allows; load it there "
+                                    "(docker load) or build it from a folder: image: images/FOLDER")
+            res.keep(f"{prof.name}: {ref}", f"already on {', '.join(nodes)}")
+            continue
+        if dry_run and image_or_none(source, ref) is None:
+            continue
+        if ref not in deliver:
+            deliver.append(ref)
+        for n in nodes:
+            per_node.setdefault(n, []).append(ref)
+    if deliver:
+        delivered = ensure_images_on_nodes({n: clients[n] for n in per_node}, deliver, source=source,
+                                           dry_run=dry_run, per_node=per_node)
+        res.items += delivered.items
+    return res

@@ -13,6 +13,7 @@ from hubops.core.engine import MIN_ENGINE, TESTED, Clients, engine_release, mixe
 from hubops.core.errors import PreflightError
 from hubops.core.params import Host, Loaded
 from hubops.core.result import Result
+from hubops.stages.profiles import check_nodes as check_profiles, generic_resources
 
 log = logging.getLogger("hubops")
 
@@ -75,6 +76,8 @@ def probe(clients: Clients, host: Host) -> dict:
         "arch": info.get("Architecture"),
         "cpus": info.get("NCPU"),
         "memory_gib": round(info.get("MemTotal", 0) / 2**30, 1),
+        "mem_bytes": info.get("MemTotal", 0),
+        "generic_resources": generic_resources(info),  # spawn profiles' GPUs (stages/profiles.py)
         "swarm": info.get("Swarm", {}).get("LocalNodeState"),
         "node_name": info.get("Name"),
         "reached": ("ssh, host key pinned" if host.url.startswith("ssh://") else
@@ -105,6 +108,7 @@ def check(p: Loaded, clients: Clients) -> Result:
         tested = release is not None and ".".join(map(str, release)) in TESTED
         r.keep("engine versions", f"every host runs Docker {facts[0]['engine']}"
                + ("" if tested else f" (not among the tested releases {', '.join(TESTED)})"))
+    check_profiles(p, engines, r)  # generic resources per node; profiles no node can take are refused
     archs = {f["arch"] for f in facts}
     if len(archs) > 1:
         raise PreflightError(
