@@ -685,6 +685,14 @@ class Culler(_Model):
     every: int = Field(60, ge=5, description="seconds between two checks")
 
 
+class Front(_Model):
+    """A TLS front (HAProxy) before the hub's proxy: it terminates TLS and swaps a renewed
+    certificate through its runtime API, so renew-tls fails no request (hubops/stages/front.py)."""
+
+    enabled: bool = Field(False, description="HAProxy terminates TLS on hub.https_port; the proxy serves plain "
+                          "HTTP on the overlay network only; renew-tls restarts nothing")
+
+
 class Params(_Model):
     """The whole parameter file."""
 
@@ -705,6 +713,7 @@ class Params(_Model):
     storage: Storage = Field(default_factory=Storage)
     backup: Backup = Field(default_factory=Backup)
     culler: Culler = Field(default_factory=Culler)
+    front: Front = Field(default_factory=Front)
 
     @model_validator(mode="before")
     @classmethod
@@ -712,7 +721,7 @@ class Params(_Model):
         # A section whose keys are all commented out (`images:` alone) means "the defaults".
         if isinstance(data, dict):
             return {k: ({} if v is None and k in ("swarm", "network", "hub", "tls", "images", "spawner", "verify",
-                                                          "storage", "backup", "culler") else v)
+                                                          "storage", "backup", "culler", "front") else v)
                     for k, v in data.items()}
         return data
 

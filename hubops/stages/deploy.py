@@ -20,7 +20,7 @@ import docker.errors
 import docker.types
 
 from hubops.hub import config as hubconfig, running
-from hubops.stages import auth_oidc, images, removal
+from hubops.stages import auth_oidc, front, images, removal
 from hubops.core import api_token, labels as L, secrets
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import HubopsError, ImageNotBuilt
@@ -179,7 +179,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
         refs = {**refs, "hub": hub_image}
     sec_refs, sec_names = _secret_refs(c, p, r)
     cfg_refs, cfg_names = _config_refs(c, p, r, refs["singleuser"])
-    spec = service_spec(p, hub_image=refs["hub"], secret_refs=sec_refs, config_refs=cfg_refs)
+    spec = front.hub_spec(p, service_spec(p, hub_image=refs["hub"], secret_refs=sec_refs, config_refs=cfg_refs))
     digest = spec_digest(spec)
     spec["labels"] = {**L.labels(p.deployment, STAGE, role="hub"), SPEC_DIGEST: digest}
     r.facts.update({"service": p.hub_service, "hub_image": refs["hub"], "singleuser_image": refs["singleuser"],
@@ -200,6 +200,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
         schema.guard(p, clients, refs["hub"], current_image=running_image)
     # Who the running hub lets in, to take out those who left the userlist once the new hub serves.
     userlist_before = removal.running_userlist(c, svc, hubconfig.USERLIST_PATH)
+    front.ensure(p, clients, r)  # the TLS front (front.enabled), or none; before the hub's port changes hands
     if svc is None:
         r.change("create", f"service {p.hub_service}", f"hub {refs['hub']} on {p.hub_host.name}, port {p.hub.https_port}")
     elif svc.attrs["Spec"].get("Labels", {}).get(SPEC_DIGEST) != digest:
