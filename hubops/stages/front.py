@@ -95,7 +95,7 @@ def render_config(p: Loaded) -> str:
         "    resolve_retries 3",
         "    timeout resolve 1s",
         "    timeout retry 1s",
-        "    hold valid 2s",
+        "    hold valid 5s",
         "    hold obsolete 5s",
         "",
         "defaults",
@@ -125,7 +125,7 @@ def render_config(p: Loaded) -> str:
         "",
         "backend proxy",
         "    retry-on conn-failure empty-response",
-        f"    server proxy {backend} resolvers swarm init-addr last,libc,none check inter 2s",
+        f"    server proxy {backend} resolvers swarm resolve-prefer ipv4 init-addr last,libc,none check inter 2s",
         "",
     ])
 
