@@ -38,7 +38,7 @@ from hubops.ops import teardown
 from hubops.stages import front
 from tests.helpers import ensure_swarm, free_port, free_subnet, hubops_cli, make_params, run_name, runs, stage_record
 
-pytestmark = [pytest.mark.engine, pytest.mark.e2e]
+pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]
 PROJECT = Path(__file__).resolve().parents[2]
 DEPLOYMENT = run_name("front")
 
