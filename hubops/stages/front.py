@@ -264,11 +264,9 @@ def _secret_refs(c: docker.DockerClient, p: Loaded, r: Result, cert: bytes, key:
     for role, value in (("tls-cert", cert), ("tls-key", key)):
         name = secrets.ensure_versioned(c, p, r, role=role, value=value, stage=stage,
                                         what="certificate" if role == "tls-cert" else "its private key")
-        if r.dry_run:
-            continue
-        obj = secrets.current(c, p, role)
-        refs.append(docker.types.SecretReference(obj.id, name, filename=hubconfig.SECRET_FILES[role],
-                                                 uid="0", gid="0", mode=0o400))
+        obj = secrets.current(c, p, role)  # in a plan, a version still to be made has no ID yet
+        refs.append(docker.types.SecretReference(obj.id if obj is not None and obj.name == name else "", name,
+                                                 filename=hubconfig.SECRET_FILES[role], uid="0", gid="0", mode=0o400))
     return refs
 
 
@@ -326,30 +324,15 @@ def ensure(p: Loaded, clients: Clients, r: Result) -> None:
     cfg_name = secrets.ensure_versioned(c, p, r, role=CONFIG_ROLE, kind="config", value=render_config(p).encode(),
                                         stage=STAGE, what="the front's haproxy.cfg")
     refs = _secret_refs(c, p, r, cert, key, stage=STAGE)
-    if r.dry_run and (front is None or agent is None):
-        r.change("create" if agent is None else "update", f"service {agent_service(p)}", "certificate agent")
-        r.change("create" if front is None else "update", f"service {front_service(p)}",
-                 f"TLS front (HAProxy) on port {p.hub.https_port}")
-        return
     cfg = secrets.current(c, p, CONFIG_ROLE, kind="config")
-    cfg_ref = docker.types.ConfigReference(cfg.id if cfg else "", cfg_name, filename=CONFIG_TARGET,
+    cfg_ref = docker.types.ConfigReference(cfg.id if cfg is not None and cfg.name == cfg_name else "", cfg_name,
+                                           filename=CONFIG_TARGET,
                                            uid="0", gid="0", mode=0o444)
     _apply(c, p, r, agent, agent_spec(p, image=image, secret_refs=refs),
            f"certificate agent on the managers (sha256 {info.fingerprint_sha256[:16]}…)")
     _apply(c, p, r, front, front_spec(p, image=image, config_ref=cfg_ref),
            f"TLS front (HAProxy) on port {p.hub.https_port}, forwarding to {p.hub_service}:{hubconfig.PROXY_PORT}")
     r.facts["front"] = {"service": front_service(p), "agent": agent_service(p), "image": image}
-
-
-def used_names(p: Loaded, clients: Clients) -> set[str]:
-    """Secret and config names the front's services use (kept by 80-deploy's pruning)."""
-    out: set[str] = set()
-    for name in (front_service(p), agent_service(p)):
-        svc = _find(clients.manager, name)
-        if svc is not None:
-            cs = svc.attrs["Spec"]["TaskTemplate"].get("ContainerSpec", {})
-            out |= {x["SecretName"] for x in cs.get("Secrets") or []} | {x["ConfigName"] for x in cs.get("Configs") or []}
-    return out
 
 
 def _wait_gone(clients: Clients, p: Loaded, name: str, timeout: float = 60) -> None:
