@@ -169,18 +169,27 @@ def renew_with_probe(p, params: Path, outputs: Path, *, user: str | None = "alic
     return figures
 
 
-def bench(front: bool, n_runs: int) -> list[dict]:
+def bench(front: bool, n_runs: int, *, on_lab: bool = False) -> list[dict]:
     from hubops.core.engine import Clients
     from hubops.core.params import load_params
     from hubops.hub.running import HubAPI
+    from hubops.lab import cluster as lab
     from hubops.ops import teardown
-    from tests.helpers import ensure_swarm, free_port, free_subnet, hubops_cli, make_params, run_name
+    from tests.helpers import LAB_SUBNETS, ensure_swarm, free_port, free_subnet, hubops_cli, make_params, run_name
 
-    ensure_swarm()
     tmp = Path(tempfile.mkdtemp(prefix="hubops-renew-bench-"))
-    name = run_name("rnfront" if front else "rnproxy")
-    params = make_params(tmp, name, port=free_port(), subnet=free_subnet(),
-                         extra="front: {enabled: true}\n" if front else "")
+    extra = "front: {enabled: true}\n" if front else ""
+    if on_lab:  # one manager (hub, front) and two workers (users' servers), engines over mutual TLS
+        name = run_name("rnf" if front else "rnp")
+        params = tmp / "lab.yaml"
+        t0 = time.monotonic()
+        lab.lab_up(name=name, managers=1, workers=2, subnet=free_subnet(LAB_SUBNETS), params_out=params)
+        params.write_text(params.read_text() + "\n" + extra)
+        print(f"lab {name} up in {time.monotonic() - t0:.1f} s", flush=True)
+    else:
+        ensure_swarm()
+        name = run_name("rnfront" if front else "rnproxy")
+        params = make_params(tmp, name, port=free_port(), subnet=free_subnet(), extra=extra)
     outputs = tmp / "outputs"
     p = load_params(params)
     results = []
@@ -198,10 +207,13 @@ def bench(front: bool, n_runs: int) -> list[dict]:
             results.append(fig)
             print(f"[{'front' if front else 'proxy'}] renewal {i + 1}: " + json.dumps(fig), flush=True)
     finally:
-        down = hubops_cli("ops", "teardown", "-p", str(params), "--set", "confirm=true", "--set", "remove_volumes=true",
-                          "--set", "remove_user_data=true", outputs=outputs)
-        if down.returncode != 0:
-            teardown.teardown(p, Clients(p), remove_volumes=True, remove_user_data=True)
+        if on_lab:
+            lab.lab_down(name=name)
+        else:
+            down = hubops_cli("ops", "teardown", "-p", str(params), "--set", "confirm=true", "--set",
+                              "remove_volumes=true", "--set", "remove_user_data=true", outputs=outputs)
+            if down.returncode != 0:
+                teardown.teardown(p, Clients(p), remove_volumes=True, remove_user_data=True)
     return results
 
 
@@ -209,12 +221,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--front", choices=["on", "off", "both"], default="both")
     ap.add_argument("--runs", type=int, default=2, help="renewals per deployment")
+    ap.add_argument("--lab", action="store_true", help="on a lab of one manager and two workers (hubops lab)")
     a = ap.parse_args()
     table = []
     for front in {"on": [True], "off": [False], "both": [False, True]}[a.front]:
-        for fig in bench(front, a.runs):
+        for fig in bench(front, a.runs, on_lab=a.lab):
             table.append(("TLS front (HAProxy)" if front else "proxy terminates TLS", fig))
-    print("\nrenew-tls with a request every 0.1 s (new TLS connection each):")
+    print(f"\nrenew-tls with a request every 0.1 s (new TLS connection each){' on a lab' if a.lab else ''}:")
     print(f"  {'setup':24} {'sent':>5} {'failed':>6} {'slowest s':>9} {'>1 s':>4} {'renew s':>7} {'websocket kept':>14}")
     for setup, f in table:
         print(f"  {setup:24} {f['sent']:>5} {f['failed']:>6} {f['slowest_s']:>9} {f['over_1s']:>4} "
