@@ -96,6 +96,12 @@ def render_config(p: Loaded) -> str:
         "    timeout resolve 1s",
         "    timeout retry 1s",
         "    hold valid 5s",
+        # A slow or failing DNS answer keeps the last address (the hub is still there); only a name
+        # that is gone (the hub's task stopped: Swarm took it out of DNS) takes the server out.
+        "    hold timeout 1h",
+        "    hold refused 1h",
+        "    hold other 1h",
+        "    hold nx 5s",
         "    hold obsolete 5s",
         "",
         "defaults",
