@@ -96,13 +96,15 @@ def render_config(p: Loaded) -> str:
         "    timeout resolve 1s",
         "    timeout retry 1s",
         "    hold valid 5s",
-        # A slow or failing DNS answer keeps the last address (the hub is still there); only a name
-        # that is gone (the hub's task stopped: Swarm took it out of DNS) takes the server out.
+        # A failing DNS answer keeps the last address: Swarm's DNS answered NXDOMAIN for a running hub
+        # for a moment under load (seen), which took the only server out (503 for everyone). A valid
+        # answer still moves the server to a restarted hub's new address at once, and the health check
+        # (a TCP connect every 2 s) is what takes a hub that is really gone out.
         "    hold timeout 1h",
         "    hold refused 1h",
         "    hold other 1h",
-        "    hold nx 5s",
-        "    hold obsolete 5s",
+        "    hold nx 1h",
+        "    hold obsolete 1h",
         "",
         "defaults",
         "    mode http",
