@@ -711,6 +711,14 @@ class Culler(_Model):
     every: int = Field(60, ge=5, description="seconds between two checks")
 
 
+class Front(_Model):
+    """A TLS front (HAProxy) before the hub's proxy: it terminates TLS and swaps a renewed
+    certificate through its runtime API, so renew-tls fails no request (hubops/stages/front.py)."""
+
+    enabled: bool = Field(False, description="HAProxy terminates TLS on hub.https_port; the proxy serves plain "
+                          "HTTP on the overlay network only; renew-tls restarts nothing")
+
+
 class Monitoring(_Model):
     """Optional Prometheus (on the hub's manager) scraping the hub's /hub/metrics and a node exporter on
     every node; the status and diagnose runbooks plot what it gathered (hubops/stages/monitoring.py)."""
@@ -748,6 +756,7 @@ class Params(_Model):
     profiles: list[Profile] = Field(default_factory=list,
                                     description="spawn profiles users choose from (hubops/core/profiles.py); "
                                     "with one or none, no spawn page")
+    front: Front = Field(default_factory=Front)
 
     @model_validator(mode="before")
     @classmethod
@@ -755,7 +764,8 @@ class Params(_Model):
         # A section whose keys are all commented out (`images:` alone) means "the defaults".
         if isinstance(data, dict):
             return {k: ({} if v is None and k in ("swarm", "network", "hub", "tls", "images", "spawner", "verify",
-                                                          "storage", "backup", "culler", "monitoring") else v)
+                                                          "storage", "backup", "culler", "monitoring", "front")
+                         else v)
                     for k, v in data.items()}
         return data
 

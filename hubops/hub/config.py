@@ -77,6 +77,8 @@ CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:se
 def secret_roles(p: Loaded) -> list[str]:
     """The secret roles the hub service mounts for these parameters."""
     roles = ["tls-cert", "tls-key", "cookie-secret", "proxy-token", "crypt-key", "api-token"]
+    if p.front.enabled:  # the TLS front (stages/front.py) holds the certificate; the proxy serves plain HTTP
+        roles = roles[2:]
     if p.auth.mode == "shared-password":
         roles += ["user-password", "admin-password"]
     elif p.auth.mode == "oidc":
@@ -160,12 +162,14 @@ def render(p: Loaded, *, singleuser_image: str, discovery: Any = None, node_cpus
         "    return text(notes.get(getattr(user, 'name', None) or '', '')) or text(notes.get('*', ''))",
         "c.JupyterHub.template_vars = {'announcement': announcement}",
         "",
+        *(proxy_front_lines() if p.front.enabled else [
         "# --- network: HTTPS at the proxy, the hub API on the overlay network -----------------",
         f'c.JupyterHub.bind_url = "https://:{PROXY_PORT}"',
         f'c.JupyterHub.ssl_cert = str(SECRETS / {SECRET_FILES["tls-cert"]!r})',
         f'c.JupyterHub.ssl_key = str(SECRETS / {SECRET_FILES["tls-key"]!r})',
-        f'c.JupyterHub.hub_bind_url = "http://0.0.0.0:{HUB_PORT}"',
         f"c.ConfigurableHTTPProxy.command = ['configurable-http-proxy', '--ssl-ciphers', {TLS12_CIPHERS!r}]",
+        ]),
+        f'c.JupyterHub.hub_bind_url = "http://0.0.0.0:{HUB_PORT}"',
         f"c.JupyterHub.tornado_settings = {{'headers': {{'Strict-Transport-Security': {HSTS!r}}}}}",
         # The proxy runs in the hub's container and reaches the hub on loopback. It must not use
         # the service name: Swarm publishes a task's name in DNS only once it is healthy, and the
@@ -232,6 +236,16 @@ def render(p: Loaded, *, singleuser_image: str, discovery: Any = None, node_cpus
     lines += ["", "# --- authentication ---------------------------------------------------------------"]
     lines += auth_lines(p, discovery=discovery)
     return "\n".join(lines) + "\n"
+
+
+def proxy_front_lines() -> list[str]:
+    """With front.enabled: the TLS front (HAProxy, stages/front.py) terminates TLS and forwards plain
+    HTTP over the overlay network; the proxy's port is published nowhere."""
+    return [
+        "# --- network: TLS at the front (HAProxy), plain HTTP from it to the proxy on the overlay ---",
+        f'c.JupyterHub.bind_url = "http://:{PROXY_PORT}"',
+        "c.ConfigurableHTTPProxy.command = ['configurable-http-proxy']",
+    ]
 
 
 def auth_lines(p: Loaded, *, discovery: Any = None) -> list[str]:

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from hubops.hub import running
 from hubops.core import certs
-from hubops.stages import deploy
+from hubops.stages import deploy, front
 from hubops.core import operator, secrets
 from hubops.core.engine import Clients
 from hubops.core.errors import HubopsError, TLSError, VerifyError
@@ -179,7 +179,11 @@ def _renew_tls(p: Loaded, clients: Clients, *, force: bool, dry_run: bool) -> Re
         why = "forced" if reason is None else reason
         r.change("create", f"certificate for {', '.join(p.cert_names)}", f"renewal: {why}")
     if dry_run:
-        r.change("update", f"service {p.hub_service}", "to the new certificate's secrets (the hub restarts once)")
+        if p.front.enabled:
+            r.change("update", f"service {front.agent_service(p)}", "to the new certificate's secrets; the TLS front "
+                     "swaps it through its runtime API (nothing restarts)")
+        else:
+            r.change("update", f"service {p.hub_service}", "to the new certificate's secrets (the hub restarts once)")
         return r
 
     api = running.HubAPI(p)
@@ -195,6 +199,8 @@ def _renew_tls(p: Loaded, clients: Clients, *, force: bool, dry_run: bool) -> Re
             cert, key = _reissue_self_signed(p)
         info = certs.cert_info(cert)
     c = clients.manager
+    if p.front.enabled:  # the TLS front serves nothing it would refuse: checked before any secret or swap
+        front.check_pair(cert, key, p, source="renewed certificate")
     secrets.ensure_versioned(c, p, r, role="tls-cert", value=cert, stage=STAGE,
                              what=f"certificate for {', '.join(info.names)}")
     secrets.ensure_versioned(c, p, r, role="tls-key", value=key, stage=STAGE, what="its private key")
@@ -206,8 +212,15 @@ def _renew_tls(p: Loaded, clients: Clients, *, force: bool, dry_run: bool) -> Re
     # Only the certificate changes: the hub keeps the image it runs (an upgrade is another runbook).
     svc = running.find_service(c, p)
     image = running.service_image(svc) if svc else None
+    swapped: dict[str, Any] = {}
     with HealthPoller(p) as poll:
-        hub = deploy.ensure_hub(p, clients, hub_image=image)
+        if p.front.enabled:
+            # The front swaps the certificate through HAProxy's runtime API: no restart (stages/front.py).
+            hub = Result("front", dry_run=False)
+            swapped = front.swap_certificate(p, clients, hub, cert, key, stage=STAGE, served=served_certificate)
+            secrets.prune_unused(c, p, hub, keep=set())
+        else:
+            hub = deploy.ensure_hub(p, clients, hub_image=image)
         time.sleep(1)  # a few answers after the update, so the gap is closed by a real answer
     r.items += hub.items
     new_fp, _ = served_certificate(p)
@@ -226,6 +239,7 @@ def _renew_tls(p: Loaded, clients: Clients, *, force: bool, dry_run: bool) -> Re
         "expires_in_days": round(info.days_left(), 1),
         "downtime_s": poll.longest_gap, "health_probes": poll.probes, "health_failures": poll.failures,
         "servers_survived": survived, "hub_answered_after_s": hub.facts.get("answered_after_s"),
+        **({"front": swapped} if swapped else {}),
     })
     log.info("renewed the hub's certificate; the hub did not answer for %.2f s at most", poll.longest_gap)
     return r

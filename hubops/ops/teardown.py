@@ -107,7 +107,8 @@ def _clean_node(p: Loaded, hc, node: str, sel: dict, *, remove_volumes: bool, re
         vols = hc.volumes.list(filters=sel)
     for v in vols:
         home = (v.attrs.get("Labels") or {}).get(L.ROLE) == USER_HOME
-        if not (remove_user_data if home else remove_volumes):
+        scratch = (v.attrs.get("Labels") or {}).get(L.ROLE) == "front-run"  # the TLS front's tmpfs: no data
+        if not (remove_user_data if home else remove_volumes or scratch):
             r.keep(f"volume {v.name} on {node}",
                    "a user's home: kept (remove_user_data=True removes it)" if home
                    else "kept (remove_volumes=True removes it)")

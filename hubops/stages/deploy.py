@@ -20,7 +20,7 @@ import docker.errors
 import docker.types
 
 from hubops.hub import config as hubconfig, running, spawn_limits
-from hubops.stages import apiproxy, auth, auth_oidc, images, monitoring, removal
+from hubops.stages import apiproxy, auth, auth_oidc, front, images, monitoring, removal
 from hubops.core import api_token, labels as L, secrets
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import HubopsError, ImageNotBuilt
@@ -206,7 +206,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
     monitoring.ensure_token(c, p, r)  # monitoring.enabled: Prometheus's hub token, which the hub mounts too
     sec_refs, sec_names = _secret_refs(c, p, r)
     cfg_refs, cfg_names = _config_refs(c, p, r, refs["singleuser"])
-    spec = service_spec(p, hub_image=refs["hub"], secret_refs=sec_refs, config_refs=cfg_refs)
+    spec = front.hub_spec(p, service_spec(p, hub_image=refs["hub"], secret_refs=sec_refs, config_refs=cfg_refs))
     digest = spec_digest(spec)
     spec["labels"] = {**L.labels(p.deployment, STAGE, role="hub"), SPEC_DIGEST: digest}
     r.facts.update({"service": p.hub_service, "hub_image": refs["hub"], "singleuser_image": refs["singleuser"],
@@ -231,6 +231,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
     apiproxy.ensure_door(p, clients, r, image=door_image, constraints=hub_constraints(p))
     if svc is None or svc.attrs["Spec"].get("Labels", {}).get(SPEC_DIGEST) != digest:
         apiproxy.ensure_data_owner(p, clients, r, image=door_image, data_mount=hub_data_mount(p))
+    front.ensure(p, clients, r)  # the TLS front (front.enabled), or none; before the hub's port changes hands
     if svc is None:
         r.change("create", f"service {p.hub_service}", f"hub {refs['hub']} on {p.hub_host.name}, port {p.hub.https_port}")
     elif svc.attrs["Spec"].get("Labels", {}).get(SPEC_DIGEST) != digest:
