@@ -1,0 +1,268 @@
+"""hubops network-policy agent: keeps one deployment's iptables rules on one node.
+
+Runs in the node's own network namespace (a global Swarm service with the host network, or a
+short-lived container for `show` and `remove`), with NET_ADMIN and NET_RAW, the node's engine
+socket (to see which containers are users' servers) and the node's /run (for iptables' lock,
+shared with dockerd). Only the Python standard library and the iptables binaries are used.
+
+What it keeps in place, for every running container labelled as one of the deployment's users'
+servers, keyed by that container's address on docker_gwbridge (the address its traffic to
+anything outside the overlay carries when it reaches the node):
+  INPUT       -> HUBOPS-I-<tag>: everything to the node's own addresses (Docker API, Swarm
+                 2377/7946, SSH, every port on docker0, docker_gwbridge and the node's other
+                 addresses) is rejected;
+  DOCKER-USER -> HUBOPS-F-<tag>: the blocked addresses (link-local metadata by default) and
+                 every node's address are rejected; with egress denied, everything but the
+                 allowed networks is rejected.
+Every rule carries the comment `hubops:<deployment>`; the two chains are rebuilt atomically
+(iptables-restore --noflush) whenever the set of users' servers changes, and the jumps checked
+every few seconds, so a node or engine restart (the service's task starts again) puts them back.
+On SIGTERM (the service removed by teardown) it removes its rules and chains.
+
+Usage: agent.py run | show | remove      (configuration in HUBOPS_* environment variables)
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+
+DEPLOYMENT = os.environ.get("HUBOPS_DEPLOYMENT", "")
+SOCK = os.environ.get("HUBOPS_ENGINE_SOCKET", "/run/hubops-engine.sock")
+BLOCKED = [a for a in os.environ.get("HUBOPS_BLOCKED", "").split(",") if a]
+NODES = [a for a in os.environ.get("HUBOPS_NODES", "").split(",") if a]
+EGRESS = os.environ.get("HUBOPS_EGRESS", "allow")
+EGRESS_ALLOW = [a for a in os.environ.get("HUBOPS_EGRESS_ALLOW", "").split(",") if a]
+INTERVAL = float(os.environ.get("HUBOPS_INTERVAL", "1"))
+RECHECK = float(os.environ.get("HUBOPS_RECHECK", "5"))
+ROLE = os.environ.get("HUBOPS_USER_ROLE", "user-server")
+REJECT = ["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]
+
+
+def tag(deployment: str) -> str:
+    """A chain-name part for the deployment (iptables chain names have at most 28 characters)."""
+    if len(deployment) <= 19:
+        return deployment
+    return deployment[:12] + hashlib.sha256(deployment.encode()).hexdigest()[:7]
+
+
+def comment(extra: str = "") -> list[str]:
+    return ["-m", "comment", "--comment", f"hubops:{DEPLOYMENT}" + (f" {extra}" if extra else "")]
+
+
+IN_CHAIN = f"HUBOPS-I-{tag(DEPLOYMENT)}"
+FWD_CHAIN = f"HUBOPS-F-{tag(DEPLOYMENT)}"
+JUMPS = [("INPUT", IN_CHAIN), ("DOCKER-USER", FWD_CHAIN)]
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+# -- the engine, over its unix socket -------------------------------------------------------------
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 10):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.path)
+        self.sock = s
+
+
+def engine_get(path: str):
+    conn = _UnixConnection(SOCK)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status == 404:
+            return None
+        if resp.status != 200:
+            raise RuntimeError(f"GET {path}: {resp.status} {body[:200]!r}")
+        return json.loads(body)
+    finally:
+        conn.close()
+
+
+def users_servers() -> dict[str, str]:
+    """{docker_gwbridge address: container name} of the deployment's running users' servers."""
+    filters = json.dumps({"label": ["hubops.managed=true", f"hubops.deployment={DEPLOYMENT}", f"hubops.role={ROLE}"],
+                          "status": ["running"]})
+    found = engine_get("/containers/json?filters=" + urllib.parse.quote(filters)) or []
+    names = {c["Id"]: (c.get("Names") or ["/?"])[0].lstrip("/") for c in found}
+    if not names:
+        return {}
+    gw = engine_get("/networks/docker_gwbridge") or {}
+    out = {}
+    for cid, ep in (gw.get("Containers") or {}).items():
+        if cid in names and ep.get("IPv4Address"):
+            out[ep["IPv4Address"].split("/")[0]] = names[cid]
+    return out
+
+
+# -- iptables ------------------------------------------------------------------------------------------
+def _run(argv: list[str], data: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, input=data, capture_output=True, text=True)
+
+
+def backends() -> list[str]:
+    """The iptables variants ("nft", "legacy") whose filter table has Docker's DOCKER-USER chain."""
+    return [b for b in ("nft", "legacy") if _run([f"iptables-{b}", "-w", "-S", "DOCKER-USER"]).returncode == 0]
+
+
+def backend() -> str:
+    found = backends()
+    if not found:
+        raise SystemExit("no DOCKER-USER chain in the filter table (neither iptables-nft nor iptables-legacy): "
+                         "does this engine manage iptables (dockerd --iptables=false)?")
+    # Where the engine's FORWARD jumps to DOCKER-USER, if both have the chain.
+    for b in found:
+        if "-j DOCKER-USER" in _run([f"iptables-{b}", "-w", "-S", "FORWARD"]).stdout:
+            return b
+    return found[0]
+
+
+def rules_text(ips: dict[str, str]) -> str:
+    """The restore file that rebuilds the deployment's two chains for these users' servers."""
+    lines = ["*filter", f":{IN_CHAIN} - [0:0]", f":{FWD_CHAIN} - [0:0]"]
+
+    def add(chain: str, *args: str) -> None:
+        lines.append(" ".join([f"-A {chain}", *(a if " " not in a and a else json.dumps(a) for a in args)]))
+
+    for ip, name in sorted(ips.items()):
+        who = f"user-server {name}"[:200]
+        # Everything to this node's own addresses: the engine's API, Swarm, SSH, the gateways.
+        add(IN_CHAIN, "-s", f"{ip}/32", *comment(who + " node-itself"), *REJECT)
+        for net in BLOCKED:
+            add(FWD_CHAIN, "-s", f"{ip}/32", "-d", net, *comment(who + " blocked"), *REJECT)
+        for node in NODES:
+            add(FWD_CHAIN, "-s", f"{ip}/32", "-d", node, *comment(who + " node"), *REJECT)
+        if EGRESS != "allow":
+            for net in EGRESS_ALLOW:
+                add(FWD_CHAIN, "-s", f"{ip}/32", "-d", net, *comment(who + " egress-allowed"), "-j", "RETURN")
+            add(FWD_CHAIN, "-s", f"{ip}/32", *comment(who + " egress-denied"), *REJECT)
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def apply(b: str, ips: dict[str, str]) -> None:
+    cp = _run([f"iptables-{b}-restore", "-w", "--noflush"], rules_text(ips))
+    if cp.returncode != 0:
+        raise RuntimeError(f"iptables-{b}-restore failed: {cp.stderr.strip()}")
+    ensure_jumps(b)
+
+
+def ensure_jumps(b: str) -> bool:
+    """Each jump first in its chain; True when one had to be put back."""
+    changed = False
+    for chain, target in JUMPS:
+        if _run([f"iptables-{b}", "-w", "-C", chain, *comment(), "-j", target]).returncode != 0:
+            if _run([f"iptables-{b}", "-w", "-S", target]).returncode != 0:
+                _run([f"iptables-{b}", "-w", "-N", target])
+            cp = _run([f"iptables-{b}", "-w", "-I", chain, "1", *comment(), "-j", target])
+            if cp.returncode != 0:
+                raise RuntimeError(f"iptables-{b} -I {chain}: {cp.stderr.strip()}")
+            changed = True
+    return changed
+
+
+def remove_all() -> list[str]:
+    """Every rule and chain of the deployment, in every backend: what was removed."""
+    removed = []
+    for b in ("nft", "legacy"):
+        if _run([f"iptables-{b}", "-w", "-S"]).returncode != 0:
+            continue
+        for chain, target in JUMPS:
+            while _run([f"iptables-{b}", "-w", "-D", chain, *comment(), "-j", target]).returncode == 0:
+                removed.append(f"{b}: {chain} -j {target}")
+        for target in (IN_CHAIN, FWD_CHAIN):
+            if _run([f"iptables-{b}", "-w", "-S", target]).returncode == 0:
+                _run([f"iptables-{b}", "-w", "-F", target])
+                if _run([f"iptables-{b}", "-w", "-X", target]).returncode == 0:
+                    removed.append(f"{b}: chain {target}")
+        # Any other rule carrying the deployment's comment (an older agent's, a hand-made copy).
+        for line in _run([f"iptables-{b}", "-w", "-S"]).stdout.splitlines():
+            if f'"hubops:{DEPLOYMENT}' in line or f"hubops:{DEPLOYMENT} " in line or line.endswith(f"hubops:{DEPLOYMENT}"):
+                if line.startswith("-A "):
+                    import shlex
+                    args = shlex.split(line)
+                    if _run([f"iptables-{b}", "-w", "-D", *args[1:]]).returncode == 0:
+                        removed.append(f"{b}: {line}")
+    return removed
+
+
+def show() -> dict:
+    """The deployment's rules on this node, per backend."""
+    out: dict = {"deployment": DEPLOYMENT, "backends": {}}
+    for b in ("nft", "legacy"):
+        cp = _run([f"iptables-{b}", "-w", "-S"])
+        if cp.returncode != 0:
+            continue
+        mine = [ln for ln in cp.stdout.splitlines() if f"hubops:{DEPLOYMENT}" in ln and (
+            f"hubops:{DEPLOYMENT}\"" in ln or f"hubops:{DEPLOYMENT} " in ln or ln.endswith(f"hubops:{DEPLOYMENT}"))]
+        if mine:
+            out["backends"][b] = mine
+    out["docker_user"] = backends()
+    return out
+
+
+def run() -> None:
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    b = backend()
+    log(f"deployment {DEPLOYMENT}: iptables-{b}; blocked {BLOCKED}; nodes {NODES}; egress {EGRESS} {EGRESS_ALLOW}")
+    last: dict[str, str] | None = None
+    checked = 0.0
+    while not stop:
+        try:
+            ips = users_servers()
+            if ips != last:
+                apply(b, ips)
+                log(f"rules for {len(ips)} user server(s): " + ", ".join(f"{n} {ip}" for ip, n in sorted(ips.items())))
+                last, checked = ips, time.monotonic()
+            elif time.monotonic() - checked > RECHECK:
+                # The engine may have restarted and rebuilt its chains, or someone flushed ours.
+                if ensure_jumps(b) or _run([f"iptables-{b}", "-w", "-S", IN_CHAIN]).stdout.count("\n") != 1 + len(ips):
+                    apply(b, ips)
+                    log("jumps or rules were missing: put back")
+                checked = time.monotonic()
+        except Exception as e:  # noqa: BLE001 - keep going; the engine may be restarting
+            log(f"error: {e}")
+            last = None
+        for _ in range(int(INTERVAL * 10)):
+            if stop:
+                break
+            time.sleep(0.1)
+    log("stopping: removing the deployment's rules: " + "; ".join(remove_all()))
+
+
+def main(argv: list[str]) -> int:
+    if not DEPLOYMENT:
+        print("HUBOPS_DEPLOYMENT is not set", file=sys.stderr)
+        return 2
+    cmd = argv[1] if len(argv) > 1 else "run"
+    if cmd == "run":
+        run()
+    elif cmd == "show":
+        print(json.dumps(show()))
+    elif cmd == "remove":
+        print(json.dumps({"removed": remove_all()}))
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
