@@ -306,6 +306,7 @@ def _swarm_report(p: Loaded, c, r: Result, texts: list, findings: list, log_line
 
     # -- users' servers ----------------------------------------------------------------------------
     user_rows = []
+    services = [s for s in services if (s.attrs["Spec"].get("Labels") or {}).get(L.ROLE) != "netpolicy"]
     for s in services:
         if s.name == p.hub_service:
             continue

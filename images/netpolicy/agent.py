@@ -176,6 +176,16 @@ def ensure_jumps(b: str) -> bool:
     return changed
 
 
+def counts(b: str) -> tuple[int, int]:
+    """How many rules the deployment's two chains hold now."""
+    return tuple(max(0, _run([f"iptables-{b}", "-w", "-S", ch]).stdout.count("\n") - 1) for ch in (IN_CHAIN, FWD_CHAIN))
+
+
+def expected_counts(ips: dict[str, str]) -> tuple[int, int]:
+    per_ip = len(BLOCKED) + len(NODES) + (0 if EGRESS == "allow" else len(EGRESS_ALLOW) + 1)
+    return len(ips), len(ips) * per_ip
+
+
 def remove_all() -> list[str]:
     """Every rule and chain of the deployment, in every backend: what was removed."""
     removed = []
@@ -233,7 +243,7 @@ def run() -> None:
                 last, checked = ips, time.monotonic()
             elif time.monotonic() - checked > RECHECK:
                 # The engine may have restarted and rebuilt its chains, or someone flushed ours.
-                if ensure_jumps(b) or _run([f"iptables-{b}", "-w", "-S", IN_CHAIN]).stdout.count("\n") != 1 + len(ips):
+                if ensure_jumps(b) or counts(b) != expected_counts(ips):
                     apply(b, ips)
                     log("jumps or rules were missing: put back")
                 checked = time.monotonic()
