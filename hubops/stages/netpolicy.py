@@ -7,7 +7,8 @@ is not on the overlay. This stage keeps iptables rules on every node for those c
 - to the node's own addresses (its engine's API, Swarm's 2377 and 7946, SSH, anything listening
   on docker0, docker_gwbridge or the node's other addresses): rejected (INPUT: traffic from a
   container to the node's own addresses is delivered locally, DOCKER-USER never sees it);
-- to every node's address (from the swarm and the parameters) and to
+- to every node's address (from the swarm and the parameters; but the hub's public port, so that
+  the hub's public URL works from a notebook) and to
   `network.policy.metadata_addresses` (169.254.169.254 by default): rejected (DOCKER-USER);
 - to anything else: allowed with `network.policy.egress: allow` (the default), otherwise only
   `network.policy.egress_allow`.
@@ -112,6 +113,7 @@ def agent_env(p: Loaded, nodes: list[str]) -> dict[str, str]:
         "HUBOPS_ENGINE_SOCKET": AGENT_SOCKET,
         "HUBOPS_BLOCKED": ",".join(pol.metadata_addresses),
         "HUBOPS_NODES": ",".join(nodes),
+        "HUBOPS_HUB_PORTS": str(p.hub.https_port),
         "HUBOPS_EGRESS": pol.egress,
         "HUBOPS_EGRESS_ALLOW": ",".join(pol.egress_allow),
         "XTABLES_LOCKFILE": f"{AGENT_RUN}/xtables.lock",
@@ -263,7 +265,8 @@ def describe(p: Loaded, clients: Clients) -> list[dict[str, Any]]:
     svc = find_service(p, clients.manager)
     tasks: dict[str, str] = {}
     if svc is not None:
-        for t in svc.tasks(filters={"desired-state": "running"}):
+        # The newest task on each node (an updated service has a shut-down one beside it for a while).
+        for t in sorted(svc.tasks(), key=lambda t: t.get("CreatedAt", "")):
             tasks[t.get("NodeID", "")] = t["Status"]["State"]
     node_ids = _node_ids(p, clients)
     for node, got in node_rules(p, clients).items():

@@ -12,8 +12,8 @@ anything outside the overlay carries when it reaches the node):
                  2377/7946, SSH, every port on docker0, docker_gwbridge and the node's other
                  addresses) is rejected;
   DOCKER-USER -> HUBOPS-F-<tag>: the blocked addresses (link-local metadata by default) and
-                 every node's address are rejected; with egress denied, everything but the
-                 allowed networks is rejected.
+                 every node's address (but the hub's public port) are rejected; with egress
+                 denied, everything but the allowed networks is rejected.
 Every rule carries the comment `hubops:<deployment>`; the two chains are rebuilt atomically
 (iptables-restore --noflush) whenever the set of users' servers changes, and the jumps checked
 every few seconds, so a node or engine restart (the service's task starts again) puts them back.
@@ -38,6 +38,9 @@ DEPLOYMENT = os.environ.get("HUBOPS_DEPLOYMENT", "")
 SOCK = os.environ.get("HUBOPS_ENGINE_SOCKET", "/run/hubops-engine.sock")
 BLOCKED = [a for a in os.environ.get("HUBOPS_BLOCKED", "").split(",") if a]
 NODES = [a for a in os.environ.get("HUBOPS_NODES", "").split(",") if a]
+# The hub's public port on the nodes (the proxy, published in host mode): users' servers may use the
+# hub's public URL, which leads to a node's address.
+HUB_PORTS = [int(x) for x in os.environ.get("HUBOPS_HUB_PORTS", "").split(",") if x]
 EGRESS = os.environ.get("HUBOPS_EGRESS", "allow")
 EGRESS_ALLOW = [a for a in os.environ.get("HUBOPS_EGRESS_ALLOW", "").split(",") if a]
 INTERVAL = float(os.environ.get("HUBOPS_INTERVAL", "1"))
@@ -141,11 +144,19 @@ def rules_text(ips: dict[str, str]) -> str:
 
     for ip, name in sorted(ips.items()):
         who = f"user-server {name}"[:200]
-        # Everything to this node's own addresses: the engine's API, Swarm, SSH, the gateways.
+        # The hub's public port on this node: from docker_gwbridge, Docker's userland proxy answers it
+        # (its DNAT rule skips traffic that comes in on docker_gwbridge), so it arrives here.
+        for port in HUB_PORTS:
+            add(IN_CHAIN, "-s", f"{ip}/32", "-p", "tcp", "--dport", str(port), *comment(who + " hub-public-port"),
+                "-j", "RETURN")
+        # Everything else to this node's own addresses: the engine's API, Swarm, SSH, the gateways.
         add(IN_CHAIN, "-s", f"{ip}/32", *comment(who + " node-itself"), *REJECT)
         for net in BLOCKED:
             add(FWD_CHAIN, "-s", f"{ip}/32", "-d", net, *comment(who + " blocked"), *REJECT)
         for node in NODES:
+            for port in HUB_PORTS:
+                add(FWD_CHAIN, "-s", f"{ip}/32", "-d", node, "-p", "tcp", "--dport", str(port),
+                    *comment(who + " hub-public-port"), "-j", "RETURN")
             add(FWD_CHAIN, "-s", f"{ip}/32", "-d", node, *comment(who + " node"), *REJECT)
         if EGRESS != "allow":
             for net in EGRESS_ALLOW:
@@ -182,8 +193,8 @@ def counts(b: str) -> tuple[int, int]:
 
 
 def expected_counts(ips: dict[str, str]) -> tuple[int, int]:
-    per_ip = len(BLOCKED) + len(NODES) + (0 if EGRESS == "allow" else len(EGRESS_ALLOW) + 1)
-    return len(ips), len(ips) * per_ip
+    per_ip = len(BLOCKED) + len(NODES) * (1 + len(HUB_PORTS)) + (0 if EGRESS == "allow" else len(EGRESS_ALLOW) + 1)
+    return len(ips) * (1 + len(HUB_PORTS)), len(ips) * per_ip
 
 
 def remove_all() -> list[str]:

@@ -64,29 +64,36 @@ def outside():
 
 @pytest.fixture(scope="module")
 def listener():
-    """A TCP listener on every address of this machine: stands for the node's own ports (an engine's
-    API, SSH) wherever a container might reach the node: docker0, docker_gwbridge, its own address."""
-    port = free_port()
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", port))
-    srv.listen(64)
+    """TCP listeners on every address of this machine: the first stands for the node's own ports (an
+    engine's API, SSH) wherever a container might reach the node: docker0, docker_gwbridge, its own
+    address; the second for the hub's public port (the deployment's hub.https_port)."""
+    ports = [free_port(), free_port()]
+    socks = []
+    for port in ports:
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("0.0.0.0", port))
+        srv.listen(64)
+        srv.settimeout(0.5)
+        socks.append(srv)
     stop = []
 
-    def serve():
-        srv.settimeout(0.5)
+    def serve(srv):
         while not stop:
             try:
                 c, _ = srv.accept()
                 c.close()
             except OSError:
                 pass
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield port
+    threads = [threading.Thread(target=serve, args=(s,), daemon=True) for s in socks]
+    for t in threads:
+        t.start()
+    yield ports
     stop.append(1)
-    t.join(5)
-    srv.close()
+    for t in threads:
+        t.join(5)
+    for s in socks:
+        s.close()
 
 
 def _host_rules(deployment: str) -> list[str]:
@@ -99,14 +106,14 @@ def _host_rules(deployment: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, outside):
+def setup(tmp_path_factory, outside, listener):
     ensure_swarm()
     tmp = tmp_path_factory.mktemp("np")
     from tests.helpers import make_params
 
     dep = run_name("np")
     subnet = free_subnet()
-    f = make_params(tmp, dep, port=free_port(), subnet=subnet)
+    f = make_params(tmp, dep, port=listener[1], subnet=subnet)
     f.write_text(f.read_text().replace(
         f"network: {{subnet: {subnet}}}",
         f"network:\n  subnet: {subnet}\n  policy: {{metadata_addresses: [\"{outside['metadata']}\"]}}"))
@@ -142,6 +149,10 @@ def setup(tmp_path_factory, outside):
             break
         time.sleep(0.5)
     assert set(box) == {"alice", "bob", "hub"}, box
+    for _ in range(60):  # until their servers listen
+        if probe(box["alice"], [("tcp", f"{p.prefix}-hub", 8081), ("tcp", f"{p.prefix}-user-bob", 8888)]) == ["open"] * 2:
+            break
+        time.sleep(0.5)
     try:
         yield {"p": p, "clients": clients, "box": box, "c": c}
     finally:
@@ -154,7 +165,8 @@ def _ip_on(ct, net: str) -> str:
     return ct.attrs["NetworkSettings"]["Networks"][net]["IPAddress"]
 
 
-def _targets(setup, outside, port):
+def _targets(setup, outside, ports):
+    port, hub_port = ports
     p, c, box = setup["p"], setup["c"], setup["box"]
     gw = c.networks.get("docker_gwbridge").attrs["IPAM"]["Config"][0]["Gateway"]
     docker0 = c.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
@@ -167,6 +179,7 @@ def _targets(setup, outside, port):
         ("node: docker_gwbridge gateway", ("tcp", gw, port)),
         ("node: docker0 gateway", ("tcp", docker0, port)),
         (f"node: its own address {own}", ("tcp", own, port)),
+        ("node: the hub's public port", ("tcp", own, hub_port)),
         ("node: Swarm 2377 (gwbridge gw)", ("tcp", gw, 2377)),
         ("overlay gateway", ("tcp", overlay_gw, port)),
         ("outside world", ("tcp", outside["outside"], 80)),
@@ -200,12 +213,17 @@ def test_users_servers_before_and_after_the_policy(setup, outside, listener):
                   "hub (not a user) after": h}
                  for (name, t), b, a, h in zip(targets, before, after, hub_after)]))
     print("\n".join(_host_rules(p.deployment)))
+    assert len(_host_rules(p.deployment)) == 2 + 2 * 2 + 2 * 1  # jumps; per server: INPUT 2, DOCKER-USER 1
+    agent = next(ct for ct in setup["c"].containers.list(filters={"label": "hubops.role=netpolicy"})
+                 if ct.labels.get("hubops.deployment") == p.deployment)
+    print("agent's log:\n" + agent.logs().decode(errors="replace"))
     want = {
         "the hub (overlay)": "open",
         "bob's server (overlay)": "open",   # the overlay is not filtered (see netpolicy's docstring)
         "node: docker_gwbridge gateway": "blocked",
         "node: docker0 gateway": "blocked",
         "node: Swarm 2377 (gwbridge gw)": "blocked",
+        "node: the hub's public port": "open",
         "outside world": "open",
         "metadata (configured)": "blocked",
     }
@@ -224,7 +242,7 @@ def test_rules_put_back_after_a_flush_and_an_agent_restart(setup, outside, liste
     netpolicy.ensure_netpolicy(p, clients)
     _wait_rules(p, clients, users=2)
     gw = c.networks.get("docker_gwbridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    t = [("tcp", gw, listener), ("tcp", outside["metadata"], 80)]
+    t = [("tcp", gw, listener[0]), ("tcp", outside["metadata"], 80)]
     assert probe(box["alice"], t) == ["blocked", "blocked"]
     # What an engine restart can do to the host's chains: jumps gone, chains flushed.
     ch = netpolicy.chains(p)
