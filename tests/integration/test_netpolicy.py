@@ -213,7 +213,6 @@ def test_users_servers_before_and_after_the_policy(setup, outside, listener):
                   "hub (not a user) after": h}
                  for (name, t), b, a, h in zip(targets, before, after, hub_after)]))
     print("\n".join(_host_rules(p.deployment)))
-    assert len(_host_rules(p.deployment)) == 2 + 2 * 2 + 2 * 1  # jumps; per server: INPUT 2, DOCKER-USER 1
     agent = next(ct for ct in setup["c"].containers.list(filters={"label": "hubops.role=netpolicy"})
                  if ct.labels.get("hubops.deployment") == p.deployment)
     print("agent's log:\n" + agent.logs().decode(errors="replace"))
@@ -235,6 +234,7 @@ def test_users_servers_before_and_after_the_policy(setup, outside, listener):
     was = {name: b for (name, _), b in zip(targets, before)}
     assert was["node: docker_gwbridge gateway"] == "open" and was["metadata (configured)"] == "open", was
     assert hub_after == hub_before, (hub_before, hub_after)
+    assert len(_host_rules(p.deployment)) == 2 + 2 * 2 + 2 * 1  # jumps; per server: INPUT 2, DOCKER-USER 1
 
 
 def test_rules_put_back_after_a_flush_and_an_agent_restart(setup, outside, listener):
