@@ -1,6 +1,6 @@
 """The network policy's pure parts: the parameters' defaults, and the rules the agent
 (images/netpolicy/agent.py) writes for a set of users' servers. The rules' effect is tested on real
-engines: tests/integration/test_netpolicy.py and tests/e2e/test_lab_netpolicy.py."""
+engines: tests/integration/test_netpolicy_engine.py and tests/e2e/test_lab_netpolicy.py."""
 from __future__ import annotations
 
 import importlib.util
