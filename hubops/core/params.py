@@ -173,6 +173,9 @@ class NetworkPolicy(_Model):
         "allow", description="allow: users' servers reach the outside world (pip, git); deny: only egress_allow")
     egress_allow: list[str] = Field(default_factory=list,
                                     description="with egress deny: networks users' servers may still reach")
+    isolate_servers: bool = Field(
+        True, description="users' servers may open connections on the overlay only to the hub and the proxy "
+                          "(rules inside each server's own network namespace), not to each other")
 
     @field_validator("metadata_addresses")
     @classmethod

@@ -13,15 +13,19 @@ is not on the overlay. This stage keeps iptables rules on every node for those c
 - to anything else: allowed with `network.policy.egress: allow` (the default), otherwise only
   `network.policy.egress_allow`.
 
-What the rules cannot see: traffic on the overlay itself (users' servers to the hub, the proxy and
-each other). Between nodes it leaves as VXLAN packets that the node's own stack sends, and on one
-node it crosses the overlay's bridge inside the network's own namespace: neither passes the node's
-FORWARD chain. Users' servers are kept from each other by JupyterHub's own authentication: a
-server answers only requests with its user's token or cookie (see the tests).
+What the node's rules cannot see: traffic on the overlay itself (users' servers to the hub, the
+proxy and each other). Between nodes it leaves as VXLAN packets that the node's own stack sends, and
+on one node it crosses the overlay's bridge inside the network's own namespace: neither passes the
+node's FORWARD chain. So, with `network.policy.isolate_servers` (the default), the agent also puts
+rules inside each user's server's own network namespace, where every packet starts before any VXLAN
+wrapping: new connections to the overlay's subnet only to the hub's API (8081) and the proxy (8000).
+The server's user holds no capability (the spawner drops them all) and cannot change them. Behind
+that, another user's server still refuses every request without its user's credentials
+(JupyterHub's own authentication; see the tests).
 
 The rules are kept by an agent, a global Swarm service (`hubops-DEPLOYMENT-netpolicy`, one task
-per node, on the node's network namespace, with NET_ADMIN and NET_RAW only and the node's engine
-socket) that watches which users' servers run on its node and rebuilds the deployment's two chains
+per node, on the node's network namespace, with NET_ADMIN and NET_RAW, SYS_ADMIN and SYS_PTRACE to
+enter users' servers' namespaces through the node's /proc, the node's engine socket and its /run) that watches which users' servers run on its node and rebuilds the deployment's two chains
 (`HUBOPS-I-<deployment>` from INPUT, `HUBOPS-F-<deployment>` from DOCKER-USER; every rule commented
 `hubops:DEPLOYMENT`) when they change, and puts back a missing jump within seconds. A node or engine
 restart starts the task again, which puts the rules back. Its image (`images/netpolicy/`, built on
@@ -48,6 +52,7 @@ from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import DockerOpError, ParameterError
 from hubops.core.params import Loaded
 from hubops.core.result import Result
+from hubops.hub import config as hubconfig
 from hubops.stages import images
 
 log = logging.getLogger("hubops")
@@ -58,7 +63,11 @@ ROLE = "netpolicy"
 # Where the agent finds the engine's socket and the node's /run (iptables' lock, shared with dockerd).
 AGENT_SOCKET = "/run/hubops-engine.sock"
 AGENT_RUN = "/host/run"
-CAPS = ["NET_ADMIN", "NET_RAW"]
+CAPS = ["NET_ADMIN", "NET_RAW"]  # the short-lived containers that read or remove the node's rules
+# With network.policy.isolate_servers, the agent also enters users' servers' network namespaces
+# through the node's /proc: setns needs SYS_ADMIN, opening another user's /proc/PID/ns/net SYS_PTRACE.
+AGENT_CAPS = [*CAPS, "SYS_ADMIN", "SYS_PTRACE"]
+AGENT_PROC = "/host/proc"
 
 
 def service_name(p: Loaded) -> str:
@@ -116,6 +125,8 @@ def agent_env(p: Loaded, nodes: list[str]) -> dict[str, str]:
         "HUBOPS_HUB_PORTS": str(p.hub.https_port),
         "HUBOPS_EGRESS": pol.egress,
         "HUBOPS_EGRESS_ALLOW": ",".join(pol.egress_allow),
+        "HUBOPS_OVERLAY": p.network.subnet if pol.isolate_servers else "",
+        "HUBOPS_OVERLAY_PORTS": f"{hubconfig.HUB_PORT},{hubconfig.PROXY_PORT}",
         "XTABLES_LOCKFILE": f"{AGENT_RUN}/xtables.lock",
     }
 
@@ -132,11 +143,17 @@ def _engine_socket(p: Loaded) -> str:
 
 def _mounts(p: Loaded) -> list[docker.types.Mount]:
     return [docker.types.Mount(AGENT_SOCKET, _engine_socket(p), type="bind", read_only=True),
-            docker.types.Mount(AGENT_RUN, "/run", type="bind")]
+            docker.types.Mount(AGENT_RUN, "/run", type="bind"),
+            *([docker.types.Mount(AGENT_PROC, "/proc", type="bind", read_only=True)]
+              if p.network.policy.isolate_servers else [])]
 
 
-def _spec_digest(ref: str, env: dict[str, str], mounts: list[docker.types.Mount]) -> str:
-    data = json.dumps({"image": ref, "env": env, "mounts": [dict(m) for m in mounts], "caps": CAPS}, sort_keys=True)
+def _caps(p: Loaded) -> list[str]:
+    return AGENT_CAPS if p.network.policy.isolate_servers else CAPS
+
+
+def _spec_digest(ref: str, env: dict[str, str], mounts: list[docker.types.Mount], caps: list[str]) -> str:
+    data = json.dumps({"image": ref, "env": env, "mounts": [dict(m) for m in mounts], "caps": caps}, sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
@@ -186,11 +203,13 @@ def ensure_netpolicy(p: Loaded, clients: Clients, *, dry_run: bool = False) -> R
     nodes = node_addresses(p, c)
     env = agent_env(p, nodes)
     mounts = _mounts(p)
-    digest = _spec_digest(ref, env, mounts)
+    digest = _spec_digest(ref, env, mounts, _caps(p))
     r.facts.update({
         "service": name, "image": ref, "chains": chains(p),
         "blocked": ", ".join(p.network.policy.metadata_addresses) or "none",
         "nodes' addresses blocked": ", ".join(nodes) or "none",
+        "overlay": (f"users' servers open connections only to the hub ({hubconfig.HUB_PORT}) and the proxy "
+                    f"({hubconfig.PROXY_PORT})" if p.network.policy.isolate_servers else "not filtered"),
         "egress": p.network.policy.egress + (f" (allowed: {', '.join(p.network.policy.egress_allow)})"
                                               if p.network.policy.egress == "deny" else ""),
     })
@@ -199,14 +218,14 @@ def ensure_netpolicy(p: Loaded, clients: Clients, *, dry_run: bool = False) -> R
         r.keep(f"service {name}", "global, one agent per node, same image and policy")
         return r
     r.change("create" if svc is None else "update", f"service {name}",
-             "global, host network, NET_ADMIN+NET_RAW: " + ("starts an agent on every node" if svc is None
+             f"global, host network, {'+'.join(_caps(p))}: " + ("starts an agent on every node" if svc is None
                                                            else "the policy or image changed"))
     if dry_run:
         return r
     kwargs: dict[str, Any] = dict(
         image=ref, args=["run"], name=name, mode=docker.types.ServiceMode("global"),
         env=[f"{k}={v}" for k, v in env.items()], mounts=mounts, networks=["host"],
-        cap_add=CAPS, cap_drop=["ALL"],
+        cap_add=_caps(p), cap_drop=["ALL"],
         labels={**L.labels(p.deployment, STAGE, role=ROLE), "hubops.spec-digest": digest},
         container_labels=L.labels(p.deployment, STAGE, role=ROLE),
         restart_policy=docker.types.RestartPolicy(condition="any", delay=2_000_000_000),

@@ -14,7 +14,10 @@ anything outside the overlay carries when it reaches the node):
   DOCKER-USER -> HUBOPS-F-<tag>: the blocked addresses (link-local metadata by default) and
                  every node's address (but the hub's public port) are rejected; with egress
                  denied, everything but the allowed networks is rejected.
-Every rule carries the comment `hubops:<deployment>`; the two chains are rebuilt atomically
+And inside each of those servers' own network namespace (OUTPUT -> HUBOPS-O-<tag>, entered with
+nsenter through the node's /proc): new connections to the overlay only to the hub's API and the proxy (HUBOPS_OVERLAY_PORTS),
+so that a user's server cannot open a connection to another's, on this node or any other (VXLAN
+wraps the packet only after it left the server's namespace). Every rule carries the comment `hubops:<deployment>`; the two chains are rebuilt atomically
 (iptables-restore --noflush) whenever the set of users' servers changes, and the jumps checked
 every few seconds, so a node or engine restart (the service's task starts again) puts them back.
 On SIGTERM (the service removed by teardown) it removes its rules and chains.
@@ -43,6 +46,10 @@ NODES = [a for a in os.environ.get("HUBOPS_NODES", "").split(",") if a]
 HUB_PORTS = [int(x) for x in os.environ.get("HUBOPS_HUB_PORTS", "").split(",") if x]
 EGRESS = os.environ.get("HUBOPS_EGRESS", "allow")
 EGRESS_ALLOW = [a for a in os.environ.get("HUBOPS_EGRESS_ALLOW", "").split(",") if a]
+# The overlay (30-network) and the only ports users' servers may open connections to on it: the
+# hub's API and the proxy. Empty: the overlay is left alone.
+OVERLAY = os.environ.get("HUBOPS_OVERLAY", "")
+OVERLAY_PORTS = [p for p in os.environ.get("HUBOPS_OVERLAY_PORTS", "").split(",") if p]
 INTERVAL = float(os.environ.get("HUBOPS_INTERVAL", "1"))
 RECHECK = float(os.environ.get("HUBOPS_RECHECK", "5"))
 ROLE = os.environ.get("HUBOPS_USER_ROLE", "user-server")
@@ -61,6 +68,7 @@ def comment(extra: str = "") -> list[str]:
 
 
 IN_CHAIN = f"HUBOPS-I-{tag(DEPLOYMENT)}"
+OUT_CHAIN = f"HUBOPS-O-{tag(DEPLOYMENT)}"  # inside each user's server's own network namespace
 FWD_CHAIN = f"HUBOPS-F-{tag(DEPLOYMENT)}"
 JUMPS = [("INPUT", IN_CHAIN), ("DOCKER-USER", FWD_CHAIN)]
 
@@ -95,6 +103,14 @@ def engine_get(path: str):
         return json.loads(body)
     finally:
         conn.close()
+
+
+def users_server_ids() -> dict[str, str]:
+    """{container ID: name} of the deployment's running users' servers on this node."""
+    filters = json.dumps({"label": ["hubops.managed=true", f"hubops.deployment={DEPLOYMENT}", f"hubops.role={ROLE}"],
+                          "status": ["running"]})
+    found = engine_get("/containers/json?filters=" + urllib.parse.quote(filters)) or []
+    return {c["Id"]: (c.get("Names") or ["/?"])[0].lstrip("/") for c in found}
 
 
 def users_servers() -> dict[str, str]:
@@ -237,6 +253,39 @@ def show() -> dict:
     return out
 
 
+# -- the overlay: rules inside each user's server's own network namespace -------------------------
+def _netns_path(cid: str) -> str | None:
+    """The server's network namespace, through the node's /proc (mounted at /host/proc): the
+    namespace of the container's first process."""
+    info = engine_get(f"/containers/{cid}/json") or {}
+    pid = (info.get("State") or {}).get("Pid") or 0
+    return f"/host/proc/{pid}/ns/net" if pid else None
+
+
+def isolate(cid: str, name: str) -> str:
+    """In the server's own namespace (traffic leaves it before any VXLAN wrapping, so this holds
+    between nodes too): new connections to the overlay only to OVERLAY_PORTS. The server's user has
+    no capability (the spawner drops them all) and cannot change these rules."""
+    path = _netns_path(cid)
+    if path is None or not os.path.exists(path):
+        raise RuntimeError(f"network namespace of {name} not found ({path})")
+    enter = ["nsenter", f"--net={path}"]
+    lines = ["*filter", f":{OUT_CHAIN} - [0:0]",
+             f"-A {OUT_CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN"]
+    if OVERLAY_PORTS:
+        lines.append(f"-A {OUT_CHAIN} -p tcp -m multiport --dports {','.join(OVERLAY_PORTS)} -j RETURN")
+    lines += [f"-A {OUT_CHAIN} -j REJECT --reject-with icmp-admin-prohibited", "COMMIT"]
+    cp = _run([*enter, "iptables-nft-restore", "--noflush"], "\n".join(lines) + "\n")
+    if cp.returncode != 0:
+        raise RuntimeError(f"rules in {name}'s namespace: {cp.stderr.strip()}")
+    jump = ["OUTPUT", "-d", OVERLAY, *comment("overlay"), "-j", OUT_CHAIN]
+    if _run([*enter, "iptables-nft", "-C", *jump]).returncode != 0:
+        cp = _run([*enter, "iptables-nft", "-I", *jump[:1], "1", *jump[1:]])
+        if cp.returncode != 0:
+            raise RuntimeError(f"jump in {name}'s namespace: {cp.stderr.strip()}")
+    return path
+
+
 def run() -> None:
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -244,9 +293,21 @@ def run() -> None:
     b = backend()
     log(f"deployment {DEPLOYMENT}: iptables-{b}; blocked {BLOCKED}; nodes {NODES}; egress {EGRESS} {EGRESS_ALLOW}")
     last: dict[str, str] | None = None
+    isolated: set[str] = set()
     checked = 0.0
     while not stop:
         try:
+            if OVERLAY:
+                ids = users_server_ids()
+                for cid, name in ids.items():
+                    if cid not in isolated:
+                        try:
+                            isolate(cid, name)
+                            isolated.add(cid)
+                            log(f"overlay: {name} may open connections only to ports {OVERLAY_PORTS} of {OVERLAY}")
+                        except Exception as e:  # noqa: BLE001 - tried again next round
+                            log(f"overlay: {name}: {e}")
+                isolated &= set(ids)
             ips = users_servers()
             if ips != last:
                 apply(b, ips)

@@ -218,7 +218,7 @@ def test_users_servers_before_and_after_the_policy(setup, outside, listener):
     print("agent's log:\n" + agent.logs().decode(errors="replace"))
     want = {
         "the hub (overlay)": "open",
-        "bob's server (overlay)": "open",   # the overlay is not filtered (see netpolicy's docstring)
+        "bob's server (overlay)": "blocked",  # rules in alice's own namespace (isolate_servers)
         "node: docker_gwbridge gateway": "blocked",
         "node: docker0 gateway": "blocked",
         "node: Swarm 2377 (gwbridge gw)": "blocked",
