@@ -8,8 +8,10 @@ on this machine's lab-bridge address, and one more namespace on the lab's bridge
 answers HTTP on port 80 at a lab address (the outside world) and at 169.254.169.254 (the metadata
 address: each lab node routes it to that namespace).
 
-Also: another user's server refuses alice's requests (no credentials, alice's own token), and takes
-bob's own token (so a 403 is the server's answer, not the network's); teardown leaves no rule on any node.
+Also: with the policy off, another user's server refuses alice's requests (no credentials, alice's own
+token) and takes bob's own token (so a 403 is the server's answer, not the network's); with it on,
+alice's server cannot open a connection to bob's at all (rules in her server's own namespace, which
+hold across nodes: alice and bob run on different workers); teardown leaves no rule on any node.
 """
 from __future__ import annotations
 
@@ -169,7 +171,40 @@ def test_deploy_and_two_servers_on_the_workers(cluster):
     assert not any(_lab_rules(cluster).values()), "policy off: no rule on any node"
 
 
-def _targets(cluster, clients: Clients, alice_node: str, bob_ct) -> list[tuple[str, tuple]]:
+def test_another_users_server_refuses_without_that_users_credentials(cluster):
+    """JupyterHub's own authentication, with the policy off (the overlay open): what stands behind
+    the overlay rules, and all there is when network.policy.isolate_servers is false."""
+    p = cluster["p"]
+    clients = Clients(p)
+    _, alice = _server_container(p, clients, "alice")
+    _, bob = _server_container(p, clients, "bob")
+    bob_ip = bob.attrs["NetworkSettings"]["Networks"][p.network_name]["IPAddress"]
+    alice_token, bob_token = _env(alice)["JUPYTERHUB_API_TOKEN"], _env(bob)["JUPYTERHUB_API_TOKEN"]
+    api_path = "/user/bob/api/status"
+    checks = [
+        ("no credentials, API", ("http", bob_ip, 8888, {"path": api_path})),
+        ("no credentials, JupyterLab page", ("http", bob_ip, 8888, {"path": "/user/bob/lab"})),
+        ("no credentials, contents", ("http", bob_ip, 8888, {"path": "/user/bob/api/contents"})),
+        ("alice's token", ("http", bob_ip, 8888, {"path": api_path, "headers": {"Authorization": f"token {alice_token}"}})),
+        ("alice's token, contents", ("http", bob_ip, 8888, {"path": "/user/bob/api/contents",
+                                                            "headers": {"Authorization": f"token {alice_token}"}})),
+        ("a made-up token", ("http", bob_ip, 8888, {"path": api_path, "headers": {"Authorization": "token 0123abcd"}})),
+        ("bob's own token (control)", ("http", bob_ip, 8888, {"path": api_path,
+                                                              "headers": {"Authorization": f"token {bob_token}"}})),
+    ]
+    got = probe(alice, [t for _, t in checks])
+    print("\n" + table("requests from alice's server straight to bob's (on the overlay, past the proxy; policy off)",
+                       [{"request": n, "answer": a} for (n, _), a in zip(checks, got)]))
+    answers = dict(zip([n for n, _ in checks], got))
+    assert answers["bob's own token (control)"] == "HTTP 200"
+    for name, a in answers.items():
+        if name == "bob's own token (control)":
+            continue
+        # 403 for the API; a redirect to the hub's login (302) for a page: never bob's content.
+        assert a in ("HTTP 403", "HTTP 302", "HTTP 401"), (name, a)
+
+
+def _targets(cluster, clients: Clients, alice_node: str, bob_ct, bob_token: str) -> list[tuple[str, tuple]]:
     p, info = cluster["p"], cluster["info"]
     manager = info.managers[0]
     me = info.node(alice_node)
@@ -183,6 +218,8 @@ def _targets(cluster, clients: Clients, alice_node: str, bob_ct) -> list[tuple[s
         ("proxy (overlay)", ("tcp", p.hub_service, 8000)),
         (f"hub's public URL ({manager.name})", ("tcp", manager.address, p.hub.https_port)),
         ("bob's server (overlay)", ("tcp", bob_ip, 8888)),
+        ("bob's server, with bob's token", ("http", bob_ip, 8888, {"path": "/user/bob/api/status",
+                                                                 "headers": {"Authorization": f"token {bob_token}"}})),
         (f"own node: engine API {me.address}:2376", ("tcp", me.address, 2376)),
         ("own node: Swarm 2377", ("tcp", me.address, 2377)),
         ("own node: Swarm 7946", ("tcp", me.address, 7946)),
@@ -203,7 +240,7 @@ def test_what_a_users_server_reaches_before_and_after(cluster):
     clients = Clients(p)
     alice_node, alice = _server_container(p, clients, "alice")
     bob_node, bob = _server_container(p, clients, "bob")
-    targets = _targets(cluster, clients, alice_node, bob)
+    targets = _targets(cluster, clients, alice_node, bob, _env(bob)["JUPYTERHUB_API_TOKEN"])
     before = probe(alice, [t for _, t in targets])
 
     _set_policy(cluster["params"], {"enabled": True})
@@ -242,37 +279,11 @@ def test_what_a_users_server_reaches_before_and_after(cluster):
     assert len(answered) >= 4, f"without the policy, the nodes' ports answer: {was}"
     for k in node_targets:
         assert got[k] == "blocked", (k, got)
-    # The overlay itself is not filtered (VXLAN between nodes, the overlay's bridge on one node):
-    assert got["bob's server (overlay)"] == "open"
-    cluster["alice"], cluster["bob"] = alice, bob
-    cluster["bob_ip"] = bob.attrs["NetworkSettings"]["Networks"][p.network_name]["IPAddress"]
-
-
-def test_another_users_server_refuses_without_that_users_credentials(cluster):
-    alice, bob, bob_ip = cluster["alice"], cluster["bob"], cluster["bob_ip"]
-    alice_token, bob_token = _env(alice)["JUPYTERHUB_API_TOKEN"], _env(bob)["JUPYTERHUB_API_TOKEN"]
-    api_path = "/user/bob/api/status"
-    checks = [
-        ("no credentials, API", ("http", bob_ip, 8888, {"path": api_path})),
-        ("no credentials, JupyterLab page", ("http", bob_ip, 8888, {"path": "/user/bob/lab"})),
-        ("no credentials, contents", ("http", bob_ip, 8888, {"path": "/user/bob/api/contents"})),
-        ("alice's token", ("http", bob_ip, 8888, {"path": api_path, "headers": {"Authorization": f"token {alice_token}"}})),
-        ("alice's token, contents", ("http", bob_ip, 8888, {"path": "/user/bob/api/contents",
-                                                            "headers": {"Authorization": f"token {alice_token}"}})),
-        ("a made-up token", ("http", bob_ip, 8888, {"path": api_path, "headers": {"Authorization": "token 0123abcd"}})),
-        ("bob's own token (control)", ("http", bob_ip, 8888, {"path": api_path,
-                                                              "headers": {"Authorization": f"token {bob_token}"}})),
-    ]
-    got = probe(alice, [t for _, t in checks])
-    print("\n" + table("requests from alice's server straight to bob's (on the overlay, past the proxy)",
-                       [{"request": n, "answer": a} for (n, _), a in zip(checks, got)]))
-    answers = dict(zip([n for n, _ in checks], got))
-    assert answers["bob's own token (control)"] == "HTTP 200"
-    for name, a in answers.items():
-        if name == "bob's own token (control)":
-            continue
-        # 403 for the API; a redirect to the hub's login (302) for a page: never bob's content.
-        assert a in ("HTTP 403", "HTTP 302", "HTTP 401"), (name, a)
+    # Other users' servers: open without the policy (the node's rules never see the overlay), closed
+    # by the rules in alice's own namespace, even to a request with bob's own token.
+    assert was["bob's server (overlay)"] == "open" and was["bob's server, with bob's token"] == "HTTP 200", was
+    assert got["bob's server (overlay)"] == "blocked", got
+    assert not got["bob's server, with bob's token"].startswith("HTTP"), got
 
 
 def test_teardown_leaves_no_rule_on_any_node(cluster):

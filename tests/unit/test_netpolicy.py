@@ -30,6 +30,7 @@ def test_defaults_block_metadata_and_allow_egress(tmp_path):
     env = netpolicy.agent_env(p, ["10.0.0.5/32"])
     assert env["HUBOPS_BLOCKED"] == "169.254.169.254/32" and env["HUBOPS_NODES"] == "10.0.0.5/32"
     assert env["HUBOPS_HUB_PORTS"] == "8443"
+    assert pol.isolate_servers and env["HUBOPS_OVERLAY"] == "10.231.0.0/24" and env["HUBOPS_OVERLAY_PORTS"] == "8081,8000"
 
 
 def _rules(text: str) -> list[list[str]]:
