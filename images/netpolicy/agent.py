@@ -286,6 +286,18 @@ def isolate(cid: str, name: str) -> str:
     return path
 
 
+def unisolate(cid: str) -> None:
+    """The overlay rules out of a server's namespace again (the policy turned off or changed)."""
+    path = _netns_path(cid)
+    if path is None or not os.path.exists(path):
+        return  # the server is gone, and its rules with it
+    enter = ["nsenter", f"--net={path}"]
+    while _run([*enter, "iptables-nft", "-D", "OUTPUT", "-d", OVERLAY, *comment("overlay"), "-j", OUT_CHAIN]).returncode == 0:
+        pass
+    _run([*enter, "iptables-nft", "-F", OUT_CHAIN])
+    _run([*enter, "iptables-nft", "-X", OUT_CHAIN])
+
+
 def run() -> None:
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -326,7 +338,13 @@ def run() -> None:
             if stop:
                 break
             time.sleep(0.1)
-    log("stopping: removing the deployment's rules: " + "; ".join(remove_all()))
+    for cid in isolated:
+        try:
+            unisolate(cid)
+        except Exception as e:  # noqa: BLE001 - the server may be stopping too
+            log(f"overlay: {cid[:12]}: {e}")
+    log("stopping: removing the deployment's rules: " + "; ".join(remove_all()) +
+        f"; overlay rules taken out of {len(isolated)} server(s)")
 
 
 def main(argv: list[str]) -> int:

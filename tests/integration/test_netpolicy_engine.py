@@ -10,6 +10,7 @@ ports; a network namespace made here stands for the outside world (one address) 
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 import socket
 import subprocess
 import threading
@@ -242,8 +243,9 @@ def test_rules_put_back_after_a_flush_and_an_agent_restart(setup, outside, liste
     netpolicy.ensure_netpolicy(p, clients)
     _wait_rules(p, clients, users=2)
     gw = c.networks.get("docker_gwbridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    t = [("tcp", gw, listener[0]), ("tcp", outside["metadata"], 80)]
-    assert probe(box["alice"], t) == ["blocked", "blocked"]
+    bob = ("tcp", f"{p.prefix}-user-bob", 8888)
+    t = [("tcp", gw, listener[0]), ("tcp", outside["metadata"], 80), bob]
+    assert probe(box["alice"], t) == ["blocked"] * 3
     # What an engine restart can do to the host's chains: jumps gone, chains flushed.
     ch = netpolicy.chains(p)
     for b in ("iptables-nft", "iptables-legacy"):
@@ -251,23 +253,47 @@ def test_rules_put_back_after_a_flush_and_an_agent_restart(setup, outside, liste
         _sh(b, "-w", "-F", ch["DOCKER-USER"], check=False)
     t0 = time.monotonic()
     for _ in range(60):
-        if probe(box["alice"], t) == ["blocked", "blocked"]:
+        if probe(box["alice"], t) == ["blocked"] * 3:
             break
         time.sleep(0.5)
     print(f"\nrules put back by the agent {time.monotonic() - t0:.1f} s after the flush")
-    assert probe(box["alice"], t) == ["blocked", "blocked"]
+    assert probe(box["alice"], t) == ["blocked"] * 3
     # The agent's container stopped (as on an engine restart): Swarm starts it again, and it puts the rules back.
     agent = next(ct for ct in c.containers.list(filters={"label": "hubops.role=netpolicy"})
                  if ct.labels.get("hubops.deployment") == p.deployment)
     agent.stop(timeout=10)
     t0 = time.monotonic()
     for _ in range(120):
-        if probe(box["alice"], t) == ["blocked", "blocked"] and agent.id not in [
+        if probe(box["alice"], t) == ["blocked"] * 3 and agent.id not in [
                 ct.id for ct in c.containers.list(filters={"label": "hubops.role=netpolicy"})]:
             break
         time.sleep(0.5)
     print(f"rules back {time.monotonic() - t0:.1f} s after the agent's container was stopped")
-    assert probe(box["alice"], t) == ["blocked", "blocked"]
+    assert probe(box["alice"], t) == ["blocked"] * 3
+
+
+def test_policy_turned_off_takes_every_rule_out(setup, outside, listener):
+    """network.policy.enabled false: the service goes, and with it the rules on the node and inside
+    the users' servers' namespaces (the agent takes them out as it stops)."""
+    p, clients, box, c = setup["p"], setup["clients"], setup["box"], setup["c"]
+    netpolicy.ensure_netpolicy(p, clients)
+    _wait_rules(p, clients, users=2)
+    f = Path(str(p.source))
+    off = f.with_name("off.yaml")
+    off.write_text(f.read_text().replace("policy: {", "policy: {enabled: false, "))
+    p_off = load_params(off)
+    assert not p_off.network.policy.enabled
+    r = netpolicy.ensure_netpolicy(p_off, clients)
+    assert [i.action for i in r.items] == ["remove"], r
+    gw = c.networks.get("docker_gwbridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    t = [("tcp", gw, listener[0]), ("tcp", outside["metadata"], 80), ("tcp", f"{p.prefix}-user-bob", 8888)]
+    for _ in range(60):
+        if not c.containers.list(filters={"label": [f"hubops.deployment={p.deployment}", "hubops.role=netpolicy"]}):
+            break
+        time.sleep(0.5)
+    assert probe(box["alice"], t) == ["open"] * 3
+    assert not _host_rules(p.deployment)
+    assert not netpolicy.ensure_netpolicy(p_off, clients).changed
 
 
 def test_teardown_removes_every_rule(setup, outside, listener):
