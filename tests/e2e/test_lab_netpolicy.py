@@ -112,6 +112,7 @@ def cluster(tmp_path_factory):
         deploy = cli("deploy", "-p", str(params), outputs=outputs)
         print(f"lab deploy (cold, policy off): {time.monotonic() - t0:.1f} s\n{deploy.stderr[-1500:]}")
         yield {"params": params, "outputs": outputs, "deploy": deploy, "p": load_params(params), "info": info,
+               "subnet": str(net), "tmp": tmp,
                "meta_lab_addr": meta_lab_addr, "host_addr": str(net.network_address + 1), "listener": listener}
     finally:
         if listener is not None:
@@ -284,6 +285,46 @@ def test_what_a_users_server_reaches_before_and_after(cluster):
     assert was["bob's server (overlay)"] == "open" and was["bob's server, with bob's token"] == "HTTP 200", was
     assert got["bob's server (overlay)"] == "blocked", got
     assert not got["bob's server, with bob's token"].startswith("HTTP"), got
+
+
+def test_rules_come_back_after_a_node_loses_power(cluster):
+    """alice's worker powered off (every process killed; a real power-off also loses the kernel's
+    rules, so they are cleared here too), then started again: Swarm starts the agent and alice's
+    server (pinned to the node: node-local home) again, and the agent puts the rules back."""
+    p = load_params(cluster["params"])
+    clients = Clients(p)
+    node, _ = _server_container(p, clients, "alice")
+    netns = cluster["info"].node(node).netns
+    lab.kill_node(name=NAME, node=node)
+    ch = netpolicy.chains(p)
+    for b in ("iptables-nft", "iptables-legacy"):
+        for chain, target in ch.items():
+            _sh("nsenter", f"--net=/var/run/netns/{netns}", b, "-w", "-D", chain, "-m", "comment", "--comment",
+                f"hubops:{p.deployment}", "-j", target, check=False)
+            _sh("nsenter", f"--net=/var/run/netns/{netns}", b, "-w", "-F", target, check=False)
+            _sh("nsenter", f"--net=/var/run/netns/{netns}", b, "-w", "-X", target, check=False)
+    assert not _lab_rules(cluster)[node]
+    t0 = time.monotonic()
+    lab.lab_up(name=NAME, managers=1, workers=2, subnet=cluster["subnet"], params_out=cluster["tmp"] / "again.yaml")
+    print(f"\n{node} powered off and started again: engine back after {time.monotonic() - t0:.1f} s")
+    clients = Clients(p)
+    manager = cluster["info"].managers[0]
+    t = [("tcp", p.hub_service, 8081), ("tcp", METADATA, 80), ("tcp", manager.address, 2376),
+         ("tcp", cluster["info"].node(node).address, 2376)]
+    got, deadline = None, time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            where, alice = _server_container(p, clients, "alice")
+            if any("user-alice" in ln for ln in _lab_rules(cluster)[where]):
+                got = probe(alice, t)
+                if got == ["open", "blocked", "blocked", "blocked"]:
+                    break
+        except (AssertionError, Exception):  # noqa: BLE001 - the node and the server are coming back
+            pass
+        time.sleep(2)
+    print(f"alice's server on {where if got else '?'} with its rules back {time.monotonic() - t0:.1f} s after "
+          f"the restart began: {got}")
+    assert got == ["open", "blocked", "blocked", "blocked"], got
 
 
 def test_teardown_leaves_no_rule_on_any_node(cluster):
