@@ -164,11 +164,67 @@ class Swarm(_Model):
     listen_port: int = Field(2377, ge=1, le=65535)
 
 
+def _ipv4_nets(v: list[str], what: str) -> list[str]:
+    out = []
+    for item in v:
+        try:
+            net = ipaddress.ip_network(str(item), strict=True)
+        except ValueError as e:
+            raise ValueError(f"{what}: {item!r} is not an IPv4 address or network in CIDR form such as "
+                             f"169.254.169.254 or 10.20.0.0/16 ({e})") from None
+        if net.version != 4:
+            raise ValueError(f"{what}: {item!r} is IPv6; hubops's rules are IPv4 (users' servers have no IPv6)")
+        if net.prefixlen == 0:
+            raise ValueError(f"{what}: {item!r} is every address; use network.policy.egress instead")
+        out.append(str(net))
+    return out
+
+
+class NetworkPolicy(_Model):
+    """What users' servers may reach besides the hub and the proxy (30-network's overlay): the rules
+    65-netpolicy keeps on every node (see hubops/stages/netpolicy.py)."""
+
+    enabled: bool = Field(True, description="keep the rules on every node (false: none, and 65-netpolicy removes them)")
+    metadata_addresses: list[str] = Field(
+        default_factory=lambda: ["169.254.169.254/32"],
+        description="addresses users' servers may never reach (cloud metadata services), IPv4 or CIDR")
+    egress: Literal["allow", "deny"] = Field(
+        "allow", description="allow: users' servers reach the outside world (pip, git); deny: only egress_allow")
+    egress_allow: list[str] = Field(default_factory=list,
+                                    description="with egress deny: networks users' servers may still reach")
+    isolate_servers: bool = Field(
+        True, description="users' servers may open connections on the overlay only to the hub and the proxy "
+                          "(rules inside each server's own network namespace), not to each other")
+
+    @field_validator("metadata_addresses")
+    @classmethod
+    def _meta(cls, v: list[str]) -> list[str]:
+        return _ipv4_nets(v, "metadata_addresses")
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        return _ipv4_nets(v, "egress_allow")
+
+    @model_validator(mode="after")
+    def _allow_needs_deny(self) -> "NetworkPolicy":
+        if self.egress_allow and self.egress == "allow":
+            raise ValueError("egress_allow lists networks for egress: deny, but egress is allow (everything not "
+                             "blocked is reachable anyway); set egress: deny, or remove egress_allow")
+        return self
+
+
 class Network(_Model):
     name: Optional[str] = Field(None, description="overlay network name (default hubops-DEPLOYMENT)")
     subnet: str = "10.231.0.0/24"
     endpoint_mode: Literal["dnsrr", "vip"] = "dnsrr"
     encrypted: bool = False
+    policy: NetworkPolicy = Field(default_factory=NetworkPolicy)
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy_empty(cls, v: Any) -> Any:
+        return {} if v is None else v
 
     @field_validator("subnet")
     @classmethod

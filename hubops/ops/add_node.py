@@ -1,12 +1,12 @@
 """ops/add-node: a host added to the parameter file is checked, joined to the swarm, labelled and
-given the images. Undo: ops/remove-node.
+given the images (and the network-policy agent, 65-netpolicy). Undo: ops/remove-node.
 """
 from __future__ import annotations
 
 import logging
 
 
-from hubops.stages import images, preflight, swarm
+from hubops.stages import images, netpolicy, preflight, swarm
 from hubops.core.engine import Clients
 from hubops.core.errors import HubopsError
 from hubops.core.params import Loaded
@@ -31,4 +31,7 @@ def add_node(p: Loaded, clients: Clients, name: str, *, dry_run: bool = False) -
     checked.check(f"host {name}", f"Docker {facts['engine']}, {facts['cpus']} CPUs, {facts['memory_gib']} GiB")
     joined = swarm.ensure_swarm(p, clients, dry_run=dry_run)
     delivered = images.ensure_delivered(p, clients, dry_run=dry_run)
-    return [checked, joined, delivered]
+    # The network-policy agent's image on the new node, and the new node's address among those
+    # users' servers may not reach (the agents restart with it).
+    policy = netpolicy.ensure_netpolicy(p, clients, dry_run=dry_run)
+    return [checked, joined, delivered, policy]

@@ -315,8 +315,9 @@ def _swarm_report(p: Loaded, c, r: Result, texts: list, findings: list, log_line
 
     # -- users' servers ----------------------------------------------------------------------------
     user_rows = []
-    # Prometheus and the node exporters (monitoring.enabled) are not users' servers.
-    services = [s for s in services if (s.attrs["Spec"].get("Labels") or {}).get(L.ROLE) not in monitoring.ROLES]
+    # Prometheus and the node exporters (monitoring.enabled), the network-policy agent: not users' servers.
+    services = [s for s in services
+                if (s.attrs["Spec"].get("Labels") or {}).get(L.ROLE) not in (*monitoring.ROLES, "netpolicy")]
     for s in services:
         if s.name == p.hub_service:
             continue

@@ -17,6 +17,7 @@ from hubops.core.facts import node_name, user_of
 from hubops.core.profiles import PROFILE_LABEL
 from hubops.core.params import Loaded
 from hubops.core.result import Result
+from hubops.stages import netpolicy
 
 log = logging.getLogger("hubops")
 
@@ -35,8 +36,9 @@ def placements(p: Loaded, c: docker.DockerClient) -> list[dict[str, Any]]:
         for t in tasks or [None]:
             out.append({
                 "service": s.name,
-                "kind": "hub" if role == "hub" else "monitoring" if role in monitoring.ROLES else "user server",
-                "user": "" if role == "hub" or role in monitoring.ROLES else user_of(s),
+                "kind": ("hub" if role == "hub" else "monitoring" if role in monitoring.ROLES
+                         else "network policy" if role == netpolicy.ROLE else "user server"),
+                "user": "" if role in ("hub", netpolicy.ROLE) or role in monitoring.ROLES else user_of(s),
                 "node": nodes.get(t["NodeID"], t["NodeID"][:12]) if t and t.get("NodeID") else "-",
                 "state": t["Status"]["State"] if t else "no task",
                 "profile": (s.attrs["Spec"].get("Labels") or {}).get(PROFILE_LABEL, ""),  # spawn profile, if any
@@ -156,6 +158,9 @@ def status(p: Loaded, clients: Clients) -> Result:
     r.facts["managers"] = f"{managers_reachable} of {managers_total} reachable: quorum {'kept' if quorum else 'LOST'}"
     r.facts["users' storage"] = describe_users(p)
     r.facts["hub can move"] = describe_hub(p)
+    # What each node's iptables hold for the deployment (a short-lived container per node reads them).
+    r.facts["network policy"] = (netpolicy.describe(p, clients) if p.network.policy.enabled
+                                 else "off (network.policy.enabled: false)")
     return r
 
 
@@ -172,6 +177,6 @@ def running_containers(p: Loaded, clients: Clients) -> list[dict[str, Any]]:
             role = (ct.labels or {}).get(L.ROLE, "")
             env = {e.split("=", 1)[0]: e.split("=", 1)[1] for e in ct.attrs["Config"].get("Env") or [] if "=" in e}
             rows.append({"node": h.name, "container": ct.name[:60], "kind": "hub" if role == "hub" else "monitoring" if role in monitoring.ROLES
-                         else "user server",
+                         else "network policy" if role == netpolicy.ROLE else "user server",
                          "user": env.get("JUPYTERHUB_USER", ""), "state": ct.status})
     return rows

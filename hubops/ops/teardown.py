@@ -22,6 +22,7 @@ from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import VerifyError
 from hubops.core.params import Loaded
 from hubops.core.result import Result
+from hubops.stages import netpolicy
 
 log = logging.getLogger("hubops")
 
@@ -63,6 +64,8 @@ def teardown(p: Loaded, clients: Clients, *, remove_volumes: bool = False, remov
             with progress.step("wait for the deployment's containers to stop", total=timeout, unit="s"):
                 _wait_containers_gone(clients, p, timeout)
     _remove_stray_containers(p, clients, r, dry_run)
+    # The network-policy agents removed their rules as they stopped; anything a killed agent left:
+    r.items += netpolicy.remove_rules(p, clients, dry_run=dry_run).items
     if _in_swarm(c):
         for kind, coll in (("secret", c.secrets), ("config", c.configs), ("network", c.networks)):
             with docker_op(f"list {kind}s"):

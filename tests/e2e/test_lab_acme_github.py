@@ -190,7 +190,7 @@ def test_deploy_on_the_lab_validates_through_port_80_of_the_hub_node(deployed):
     cold = deployed["cold"]
     assert cold.returncode == 0, cold.stderr[-4000:]
     (run,) = runs(deployed["outputs"])
-    assert run["status"] == "ok" and len(run["stages"]) == 10
+    assert run["status"] == "ok" and len(run["stages"]) == 11
     assert set(run["engines"]) == {f"{LAB}-manager", f"{LAB}-node0"}
     manager = deployed["lab"].managers[0]
     rec = stage_record(deployed["outputs"], run, "40-tls")

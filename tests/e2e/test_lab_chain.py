@@ -97,7 +97,7 @@ def answers(api: HubAPI, user: str, timeout: float = 60) -> bool:
 def test_deploy_chain_on_the_lab(cluster):
     assert cluster["deploy"].returncode == 0, cluster["deploy"].stderr[-4000:]
     run = last_run(cluster["outputs"])
-    assert run["status"] == "ok" and len(run["stages"]) == 10
+    assert run["status"] == "ok" and len(run["stages"]) == 11
     assert set(run["engines"]) == {f"{NAME}-manager", f"{NAME}-node0", f"{NAME}-node1"}
     p = cluster["p"]
     assert nodes_of(p, Clients(p)) == {f"{NAME}-manager": "manager", f"{NAME}-node0": "worker", f"{NAME}-node1": "worker"}

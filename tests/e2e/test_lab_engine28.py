@@ -65,7 +65,7 @@ def test_the_chain_runs_and_records_docker_28(cluster):
     d = cluster["deploy"]
     assert d.returncode == 0, d.stderr[-4000:]
     run = el.runs(cluster["outputs"])[-1]
-    assert run["status"] == "ok" and len(run["stages"]) == 10
+    assert run["status"] == "ok" and len(run["stages"]) == 11
     assert {h: e["engine"].split(".")[:2] for h, e in run["engines"].items()} == {
         f"{NAME}-manager": ["28", "5"], f"{NAME}-node0": ["28", "5"]}
     pre = el.stage_record(cluster["outputs"], run, "00-preflight")["results"][0]

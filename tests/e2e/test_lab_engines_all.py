@@ -76,7 +76,7 @@ def cl(request, tmp_path_factory):
 def test_deploy_chain_records_each_engine(cl):
     assert cl["deploy"].returncode == 0, cl["deploy"].stderr[-4000:]
     run = el.runs(cl["outputs"])[-1]
-    assert run["status"] == "ok" and len(run["stages"]) == 10
+    assert run["status"] == "ok" and len(run["stages"]) == 11
     want = {"28": ("28.5.", "1.51"), "26": ("26.1.", "1.45")}[cl["engine"]]
     pre = el.stage_record(cl["outputs"], run, "00-preflight")["results"][0]
     assert {r["host"]: (r["engine"][:5], r["api"]) for r in pre["facts"]["engines"]} == {

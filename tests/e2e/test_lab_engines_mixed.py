@@ -61,7 +61,7 @@ def test_lab_status_and_the_parameter_file_name_each_engine(cl):
 def test_deploy_runs_and_preflight_warns_naming_the_nodes(cl):
     assert cl["deploy"].returncode == 0, cl["deploy"].stderr[-4000:]
     run = el.runs(cl["outputs"])[-1]
-    assert run["status"] == "ok" and len(run["stages"]) == 10
+    assert run["status"] == "ok" and len(run["stages"]) == 11
     pre = el.stage_record(cl["outputs"], run, "00-preflight")["results"][0]
     assert {r["host"]: r["engine"][:len(ENGINES[r["host"]])] for r in pre["facts"]["engines"]} == ENGINES
     w = pre["facts"]["warning"]

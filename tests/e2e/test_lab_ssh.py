@@ -106,7 +106,7 @@ def test_the_parameter_file_reaches_every_node_over_ssh_with_pinned_keys(cluster
 def test_deploy_chain_over_ssh_and_a_server_on_the_worker(cluster):
     assert cluster["deploy"].returncode == 0, cluster["deploy"].stderr[-4000:]
     run = runs(cluster["outputs"])[-1]
-    assert run["status"] == "ok" and len(run["stages"]) == 10
+    assert run["status"] == "ok" and len(run["stages"]) == 11
     pre = stage_record(cluster["outputs"], run, "00-preflight")["results"][0]["facts"]
     assert pre[MANAGER]["reached"] == pre[WORKER]["reached"] == "ssh, host key pinned"
     p = cluster["p"]

@@ -2,7 +2,7 @@
 a user runs it: the `hubops deploy` command. One deployment (`e2e-RUN`, a free port and subnet: see
 tests/helpers) is shared by the tests in this file and torn down at the end.
 
-- the cold deploy runs all ten stages; 90-verify spawned a server and reached it through the proxy;
+- the cold deploy runs all eleven stages; 90-verify spawned a server and reached it through the proxy;
 - the hub serves HTTPS verified against the deployment's CA, and the generated admin password
   logs in through the real login form;
 - a second deploy changes nothing, and the hub answers throughout;
@@ -96,7 +96,7 @@ def test_cold_deploy_runs_every_stage(deployed):
     run = runs(deployed["outputs"])[1]
     assert run["status"] == "ok" and run["kind"] == "deploy"
     assert [s["name"] for s in run["stages"]] == ["00-preflight", "10-hosts", "20-swarm", "30-network", "40-tls",
-                                                  "50-auth", "60-images", "70-storage", "80-deploy", "90-verify"]
+                                                  "50-auth", "60-images", "65-netpolicy", "70-storage", "80-deploy", "90-verify"]
     assert all(s["status"] == "ok" and s["duration_s"] > 0 for s in run["stages"])
     assert run["engines"]["local"]["engine"], run["engines"]
     assert run["params_sha256"] == deployed["p"].digest

@@ -16,7 +16,7 @@ RUNBOOKS = [r for r in RUNBOOKS if ".ipynb_checkpoints" not in r.parts]
 def test_the_deploy_chain_is_complete():
     names = [r.stem for r in sorted((PROJECT / "runbooks").glob("[0-9][0-9]-*.ipynb"))]
     assert names == ["00-preflight", "10-hosts", "20-swarm", "30-network", "40-tls", "50-auth",
-                     "60-images", "70-storage", "80-deploy", "90-verify"]
+                     "60-images", "65-netpolicy", "70-storage", "80-deploy", "90-verify"]
 
 
 @pytest.mark.parametrize("path", RUNBOOKS, ids=lambda p: p.stem)
