@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from hubops.core import api_token
+from hubops.hub import hubdb
 from hubops.core import labels as L
 from hubops.core.params import Loaded
 
@@ -39,6 +40,7 @@ SECRET_FILES = {
     "github-client-secret": "hubops-github-client-secret",
     "oidc-client-secret": "hubops-oidc-client-secret",
     "ldap-bind-password": "hubops-ldap-bind-password",
+    "db-password": "hubops-db-password",
 }
 # Role -> where the hub container finds a (public) Swarm config besides its jupyterhub_config.py.
 CONFIG_FILES = {
@@ -46,6 +48,7 @@ CONFIG_FILES = {
     "userlist": USERLIST_PATH,
     "oidc-ca": "/srv/jupyterhub/oidc-ca.pem",
     "ldap-ca": "/srv/jupyterhub/ldap-ca.pem",
+    "db-ca": "/srv/jupyterhub/db-ca.pem",
 }
 
 # What hubops's own service token may do: manage users and servers, reach them for checks.
@@ -80,6 +83,8 @@ def secret_roles(p: Loaded) -> list[str]:
         roles += ["admin-password"]
     else:
         roles += ["github-client-secret"]
+    if p.hub_db_postgres:  # storage.hub.mode postgres: the database password
+        roles += ["db-password"]
     return roles
 
 
@@ -90,6 +95,8 @@ def config_roles(p: Loaded) -> list[str]:
         roles.append("oidc-ca")
     if p.auth.mode == "ldap" and p.auth.ldap.ca_bundle is not None:
         roles.append("ldap-ca")
+    if p.hub_db_postgres and p.storage.hub.pg.external:
+        roles.append("db-ca")
     return roles
 
 
@@ -161,7 +168,8 @@ def render(p: Loaded, *, singleuser_image: str, discovery: Any = None) -> str:
         f'c.JupyterHub.hub_connect_url = "http://127.0.0.1:{HUB_PORT}"',
         # Users' servers reach the hub by its service name on the overlay network.
         f'c.Spawner.hub_connect_url = "http://{p.hub_service}:{HUB_PORT}"',
-        f'c.JupyterHub.db_url = "sqlite:///{DATA_DIR}/jupyterhub.sqlite"',
+        *(hubdb.config_lines(p, SECRET_FILES["db-password"], CONFIG_FILES["db-ca"]) if p.hub_db_postgres
+          else [f'c.JupyterHub.db_url = "sqlite:///{DATA_DIR}/jupyterhub.sqlite"']),
         f"c.JupyterHub.log_level = {p.hub.log_level!r}",
         # Users' servers are Swarm services that outlive a hub restart (upgrade, renewal).
         "c.JupyterHub.cleanup_servers = False",
