@@ -287,18 +287,21 @@ def upgrade_db(p: Loaded, clients: Clients, hub_image: str) -> tuple[int, str]:
 
 
 def config_lines(p: Loaded, secret_file: str, ca_path: str) -> list[str]:
-    """jupyterhub_config.py lines for the hub's PostgreSQL: the URL (no password), the password read
-    from the Swarm secret at start, TLS settings."""
+    """jupyterhub_config.py lines for the hub's PostgreSQL: the URL (no password: JupyterHub logs it),
+    and libpq's environment, set in the hub's own process at start: the password from the Swarm secret,
+    TLS settings. libpq's environment, not psycopg2's connect arguments, because JupyterHub's alembic
+    check makes its own engine from the URL alone (seen: "fe_sendauth: no password supplied")."""
     c = conn(p)
-    args = f"'password': secret({secret_file!r}), 'sslmode': {c['sslmode']!r}, 'connect_timeout': 10"
-    if c["external"]:
-        args += f", 'sslrootcert': {ca_path!r}"
-    return [
+    lines = [
         f"c.JupyterHub.db_url = {url(p)!r}",
-        # The password is not in the URL (JupyterHub logs the URL); psycopg2 gets it as a connect argument.
-        # pool_pre_ping: a connection that broke (the database restarted or moved) is replaced, not used.
-        f"c.JupyterHub.db_kwargs = {{'pool_pre_ping': True, 'connect_args': {{{args}}}}}",
+        f"os.environ['PGPASSWORD'] = secret({secret_file!r})",
+        f"os.environ['PGSSLMODE'] = {c['sslmode']!r}",
+        "os.environ['PGCONNECT_TIMEOUT'] = '10'",
     ]
+    if c["external"]:
+        lines.append(f"os.environ['PGSSLROOTCERT'] = {ca_path!r}")
+    # pool_pre_ping: a connection that broke (the database restarted or moved) is replaced, not used.
+    return lines + ["c.JupyterHub.db_kwargs = {'pool_pre_ping': True}"]
 
 
 def where_data(p: Loaded) -> Optional[Path]:
