@@ -200,9 +200,8 @@ def restore(p: Loaded, clients: Clients, which: str = "latest", *, safety_backup
     size = m["files"][db_file]["bytes"]
     r.change("update", f"service {p.hub_service}", "scaled to 0: the hub stops (users' servers keep running)")
     r.change("update", _data_where(p),
-             f"{'tables replaced by pg_restore of ' if engine == backup_pg.ENGINE else ''}{db_file} "
-             f"{'' if engine == backup_pg.ENGINE else 'replaced by '}the backup's ({size} bytes, "
-             f"sha256 {m['files'][db_file]['sha256'][:16]})")
+             (f"tables replaced by pg_restore of the backup's {db_file}" if engine == backup_pg.ENGINE
+              else f"{db_file} replaced by the backup's") + f" ({size} bytes, sha256 {m['files'][db_file]['sha256'][:16]})")
     if image != current:
         r.change("update", f"service {p.hub_service}", f"image {current} -> {image} (JupyterHub {head['jupyterhub']}, "
                  "whose schema the backup's database has)")
