@@ -49,6 +49,10 @@ _COPY_SCRIPT = """
 import json, sys
 import sqlalchemy as sa
 from jupyterhub import orm
+try:  # jupyterhub-nativeauthenticator's users_info is a table of JupyterHub's metadata once imported
+    import nativeauthenticator.orm  # noqa: F401
+except ImportError:
+    pass
 c = json.load(open("/tmp/hubops-db/conn.json"))
 args = {"password": open("/tmp/hubops-db/pw").read().strip(), "sslmode": c["sslmode"], "connect_timeout": 10}
 if c["sslmode"] != "disable":
@@ -152,14 +156,26 @@ def migrate_db(p: Loaded, clients: Clients, *, dry_run: bool = False) -> list[Re
     results = [check]
     prep = Result("PostgreSQL and hub image", dry_run=dry_run)
     results.append(prep)
+    new_image = hub_image
     if not dry_run:
         hub_built = images.ensure_built(p, clients, "hub")
         prep.items.extend(hub_built.items)
         prep.items.extend(images.ensure_delivered(p, clients).items)
+        # The copy and the new hub use the image these parameters build (it has psycopg2); its JupyterHub
+        # must expect the SQLite database's schema (a migration is ops/upgrade's, before or after this).
+        new_image = images.desired_refs(p, images.builder(p, clients))["hub"]
+        if new_image != hub_image:
+            fit = schema.read(old, clients, new_image)
+            if fit.plan != "same":
+                raise MigrationRefused(
+                    f"the hub image for these parameters, {new_image} (JupyterHub {fit.jupyterhub}, schema {fit.head}), "
+                    f"does not have the SQLite database's schema {sch.db}: refused, nothing of the hub was changed. "
+                    f"Upgrade first (`hubops ops upgrade -p {p.source}` with the SQLite parameters), then migrate-db")
+            check.check("hub image", f"{new_image}: JupyterHub {fit.jupyterhub}, the same schema")
     db = postgres.ensure_db(p, clients, dry_run=dry_run)
     results.append(db)
     if not dry_run:
-        target = hubdb.read_hub_db(p, clients, images.desired_refs(p, images.builder(p, clients))["hub"])
+        target = hubdb.read_hub_db(p, clients, new_image)
         hub_tables = [t for t in target.get("tables", []) if t in ("users", "alembic_version", "spawners", "api_tokens")]
         if hub_tables:
             raise MigrationRefused(
@@ -184,10 +200,9 @@ def migrate_db(p: Loaded, clients: Clients, *, dry_run: bool = False) -> list[Re
     switched = False
     try:
         _restore.wait_hub_stopped(old, clients)
-        copied = _copy(p, clients, hub_image, mount, node)
+        copied = _copy(p, clients, new_image, mount, node)
         r.facts["rows"] = copied["tables"]
         r.facts["schema"] = copied["revision"]
-        new_image = images.desired_refs(p, images.builder(p, clients))["hub"]
         switched = True
         deploy.ensure_hub(p, clients, wait=False, hub_image=new_image)
         _restore.scale(svc, 1)
