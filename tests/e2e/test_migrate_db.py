@@ -48,10 +48,9 @@ def mig(tmp_path_factory):
     pg.write_text(sqlite.read_text() + "storage: {hub: {mode: postgres, postgres: {}}}\n")
     assert not labelled_objects(), f"deployment {DEPLOYMENT} exists already: {labelled_objects()}"
     res = hubops_cli("deploy", "-p", str(sqlite), outputs=outputs)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     state = {"tmp": tmp, "backups": backups, "outputs": outputs, "sqlite": sqlite, "pg": pg,
-             "p_sqlite": load_params(sqlite), "p": load_params(pg)}
-    yield state
+             "p_sqlite": load_params(sqlite), "p": load_params(pg), "deploy": res}
+    yield state  # the deploy's outcome is the first test's first check: teardown below runs either way
     p = state["p"]
     down = hubops_cli("ops", "teardown", "-p", str(pg), "--set", "confirm=true", "--set", "remove_volumes=true",
                       "--set", "remove_user_data=true", outputs=outputs)
@@ -69,6 +68,7 @@ def token_status(p, token: str) -> int:
 
 def test_migrate_sqlite_to_postgres_keeps_users_servers_and_tokens(mig):
     p_old, p = mig["p_sqlite"], mig["p"]
+    assert mig["deploy"].returncode == 0, mig["deploy"].stdout[-2000:] + mig["deploy"].stderr[-4000:]
     api = HubAPI(p_old, timeout=30)
     api.request("POST", "/hub/api/users/alice/server", ok=(201, 202))
     api.wait_server("alice", ready=True, timeout=180)
