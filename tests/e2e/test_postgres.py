@@ -237,7 +237,7 @@ def test_an_existing_server_that_does_not_answer_or_verify_is_refused_at_preflig
                        f"jupyterhub', password: {{file: {tmp_path / 'pw'}}}, ca: {other_ca}}}}}}}\n")
         return bad
 
-    before = labelled_objects()
+    before = sorted(labelled_objects())
     res = hubops_cli("deploy", "-p", str(params(port)), outputs=tmp_path / "out")  # nothing listens there
     out = " ".join((res.stdout + res.stderr).split())
     assert res.returncode != 0 and "does not answer" in out and "Nothing was changed" in out, out[-2000:]
@@ -266,5 +266,15 @@ def test_an_existing_server_that_does_not_answer_or_verify_is_refused_at_preflig
     lsock.close()
     out = " ".join((res.stdout + res.stderr).split())
     assert res.returncode != 0 and "does not verify" in out and "Nothing was changed" in out, out[-2000:]
-    assert labelled_objects() == before
+    assert sorted(labelled_objects()) == before
     del p
+
+
+# -- 7. a second deploy ----------------------------------------------------------------------------------
+def test_a_second_deploy_changes_nothing(pg):
+    p = pg["p"]
+    version = docker.from_env().services.get(p.db_service).version
+    res = hubops_cli("deploy", "-p", str(pg["params"]), outputs=pg["outputs"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
+    assert "Deployed: 0 changed" in res.stdout, res.stdout[-3000:]
+    assert docker.from_env().services.get(p.db_service).version == version, "the database service was not touched"
