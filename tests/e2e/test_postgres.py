@@ -278,5 +278,5 @@ def test_a_second_deploy_changes_nothing(pg):
     tasks = [(t["Status"]["State"], t["Status"].get("Err", "")) for t in docker.from_env().api.tasks(
         filters={"service": p.hub_service})]
     assert res.returncode == 0, f"hub tasks: {tasks}\n" + res.stdout[-3000:] + res.stderr[-4000:]
-    assert "Deployed: 0 changed" in res.stdout, res.stdout[-3000:]
+    assert "Deployed: 0 changed" in res.stdout + res.stderr, res.stdout[-3000:] + res.stderr[-3000:]
     assert docker.from_env().services.get(p.db_service).version == version, "the database service was not touched"
