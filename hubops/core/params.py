@@ -722,12 +722,78 @@ class UserStorage(_Model):
         return str(self.path or "/srv/hubops-users")
 
 
+PG_URL_RE = re.compile(r"^postgres(?:ql)?://(?P<user>[A-Za-z0-9_.-]+)(?P<pw>:[^@/]*)?@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)"
+                       r"(?::(?P<port>\d{1,5}))?/(?P<db>[A-Za-z0-9_.-]+)/?$")
+
+
+class HubPostgres(_Model):
+    """storage.hub.mode postgres: the hub's database in PostgreSQL, either an existing server (url,
+    password, ca) or one that hubops runs as a Swarm service (no url; node or path say where its data is)."""
+
+    url: Optional[str] = Field(
+        None, description="an existing server: postgresql://USER@HOST[:PORT]/DATABASE (no password in it); "
+        "omit it and hubops runs PostgreSQL itself as a Swarm service")
+    password: Optional[SecretRef] = Field(None, description="existing server: the user's password, {env: NAME} or "
+                                          "{file: PATH}, never inline")
+    ca: Optional[Path] = Field(None, description="existing server: PEM file with the CA that signs the server's "
+                               "certificate; TLS is always on and verified (sslmode verify-full)")
+    node: Optional[str] = Field(None, description="hubops's service: the manager whose local volume holds the data "
+                                "(default: the hub's manager); put it on another manager than the hub's so the hub "
+                                "can move when its manager is lost")
+    path: Optional[Path] = Field(None, description="hubops's service: keep the data in PATH on storage every manager "
+                                 "mounts (the database then may run on any manager) instead of a local volume")
+
+    @field_validator("path")
+    @classmethod
+    def _pg_path(cls, v: Optional[Path]) -> Optional[Path]:
+        if v is not None and (not v.is_absolute() or v == Path("/") or ".." in v.parts):
+            raise ValueError(f"{str(v)!r}: give an absolute directory other than /, e.g. /mnt/nfs/hubops-db")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "HubPostgres":
+        if self.url is not None:
+            m = PG_URL_RE.match(self.url)
+            if m is None:
+                raise ValueError("url: give postgresql://USER@HOST[:PORT]/DATABASE, e.g. "
+                                 "postgresql://jupyterhub@db.example.org:5432/jupyterhub")
+            if m.group("pw") is not None:
+                raise ValueError("url: a password written inline in the URL is refused (it would be kept with the "
+                                 "parameter file); remove it from the URL and give password: {env: NAME} or {file: PATH}")
+            if self.password is None:
+                raise ValueError("an existing server (url) needs password: {env: NAME} or {file: PATH}")
+            if self.ca is None:
+                raise ValueError("an existing server (url) needs ca: the PEM file of the CA that signs its "
+                                 "certificate (TLS is always verified)")
+            if self.node is not None or self.path is not None:
+                raise ValueError("node and path are for the PostgreSQL hubops runs (no url); remove them or the url")
+        elif self.password is not None or self.ca is not None:
+            raise ValueError("password and ca are for an existing server (url); without url hubops runs PostgreSQL "
+                             "itself and generates its password")
+        elif self.node is not None and self.path is not None:
+            raise ValueError("give node (a manager's local volume) or path (shared storage), not both")
+        return self
+
+    @property
+    def external(self) -> bool:
+        return self.url is not None
+
+    def parts(self) -> dict[str, Any]:
+        """user, host, port, db of an existing server's url."""
+        m = PG_URL_RE.match(self.url or "")
+        assert m is not None
+        return {"user": m.group("user"), "host": m.group("host").strip("[]"), "port": int(m.group("port") or 5432),
+                "db": m.group("db")}
+
+
 class HubStorage(_Model):
     """Where the hub keeps its database, which decides whether the hub can move to another manager."""
 
-    mode: Literal["volume", "shared-path"] = Field(
+    mode: Literal["volume", "shared-path", "postgres"] = Field(
         "volume", description="volume: a local volume on the hub's manager, the hub pinned there (it cannot move); "
-        "shared-path: PATH on storage every manager mounts at PATH, the hub may run on any manager")
+        "shared-path: PATH on storage every manager mounts at PATH, the hub may run on any manager; "
+        "postgres: PostgreSQL (postgres: {...}), the hub may run on any manager")
+    postgres: Optional[HubPostgres] = Field(None, description="mode postgres: an existing server or hubops's own")
     path: Optional[Path] = Field(
         None, description="shared-path: a directory mounted at the same place on every manager (NFS, cluster "
         "filesystem); SQLite on NFS needs working locks, prefer an external database for busy hubs")
@@ -744,9 +810,16 @@ class HubStorage(_Model):
         if self.mode == "shared-path" and self.path is None:
             raise ValueError("mode 'shared-path' needs path: a directory mounted at the same place on every "
                              "manager, e.g. /mnt/nfs/hubops-hub")
-        if self.mode == "volume" and self.path is not None:
+        if self.mode != "shared-path" and self.path is not None:
             raise ValueError("path is for mode 'shared-path'; remove it or set mode: shared-path")
+        if self.mode != "postgres" and self.postgres is not None:
+            raise ValueError("postgres is for mode 'postgres'; remove it or set mode: postgres")
         return self
+
+    @property
+    def pg(self) -> HubPostgres:
+        """mode postgres's settings ({} means hubops's own PostgreSQL on the hub's manager)."""
+        return self.postgres or HubPostgres()
 
 
 class Storage(_Model):
@@ -847,13 +920,21 @@ class Params(_Model):
         return self
 
     @model_validator(mode="after")
+    def _db_node(self) -> "Params":
+        pg = self.storage.hub.postgres
+        names = [m.name for m in self.hosts.managers]
+        if self.storage.hub.mode == "postgres" and pg is not None and pg.node is not None and pg.node not in names:
+            raise ValueError(f"storage.hub.postgres.node {pg.node!r} is not a manager; choose one of {names}")
+        return self
+
+    @model_validator(mode="after")
     def _hub_can_move_everywhere(self) -> "Params":
-        if self.storage.hub.mode != "shared-path":
+        if self.storage.hub.mode not in ("shared-path", "postgres"):
             return self
         sockets = {m.engine_socket for m in self.hosts.managers}
         if len(sockets) > 1:
             raise ValueError(
-                "storage.hub.mode shared-path lets the hub run on any manager, and it mounts the engine socket "
+                f"storage.hub.mode {self.storage.hub.mode} lets the hub run on any manager, and it mounts the engine socket "
                 "of the manager it lands on: give every manager the same hosts.managers[].engine_socket "
                 f"(they differ: {', '.join(sorted(sockets))}), as real hosts have (/var/run/docker.sock)")
         if self.storage.users.mode == "shared-path" and self.storage.users.path is not None \
@@ -906,8 +987,27 @@ class Params(_Model):
 
     @property
     def hub_can_move(self) -> bool:
-        """Whether Swarm may start the hub on another manager (its database is on shared storage)."""
-        return self.storage.hub.mode == "shared-path"
+        """Whether Swarm may start the hub on another manager (its database is on shared storage, or in PostgreSQL)."""
+        return self.storage.hub.mode in ("shared-path", "postgres")
+
+    @property
+    def hub_db_postgres(self) -> bool:
+        """Whether the hub's database is in PostgreSQL (storage.hub.mode postgres)."""
+        return self.storage.hub.mode == "postgres"
+
+    @property
+    def db_service(self) -> str:
+        """The Swarm service of the PostgreSQL hubops runs for the hub (storage.hub.mode postgres, no url)."""
+        return f"{self.prefix}-db"
+
+    @property
+    def db_volume(self) -> str:
+        return f"{self.prefix}-db-data"
+
+    @property
+    def db_node(self) -> str:
+        """The manager whose volume holds hubops's PostgreSQL data (storage.hub.postgres.node, else the hub's)."""
+        return self.storage.hub.pg.node or self.hub_host.name
 
     @property
     def hub_node_label(self) -> str:
@@ -1181,6 +1281,8 @@ def _check_files(p: Loaded) -> None:
         files += [("auth.oidc.ca_bundle", params.auth.oidc.ca_bundle)]  # type: ignore[union-attr]
     if params.auth.mode == "ldap":
         files += [("auth.ldap.ca_bundle", params.auth.ldap.ca_bundle)]  # type: ignore[union-attr]
+    if params.storage.hub.mode == "postgres" and params.storage.hub.postgres is not None:
+        files += [("storage.hub.postgres.ca", params.storage.hub.postgres.ca)]
     from .paramfile import MAX_PEM_BYTES, read_small
 
     for key, f in files:
@@ -1193,6 +1295,12 @@ def _check_files(p: Loaded) -> None:
         if "PRIVATE KEY-----" not in key:
             raise ParameterError(f"{p.source}: tls.acme.account_key: not a PEM private key "
                                  "(it starts with '-----BEGIN ... PRIVATE KEY-----')")
+    pg = params.storage.hub.postgres
+    if params.storage.hub.mode == "postgres" and pg is not None and pg.external:
+        if "-----BEGIN CERTIFICATE-----" not in p.path(pg.ca).read_text(errors="replace"):  # type: ignore[arg-type]
+            raise ParameterError(f"{p.source}: storage.hub.postgres.ca: {p.path(pg.ca)} holds no PEM certificate "  # type: ignore[arg-type]
+                                 "('-----BEGIN CERTIFICATE-----'); give the CA that signs the server's certificate")
+        p.resolve_secret(pg.password, "storage.hub.postgres.password")  # type: ignore[arg-type]
     if params.auth.mode == "github":
         p.resolve_secret(params.auth.github.client_secret, "auth.github.client_secret")  # type: ignore[union-attr]
     if params.auth.mode == "ldap":

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from hubops.core import api_token
+from hubops.hub import hubdb
 from hubops.core import labels as L
 from hubops.core import monitoring
 from hubops.core.params import Loaded
@@ -45,6 +46,7 @@ SECRET_FILES = {
     "github-client-secret": "hubops-github-client-secret",
     "oidc-client-secret": "hubops-oidc-client-secret",
     "ldap-bind-password": "hubops-ldap-bind-password",
+    "db-password": "hubops-db-password",
     monitoring.TOKEN_ROLE: monitoring.SECRET_FILE,  # Prometheus's scrape token (monitoring.enabled)
 }
 # Role -> where the hub container finds a (public) Swarm config besides its jupyterhub_config.py.
@@ -53,6 +55,7 @@ CONFIG_FILES = {
     "userlist": USERLIST_PATH,
     "oidc-ca": "/srv/jupyterhub/oidc-ca.pem",
     "ldap-ca": "/srv/jupyterhub/ldap-ca.pem",
+    "db-ca": "/srv/jupyterhub/db-ca.pem",
 }
 
 # What hubops's own service token may do: manage users and servers, reach them for checks.
@@ -89,6 +92,8 @@ def secret_roles(p: Loaded) -> list[str]:
         roles += ["admin-password"]
     else:
         roles += ["github-client-secret"]
+    if p.hub_db_postgres:  # storage.hub.mode postgres: the database password
+        roles += ["db-password"]
     if monitoring.enabled(p):
         roles.append(monitoring.TOKEN_ROLE)
     return roles
@@ -101,6 +106,8 @@ def config_roles(p: Loaded) -> list[str]:
         roles.append("oidc-ca")
     if p.auth.mode == "ldap" and p.auth.ldap.ca_bundle is not None:
         roles.append("ldap-ca")
+    if p.hub_db_postgres and p.storage.hub.pg.external:
+        roles.append("db-ca")
     return roles
 
 
@@ -177,7 +184,8 @@ def render(p: Loaded, *, singleuser_image: str, discovery: Any = None, node_cpus
         f'c.JupyterHub.hub_connect_url = "http://127.0.0.1:{HUB_PORT}"',
         # Users' servers reach the hub by its service name on the overlay network.
         f'c.Spawner.hub_connect_url = "http://{p.hub_service}:{HUB_PORT}"',
-        f'c.JupyterHub.db_url = "sqlite:///{DATA_DIR}/jupyterhub.sqlite"',
+        *(hubdb.config_lines(p, SECRET_FILES["db-password"], CONFIG_FILES["db-ca"]) if p.hub_db_postgres
+          else [f'c.JupyterHub.db_url = "sqlite:///{DATA_DIR}/jupyterhub.sqlite"']),
         f"c.JupyterHub.log_level = {p.hub.log_level!r}",
         # Users' servers are Swarm services that outlive a hub restart (upgrade, renewal).
         "c.JupyterHub.cleanup_servers = False",

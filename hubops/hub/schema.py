@@ -123,7 +123,7 @@ def data_node(p: Loaded, clients: Clients) -> str:
 
 
 def data_mount(p: Loaded) -> docker.types.Mount:
-    if p.hub_can_move:
+    if p.storage.hub.mode == "shared-path":
         return docker.types.Mount(hubconfig.DATA_DIR, str(p.storage.hub.path), type="bind")
     return docker.types.Mount(hubconfig.DATA_DIR, p.hub_volume, type="volume")
 
@@ -162,7 +162,17 @@ def read(p: Loaded, clients: Clients, image: str) -> Schema:
     """The database's schema revision and what `image`'s JupyterHub knows (a throwaway container of
     the image on the data's node; nothing is written). Works whether the hub runs or not."""
     node = data_node(p, clients)
-    if _volume_missing(p, clients, node):
+    if p.hub_db_postgres:  # the image's schemas from the image, the database's revision from PostgreSQL
+        from hubops.hub import hubdb
+
+        code, out = _run_head_only(p, clients, image)
+        if code == 0:
+            info = json.loads(out.strip().splitlines()[-1])
+            db = hubdb.read_hub_db(p, clients, image)
+            return Schema(image=image, jupyterhub=info["jupyterhub"], head=info["head"], revisions=info["revisions"],
+                          db=db.get("db"), exists=bool(db.get("exists")), user_tokens=db.get("user_tokens") or [],
+                          groups=db.get("groups") or {})
+    elif _volume_missing(p, clients, node):
         code, out = _run_head_only(p, clients, image)
     else:
         code, out = _run(p, clients, image, ["python3", "-c", _READ_SCRIPT, DB_PATH],
@@ -226,8 +236,13 @@ def migrate(p: Loaded, clients: Clients, image: str, *, expect_from: str, expect
     """`jupyterhub upgrade-db` of `image` against the hub's database (the hub must be stopped), then
     the revision read back. Raises MigrationFailed with the command's last output lines."""
     t0 = time.monotonic()
-    code, out = _run(p, clients, image, ["jupyterhub", "upgrade-db", f"--db={DB_URL}"],
-                     what=f"migrate the database with {image}", role="migrate")
+    if p.hub_db_postgres:
+        from hubops.hub import hubdb
+
+        code, out = hubdb.upgrade_db(p, clients, image)
+    else:
+        code, out = _run(p, clients, image, ["jupyterhub", "upgrade-db", f"--db={DB_URL}"],
+                         what=f"migrate the database with {image}", role="migrate")
     secs = round(time.monotonic() - t0, 1)
     tail = "\n".join(out.strip().splitlines()[-12:])
     if code != 0:

@@ -180,20 +180,29 @@ def backup(p: Loaded, clients: Clients, *, reason: str = "", dry_run: bool = Fal
     c = clients.manager
     svc = running.hub_service(p, clients)
     ctr = running.hub_container(p, clients)
-    tmp = f"/tmp/hubops-backup-{os.getpid()}-{int(time.time())}.sqlite"
-    with docker_op("copy the hub database inside its container"):
-        code, (out, err) = ctr.exec_run(["python3", "-c", _COPY_SCRIPT, DB_PATH, tmp], demux=True)
-    try:
-        if code != 0:
-            raise BackupError(f"copying {DB_PATH} in the hub's container failed "
-                              f"(exit {code}): {(err or b'').decode(errors='replace')[-500:]}")
-        inside = json.loads((out or b"{}").decode().strip().splitlines()[-1])
-        db = _copy_out(ctr, tmp)
-    finally:
-        ctr.exec_run(["rm", "-f", tmp])
+    database = None
+    if p.hub_db_postgres:  # pg_dump in a task of the postgres image (ops/backup_pg)
+        from hubops.ops import backup_pg
+
+        db_name = backup_pg.PGDUMP
+        db, database = backup_pg.dump(p, clients)
+        inside = {"jupyterhub": _hub_version(ctr)}
+    else:
+        db_name = DB
+        tmp = f"/tmp/hubops-backup-{os.getpid()}-{int(time.time())}.sqlite"
+        with docker_op("copy the hub database inside its container"):
+            code, (out, err) = ctr.exec_run(["python3", "-c", _COPY_SCRIPT, DB_PATH, tmp], demux=True)
+        try:
+            if code != 0:
+                raise BackupError(f"copying {DB_PATH} in the hub's container failed "
+                                  f"(exit {code}): {(err or b'').decode(errors='replace')[-500:]}")
+            inside = json.loads((out or b"{}").decode().strip().splitlines()[-1])
+            db = _copy_out(ctr, tmp)
+        finally:
+            ctr.exec_run(["rm", "-f", tmp])
     configs = _running_configs(c, svc)
     files = {
-        DB: db,
+        db_name: db,
         USERLIST: configs.get(hubconfig.USERLIST_PATH, p.userlist_text().encode()),
         HUB_CONFIG: configs.get(hubconfig.CONFIG_PATH, b""),
         PARAMETERS: p.source.read_bytes(),
@@ -206,11 +215,11 @@ def backup(p: Loaded, clients: Clients, *, reason: str = "", dry_run: bool = Fal
         "hub_image": running.service_image(svc),
         "jupyterhub_version": inside.get("jupyterhub"),
         "sqlite_version": inside.get("sqlite"),
-    })
+    }, database=database)
     info = manifest["database"]
     secs = round(time.monotonic() - t0, 2)
     r.change("create", f"backup {final}",
-             f"database of {len(info['users'])} users ({len(info['admins'])} admins, {len(info['servers'])} server "
+             ("PostgreSQL (pg_dump) " if database else "") + f"database of {len(info['users'])} users ({len(info['admins'])} admins, {len(info['servers'])} server "
              f"records), a consistent copy taken while the hub ran; userlist, hub config, parameters; "
              f"manifest with sha256" + (f"; reason: {reason}" if reason else ""))
     r.facts.update({
@@ -223,7 +232,13 @@ def backup(p: Loaded, clients: Clients, *, reason: str = "", dry_run: bool = Fal
     return r
 
 
-def write_folder(root: Path, files: dict[str, bytes], meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+def _hub_version(ctr) -> Any:
+    code, out = ctr.exec_run(["python3", "-c", "from importlib.metadata import version; print(version('jupyterhub'))"])
+    return out.decode().strip() if code == 0 else None
+
+
+def write_folder(root: Path, files: dict[str, bytes], meta: dict[str, Any], *,
+                 database: Optional[dict[str, Any]] = None) -> tuple[Path, dict[str, Any]]:
     """Write a backup folder under `root` (files 0600, folder 0700): into NAME.partial first, the
     manifest last, then renamed, so a folder without .partial is always complete."""
     from hubops import __version__
@@ -240,7 +255,13 @@ def write_folder(root: Path, files: dict[str, bytes], meta: dict[str, Any]) -> t
     try:
         for name, data in files.items():
             operator.write_private(partial / name, data)
-        info = inspect_db(partial / DB)  # the copy itself, read back from disk
+        if database is not None:  # PostgreSQL: read from the archive by ops/backup_pg
+            from hubops.ops import backup_pg
+
+            backup_pg.inspect_dump(partial / backup_pg.PGDUMP)
+            info = database
+        else:
+            info = inspect_db(partial / DB)  # the copy itself, read back from disk
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -294,7 +315,11 @@ def verify_backup(path: Path) -> dict[str, Any]:
         raise BackupError(f"{mf}: refused: not valid JSON ({e}); the backup is corrupt. Nothing was changed") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("files"), dict):
         raise BackupError(f"{mf}: refused: not a hubops backup manifest (format {FORMAT}). Nothing was changed")
-    problems = [f"{name}: not in the manifest" for name in REQUIRED if name not in m["files"]]
+    engine = (m.get("database") or {}).get("engine", "sqlite") if isinstance(m.get("database"), dict) else "sqlite"
+    from hubops.ops import backup_pg
+
+    required = REQUIRED if engine == "sqlite" else (backup_pg.PGDUMP, USERLIST, HUB_CONFIG)
+    problems = [f"{name}: not in the manifest" for name in required if name not in m["files"]]
     for name, meta in sorted(m["files"].items()):
         f = path / name
         if "/" in name or name.startswith(".") or not isinstance(meta, dict):
@@ -307,7 +332,10 @@ def verify_backup(path: Path) -> dict[str, Any]:
             problems.append(f"{name}: sha256 does not match the manifest (corrupt or changed)")
     if problems:
         raise BackupError(f"{path}: refused, nothing was changed: " + "; ".join(problems))
-    inspect_db(path / DB)
+    if engine == "sqlite":
+        inspect_db(path / DB)
+    else:
+        backup_pg.inspect_dump(path / backup_pg.PGDUMP)
     return m
 
 
@@ -318,11 +346,11 @@ def check_backup(p: Loaded, which: str = "latest") -> Result:
     info = m["database"]
     r = Result("backup check")
     r.check(f"backup {path}", f"manifest, {len(m['files'])} files and their sha256 match; "
-            f"a JupyterHub database ({len(info['users'])} users, integrity ok)")
+            f"a JupyterHub database ({info.get('engine', 'sqlite')}, {len(info['users'])} users, integrity ok)")
     r.facts.update({"path": str(path), "deployment": m["deployment"], "created": m["created"],
                     "jupyterhub": m.get("jupyterhub_version"), "hub_image": m.get("hub_image"),
                     "schema": info.get("alembic_revision"), "users": [u["name"] for u in info["users"]],
-                    "admins": info["admins"], "reason": m.get("reason", "")})
+                    "admins": info["admins"], "reason": m.get("reason", ""), "engine": info.get("engine", "sqlite")})
     return r
 
 

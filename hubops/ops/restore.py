@@ -81,6 +81,10 @@ def _data_node(p: Loaded, clients: Clients) -> str:
 
 
 def _data_where(p: Loaded) -> str:
+    if p.hub_db_postgres:
+        from hubops.hub import hubdb
+
+        return hubdb.describe(p)
     return f"{p.storage.hub.path} (storage.hub.path)" if p.hub_can_move else f"volume {p.hub_volume} on {p.hub_host.name}"
 
 
@@ -102,7 +106,7 @@ def _place_db(p: Loaded, clients: Clients, image: str, db: Path, sha: str) -> No
     """Put the backup's database where the hub keeps it (the hub is stopped)."""
     node = _data_node(p, clients)
     hc = clients[node]
-    if p.hub_can_move:
+    if p.storage.hub.mode == "shared-path":
         mount = docker.types.Mount("/data", str(p.storage.hub.path), type="bind")
     else:
         mount = docker.types.Mount("/data", p.hub_volume, type="volume")
@@ -160,6 +164,12 @@ def restore(p: Loaded, clients: Clients, which: str = "latest", *, safety_backup
     path = Path(checked.facts["path"])
     m = json.loads((path / MANIFEST).read_text())
     info = m["database"]
+    from hubops.ops import backup_pg
+
+    engine = info.get("engine", "sqlite")
+    mismatch = backup_pg.mode_mismatch(p, path, engine)
+    if mismatch:
+        raise BackupError(mismatch)
     if m["deployment"] != p.deployment:
         checked.check("deployment", f"a backup of {m['deployment']}, restored onto {p.deployment}")
     svc = running.hub_service(p, clients)
@@ -174,6 +184,9 @@ def restore(p: Loaded, clients: Clients, which: str = "latest", *, safety_backup
             f"`hubops ops restore -p {p.source} --set backup={path.name} --set image={m.get('hub_image')} "
             "--set confirm=true` (the image must be on the hub's node), then upgrade if you want")
     checked.check(f"image {image}", f"JupyterHub {head['jupyterhub']} expects schema {head['head']}, as in the backup")
+    if engine == backup_pg.ENGINE:
+        backup_pg.check_archive(p, clients, path / backup_pg.PGDUMP)
+        checked.check("archive", "pg_restore reads all of it")
     results = [checked]
     hub_running = False
     try:
@@ -184,10 +197,12 @@ def restore(p: Loaded, clients: Clients, which: str = "latest", *, safety_backup
         results.append(backup(p, clients, reason=f"before restoring {path.name}", dry_run=dry_run))
     r = Result("restore", dry_run=dry_run)
     results.append(r)
-    size = m["files"][DB]["bytes"]
+    db_file = backup_pg.PGDUMP if engine == backup_pg.ENGINE else DB
+    size = m["files"][db_file]["bytes"]
     r.change("update", f"service {p.hub_service}", "scaled to 0: the hub stops (users' servers keep running)")
     r.change("update", _data_where(p),
-             f"{DB} replaced by the backup's ({size} bytes, sha256 {m['files'][DB]['sha256'][:16]})")
+             (f"tables replaced by pg_restore of the backup's {db_file}" if engine == backup_pg.ENGINE
+              else f"{db_file} replaced by the backup's") + f" ({size} bytes, sha256 {m['files'][db_file]['sha256'][:16]})")
     if image != current:
         r.change("update", f"service {p.hub_service}", f"image {current} -> {image} (JupyterHub {head['jupyterhub']}, "
                  "whose schema the backup's database has)")
@@ -198,7 +213,10 @@ def restore(p: Loaded, clients: Clients, which: str = "latest", *, safety_backup
     _scale(svc, 0)
     try:
         _wait_hub_stopped(p, clients)
-        _place_db(p, clients, image, path / DB, m["files"][DB]["sha256"])
+        if engine == backup_pg.ENGINE:
+            backup_pg.restore_into(p, clients, path / backup_pg.PGDUMP)
+        else:
+            _place_db(p, clients, image, path / DB, m["files"][DB]["sha256"])
         if image != current:
             from hubops.stages import deploy
 

@@ -151,10 +151,17 @@ def _put_back(p: Loaded, clients: Clients, svc, *, backup_dir: Path, image: str,
     m = json.loads((backup_dir / _backup.MANIFEST).read_text())
     _restore.scale(svc, 0)
     _restore.wait_hub_stopped(p, clients)
-    _restore.place_db(p, clients, image, backup_dir / _backup.DB, m["files"][_backup.DB]["sha256"])
+    if p.hub_db_postgres:  # pg_restore of the archive, in one transaction
+        from hubops.ops import backup_pg
+
+        backup_pg.restore_into(p, clients, backup_dir / backup_pg.PGDUMP)
+        db_file = backup_pg.PGDUMP
+    else:
+        _restore.place_db(p, clients, image, backup_dir / _backup.DB, m["files"][_backup.DB]["sha256"])
+        db_file = _backup.DB
     r.change("update", _restore.data_where(p),
              f"database put back from {backup_dir.name} (schema {m['database']['alembic_revision']}, "
-             f"sha256 {m['files'][_backup.DB]['sha256'][:16]})")
+             f"sha256 {m['files'][db_file]['sha256'][:16]})")
     back = deploy.ensure_hub(p, clients, hub_image=image, wait=False)
     r.items += [i for i in back.items if i.target == f"service {p.hub_service}" and i.changed]
     _restore.scale(svc, 1)  # ensure_hub leaves the replica count alone when the spec is otherwise unchanged

@@ -115,6 +115,11 @@ def hub_data_mount(p: Loaded) -> docker.types.Mount:
     """The hub's data directory: a local volume of its manager, or a path on storage every manager mounts."""
     if p.storage.hub.mode == "shared-path":
         return docker.types.Mount(hubconfig.DATA_DIR, str(p.storage.hub.path), type="bind")
+    if p.hub_db_postgres:
+        # The database is in PostgreSQL; the data directory keeps only the hub's notices. Swarm makes the
+        # volume on whichever manager the hub lands on, labelled so that teardown finds it.
+        return docker.types.Mount(hubconfig.DATA_DIR, p.hub_volume, type="volume",
+                                  labels=L.labels(p.deployment, "70-storage", role="hub-data"))
     return docker.types.Mount(hubconfig.DATA_DIR, p.hub_volume, type="volume")
 
 

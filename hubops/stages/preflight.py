@@ -120,4 +120,8 @@ def check(p: Loaded, clients: Clients) -> Result:
     r.facts["users"] = f"{len(p.allowed)} allowed, admins: {', '.join(p.admins)}"
     if shutil.which("debootstrap") is None:
         r.facts["debootstrap"] = "not installed (needed only when no registry answers for the base image)"
+    if p.hub_db_postgres and p.storage.hub.pg.external:  # answers, TLS verifies: refused before any change
+        from hubops.hub import hubdb
+
+        r.check("hub database", hubdb.probe_tls(p))
     return r

@@ -29,6 +29,10 @@ def ensure_hub_volume(p: Loaded, clients: Clients, *, dry_run: bool = False) -> 
     storage.hub.mode shared-path, check instead that every manager sees the same directory."""
     if p.storage.hub.mode == "shared-path":
         return ensure_hub_shared_path(p, clients, dry_run=dry_run)
+    if p.storage.hub.mode == "postgres":
+        from hubops.stages import postgres
+
+        return postgres.ensure_db(p, clients, dry_run=dry_run)
     r = Result("storage", dry_run=dry_run)
     node = p.hub_host.name
     c = clients[node]
@@ -58,6 +62,13 @@ def ensure_hub_volume(p: Loaded, clients: Clients, *, dry_run: bool = False) -> 
 
 def describe_hub(p: Loaded) -> str:
     """One line saying where the hub's database lives and whether the hub can move."""
+    if p.hub_db_postgres:
+        from hubops.hub import hubdb
+
+        return (f"yes: the hub database is in {hubdb.describe(p)}; if the hub's manager is lost, Swarm starts the "
+                "hub on another manager (reach it there: point the hub's DNS name at that manager)"
+                + ("" if p.storage.hub.pg.external or p.storage.hub.pg.path else
+                   f"; the database itself stays on {p.db_node}, which must stay up"))
     if p.hub_can_move:
         return (f"yes: the hub database is in {p.storage.hub.path} on storage every manager mounts; if the hub's "
                 "manager is lost, Swarm starts the hub on another manager (reach it there: point the hub's DNS "
