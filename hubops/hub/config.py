@@ -198,6 +198,9 @@ def render(p: Loaded, *, singleuser_image: str, discovery: Any = None) -> str:
     ]
     lines += user_storage_lines(p, user_labels)
     lines += culler_lines(p)
+    from hubops.hub import config_servers
+
+    lines += config_servers.lines(p)
     # Users' servers locked down: every capability dropped (the server runs as the image's user and
     # needs none), no privilege gained through exec, a process limit, memory and CPU limits.
     lines += [

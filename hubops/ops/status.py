@@ -12,7 +12,7 @@ import docker.errors
 
 from hubops.core import labels as L
 from hubops.core.engine import Clients, docker_op, mixed_versions
-from hubops.core.facts import node_name, user_of
+from hubops.core.facts import node_name, server_label, server_of, user_of
 from hubops.core.params import Loaded
 from hubops.core.result import Result
 
@@ -35,10 +35,11 @@ def placements(p: Loaded, c: docker.DockerClient) -> list[dict[str, Any]]:
                 "service": s.name,
                 "kind": "hub" if role == "hub" else "user server",
                 "user": "" if role == "hub" else user_of(s),
+                "server": "" if role == "hub" else server_of(s),  # "" : the default server; else a named one
                 "node": nodes.get(t["NodeID"], t["NodeID"][:12]) if t and t.get("NodeID") else "-",
                 "state": t["Status"]["State"] if t else "no task",
             })
-    return sorted(out, key=lambda r: (r["kind"] != "hub", r["user"]))
+    return sorted(out, key=lambda r: (r["kind"] != "hub", r["user"], r["server"]))
 
 
 def swarm_health(p: Loaded, clients: Clients) -> dict[str, Any]:
@@ -147,7 +148,7 @@ def status(p: Loaded, clients: Clients) -> Result:
     users = {}
     for row in where:
         if row["kind"] == "user server":
-            users.setdefault(row["node"], []).append(row["user"])
+            users.setdefault(row["node"], []).append(server_label(row["user"], row["server"]))
     r.facts["users by node"] = [{"node": k, "users": ", ".join(sorted(v))} for k, v in sorted(users.items())]
     quorum = managers_reachable > managers_total // 2
     r.facts["managers"] = f"{managers_reachable} of {managers_total} reachable: quorum {'kept' if quorum else 'LOST'}"
