@@ -1,6 +1,6 @@
 """Named servers and shared data without an engine: the generated config read back as JupyterHub reads
 it, and hubops's spawner (the real dockerspawner over JupyterHub's own User and ORM objects) naming,
-labelling and mounting. With real Swarm services and a real hub: tests/e2e/test_named_shared.py (the unit side: tests/unit/test_named_shared_config.py)."""
+labelling and mounting. With real Swarm services and a real hub: tests/e2e/test_named_shared.py."""
 from __future__ import annotations
 
 import pytest
