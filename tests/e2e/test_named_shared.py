@@ -77,11 +77,18 @@ def hub(tmp_path_factory):
     t0 = time.monotonic()
     res = hubops_cli("deploy", "-p", str(params), outputs=outputs)
     print(f"\ndeploy: {time.monotonic() - t0:.1f} s")
-    assert res.returncode == 0, res.stderr[-4000:]
     p = load_params(params)
+    if res.returncode != 0:
+        teardown.teardown(p, Clients(p), remove_volumes=True, remove_user_data=True)
+    assert res.returncode == 0, res.stderr[-4000:]
     state = {"p": p, "params": params, "outputs": outputs, "data": data, "folder": shared / "physics",
              "tmp": tmp, "torn_down": False}
     yield state
+    try:  # the hub's last words, for a failure's reader
+        svc = docker.from_env().services.get(p.hub_service)
+        print("\nhub log (last 60 lines):\n" + b"".join(svc.logs(stdout=True, stderr=True, tail=60)).decode(errors="replace"))
+    except docker.errors.NotFound:
+        pass
     if not state["torn_down"] or labelled():
         teardown.teardown(p, Clients(p), remove_volumes=True, remove_user_data=True)
     assert not labelled(), f"left behind: {labelled()}"
