@@ -258,8 +258,9 @@ def test_backup_and_restore_keep_named_servers(hub):
     assert {"user": "alice", "server": "busy", "running": True} in servers, servers
     assert {"user": "alice", "server": "idle", "running": False} in servers, servers
     t0 = time.monotonic()
-    res = hubops_cli("ops", "restore", "-p", str(hub["params"]), "--set", f"backup={folder}", "--set", "confirm=true",
-                     outputs=outputs)
+    with keep_busy(api_for(p), "/user/alice/busy"):  # alice goes on working (requests fail while the hub is down)
+        res = hubops_cli("ops", "restore", "-p", str(hub["params"]), "--set", f"backup={folder}",
+                         "--set", "confirm=true", outputs=outputs)
     print(f"\nrestore: {time.monotonic() - t0:.1f} s")
     assert res.returncode == 0, res.stderr[-3000:]
     checks = {i["target"]: i["detail"] for r in last_record(outputs)["results"] for i in r["items"]}
@@ -273,7 +274,8 @@ def test_backup_and_restore_keep_named_servers(hub):
 def test_teardown_stops_named_servers_through_the_hub_and_removes_them(hub):
     p, outputs = hub["p"], hub["outputs"]
     api = api_for(p)
-    start(api, "alice", "idle")
+    with keep_busy(api, "/user/alice/busy"):  # not culled before the teardown
+        start(api, "alice", "idle")
     assert len(labelled("service")) == 3  # the hub, alice/busy, alice/idle
     res = hubops_cli("ops", "teardown", "-p", str(hub["params"]), "--set", "confirm=true",
                      "--set", "remove_volumes=true", "--set", "remove_user_data=true", outputs=outputs)
