@@ -102,7 +102,7 @@ def api_for(p) -> HubAPI:
     return HubAPI(p, timeout=30)
 
 
-def servers_of(api: HubAPI, user: str, patience: float = 90) -> dict:
+def servers_of(api: HubAPI, user: str, patience: float = 300) -> dict:
     """The user's servers as the hub lists them. On this shared 2-core machine under load the hub's
     healthcheck can fail and Swarm restart it: that is waited for (and counted), not a failure here."""
     t0 = time.monotonic()
