@@ -31,7 +31,7 @@ from hubops.hub.running import HubAPI, server_path
 from hubops.ops import teardown
 from tests.helpers import ensure_swarm, free_port, free_subnet, hubops_cli, make_params, run_name
 
-pytestmark = [pytest.mark.engine, pytest.mark.e2e]
+pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]  # a deployment of its own: 5-10 minutes
 DEPLOYMENT = run_name("named")
 GID = 2001
 CULL_TIMEOUT = 30
