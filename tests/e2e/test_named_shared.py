@@ -11,7 +11,8 @@
    hub's idle culler (timeout 30 s), the busy one keeps running; `ops status` shows both servers;
 3. backup and restore: the backup's manifest lists the named servers, a restore brings their
    records back (the busy one still running);
-4. teardown stops the named servers through the hub and removes every labelled object.
+4. a third named server is refused (the limit is 2); teardown stops the named servers through the
+   hub and removes every labelled object.
 """
 from __future__ import annotations
 
@@ -321,6 +322,9 @@ def test_teardown_stops_named_servers_through_the_hub_and_removes_them(hub):
     with keep_busy(api, "/user/alice/busy"):  # not culled before the teardown
         start(api, "alice", "idle")
     assert len(labelled("service")) == 3  # the hub, alice/busy, alice/idle
+    # spawner.named_servers: 2 is the hub's limit
+    r = api.request("POST", server_path("alice", "third"), ok=(400,))
+    assert "already has the maximum of 2 named servers" in r.text, r.text
     res = hubops_cli("ops", "teardown", "-p", str(hub["params"]), "--set", "confirm=true",
                      "--set", "remove_volumes=true", "--set", "remove_user_data=true", outputs=outputs)
     hub["torn_down"] = True
