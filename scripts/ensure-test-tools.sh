@@ -53,3 +53,13 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "warning: node or npm is missing; the OIDC tests will fail (apt-get install nodejs npm)" >&2
   fi
 fi
+# OpenSSH's server: lab nodes run sshd in their own namespaces for the ssh:// engine tests (the
+# operator's side uses the ssh client). Debian's package does not start a daemon here without an
+# init system; the tests start their own, inside lab namespaces only.
+if [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null 2>&1; then
+  if can_apt; then
+    apt_install "sshd inside lab nodes for the ssh:// engine tests" openssh-server openssh-client
+  else
+    echo "warning: sshd is missing; the ssh:// engine tests will fail (apt-get install openssh-server)" >&2
+  fi
+fi

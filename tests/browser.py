@@ -37,3 +37,32 @@ def hub_log_tail(service: str, lines: int = 60) -> str:
     out = subprocess.run(["docker", "service", "logs", "--raw", "--tail", str(lines), service],
                          capture_output=True, text=True, timeout=60)
     return out.stdout + out.stderr
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own browser download needs the internet
+
+
+def chromium():
+    """Headless Debian Chromium driven by Playwright, as a context manager yielding the browser:
+    `with chromium() as b: page = b.new_context(...).new_page()`. A missing Chromium fails the test
+    with what to install."""
+    import contextlib
+    import os
+
+    import pytest
+
+    @contextlib.contextmanager
+    def launched():
+        if not os.path.exists(CHROMIUM):
+            pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium", pytrace=False)
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                   args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            try:
+                yield b
+            finally:
+                b.close()
+
+    return launched()

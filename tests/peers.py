@@ -163,6 +163,12 @@ class FakeGitHub:
         self.tokens: dict[str, str] = {}
         self.log: list[str] = []
         self.token_requests_bad_secret = 0
+        # Organisations and teams, answered as GitHub's REST API does for a token with read:org:
+        # 204 for a member, 404 for anyone else (OAuthenticator's allowed_organizations asks these).
+        self.orgs: dict[str, set[str]] = {}
+        self.teams: dict[tuple[str, str], set[str]] = {}
+        self.scopes: list[str] = []  # the scope each authorize request asked for
+        self.membership_checks: list[str] = []  # "org[:team] user" per membership request
         self.server = ThreadingHTTPServer((bind, port), self._handler())
         self.port = self.server.server_address[1]
         self.url = f"http://{address}:{self.port}"
@@ -216,6 +222,7 @@ class FakeGitHub:
                 if url.path == "/login/oauth/authorize":
                     if q.get("client_id") != gh.client_id or not gh.login:
                         return self._send(400, {"error": "unknown client_id or no user chosen"})
+                    gh.scopes.append(q.get("scope", ""))
                     code = secrets.token_urlsafe(16)
                     gh.codes[code] = (gh.login, q.get("redirect_uri", ""))
                     target = q["redirect_uri"] + "?" + urlencode({"code": code, "state": q.get("state", "")})
@@ -228,6 +235,18 @@ class FakeGitHub:
                         return self._send(401, {"message": "Bad credentials"})
                     uid = int.from_bytes(login.encode()[:6].ljust(6, b"\0"), "big") % 10**7
                     return self._send(200, {"login": login, "id": uid, "name": login.title(), "email": None})
+                # /api/v3/orgs/ORG/members/USER and /api/v3/orgs/ORG/teams/TEAM/members/USER
+                m = re.fullmatch(r"/api/v3/orgs/([^/]+)(?:/teams/([^/]+))?/members/([^/]+)", url.path)
+                if m:
+                    auth = self.headers.get("Authorization", "")
+                    if gh.tokens.get(auth.split(" ", 1)[-1] if " " in auth else "") is None:
+                        return self._send(401, {"message": "Bad credentials"})
+                    org, team, user = m.groups()
+                    gh.membership_checks.append(f"{org}{':' + team if team else ''} {user}")
+                    members = gh.teams.get((org, team), set()) if team else gh.orgs.get(org, set())
+                    if user in members:
+                        return self._send(204)
+                    return self._send(404, {"message": "Not Found"})
                 return self._send(404, {"message": "Not Found"})
 
             def do_POST(self):

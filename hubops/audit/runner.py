@@ -124,6 +124,46 @@ def recover_leftovers(run: "Run", redact: Optional[Redactor]) -> list[str]:
     return found
 
 
+def _runner_alive(manifest: dict) -> bool:
+    """Whether the runner that recorded `manifest` still runs (on this machine; a run from another
+    machine counts as alive: it cannot be told from here)."""
+    if manifest.get("machine") != platform.node():
+        return True
+    try:
+        os.kill(int(manifest.get("runner_pid") or 0), 0)
+    except (OSError, ValueError):
+        return False
+    return bool(manifest.get("runner_pid"))
+
+
+def redact_stale_leftovers(p: Loaded, redact: Optional[Redactor]) -> list[str]:
+    """Notebooks that killed runners of this deployment left in the private working folder, redacted
+    where they are (not published: `--resume RUN` still adds them to their run's record). So nothing
+    unredacted outlives the runner that wrote it beyond the next run of the deployment. Returns the
+    run IDs whose leftovers were redacted."""
+    root = work_root()
+    done = []
+    if not root.is_dir():
+        return done
+    r = redact if redact is not None else session_redactor()
+    for d in sorted(x for x in root.iterdir() if x.is_dir()):
+        try:
+            manifest = json.loads((OUTPUTS / d.name / "run.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if manifest.get("deployment") != p.deployment or _runner_alive(manifest):
+            continue
+        for work in sorted(d.glob("*.ipynb")):
+            try:
+                r.redact_notebook(work)
+                os.chmod(work, 0o600)
+            except (OSError, ValueError) as e:  # one we cannot clean is removed: never kept unredacted
+                log.warning("could not redact the leftover %s of run %s (%s); removed", work.name, d.name, e)
+                work.unlink(missing_ok=True)
+        done.append(d.name)
+    return done
+
+
 def ops_runbooks() -> list[str]:
     """The day-2 runbooks: runbooks/ops/NAME.ipynb."""
     return sorted(f.stem for f in (RUNBOOKS / "ops").glob("*.ipynb"))
@@ -415,6 +455,10 @@ def run_chain(
                 raise HubopsError(f"no stage matches {only}; stages are {[s.stem for s in deploy_stages()]}")
         run = new_run(p, kind="plan" if dry_run else "deploy", stages=stages)
     run.save()
+    if not resume:
+        for stale in redact_stale_leftovers(p, redactor(p)):
+            log.info("run %s: notebooks its stopped runner left were redacted where they are; "
+                     "`hubops deploy --resume %s` adds them to its record", stale, stale)
     t0 = time.monotonic()
     failed = False
     todo = [i for i, entry in enumerate(run.manifest["stages"]) if entry["status"] != "ok"]

@@ -466,14 +466,22 @@ def lab() -> None:
               help="Docker engine of the nodes: one version for all (28, 26, 20.10) or per node "
                    "(manager=28,node0=26,node1=20.10; nodes not named: 20.10, this machine's dockerd)")
 @click.option("--rebuild", is_flag=True, help="build the chosen engines' root file systems again")
+@click.option("--ssh", "ssh_nodes", default=None, metavar="all|NODE,...",
+              help="reach these nodes over ssh:// (sshd in their namespaces, the lab's key, pinned host keys) "
+                   "instead of tcp+TLS; 20.10 nodes only")
 def lab_up_cmd(name: str, managers: int, workers: int, subnet: str, overlay_subnet: str, params_file: str,
-               engines: str | None, rebuild: bool) -> None:
+               engines: str | None, rebuild: bool, ssh_nodes: str | None) -> None:
     """Bring up the lab (idempotent) and write its parameter file."""
     from hubops.lab.cluster import lab_up
 
     try:
         info = lab_up(name=name, managers=managers, workers=workers, subnet=subnet,
                       overlay_subnet=overlay_subnet, params_out=Path(params_file), engines=engines, rebuild=rebuild)
+        if ssh_nodes:
+            from hubops.lab.ssh import enable_ssh
+
+            chosen = None if ssh_nodes == "all" else [n.strip() for n in ssh_nodes.split(",") if n.strip()]
+            info.changes += enable_ssh(name, Path(params_file), nodes=chosen)
     except HubopsError as e:
         _fail(e, 1)
     click.echo(repr(info))

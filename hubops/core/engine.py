@@ -10,6 +10,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from hubops.core import ssh
 from hubops.core.errors import DockerOpError, PreflightError
 from hubops.core.params import Host, Loaded
 
@@ -29,7 +30,13 @@ def client_for(p: Loaded, host: Host, *, timeout: int = DEFAULT_TIMEOUT) -> dock
             verify=True,
         )
     if host.url.startswith("ssh://"):
-        kwargs["use_ssh_client"] = True
+        # OpenSSH's forwarding of the engine's socket, reached here as a local socket (core/ssh.py).
+        s = host.ssh
+        kwargs["base_url"] = ssh.engine_url(
+            host.name, host.url, engine_socket=host.engine_socket,
+            known_hosts=str(p.path(s.known_hosts)) if s and s.known_hosts else None,
+            identity=str(p.path(s.identity_file)) if s and s.identity_file else None,
+            connect_timeout=s.connect_timeout if s else 10)
     try:
         client = docker.DockerClient(**kwargs)
     except docker.errors.DockerException as e:

@@ -105,6 +105,18 @@ def _ports(p: "Loaded") -> list[str]:
             if engine_port == port:
                 out.append(f"hub.https_port: {port} is the Docker API port of {_host_key(p, i)} ({h.name}), "
                            "the hub's node; use 443 or 8443")
+    mon = getattr(p, "monitoring", None)
+    if mon is not None and mon.enabled and mon.publish_port is not None:
+        mport = mon.publish_port
+        if mport == port:
+            out.append(f"monitoring.publish_port: {mport} is hub.https_port; choose another port (or none: "
+                       "Prometheus then stays on the overlay network)")
+        elif mport in swarm_ports:
+            out.append(f"monitoring.publish_port: {mport} is {swarm_ports[mport]} port on every node; "
+                       "choose another port, such as 9090")
+        elif mport == ACME_PORT and p.tls.mode == "acme":
+            out.append("monitoring.publish_port: 80 is where the ACME server checks the HTTP-01 challenge; "
+                       "choose another port, such as 9090")
     if p.swarm.listen_port in (4789, 7946):
         out.append(f"swarm.listen_port: {p.swarm.listen_port} is {SWARM_PORTS[p.swarm.listen_port]} port; "
                    "keep 2377")

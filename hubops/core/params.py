@@ -63,6 +63,17 @@ class HostTLS(_Model):
     key: Path
 
 
+class HostSSH(_Model):
+    """How hubops logs in to an ssh:// engine's host (see hubops/core/ssh.py)."""
+
+    known_hosts: Optional[Path] = Field(
+        None, description="a known_hosts file that pins the host's ssh key (default: ~/.ssh/known_hosts); "
+                          "an unknown or changed key is always refused")
+    identity_file: Optional[Path] = Field(
+        None, description="the private key to log in with (default: the ssh agent's and ~/.ssh's keys)")
+    connect_timeout: int = Field(10, ge=1, le=120, description="seconds to wait for the ssh connection")
+
+
 class Host(_Model):
     """One Docker engine."""
 
@@ -70,6 +81,7 @@ class Host(_Model):
     url: str = Field(description="unix:///var/run/docker.sock, tcp://HOST:2376 or ssh://USER@HOST")
     advertise_addr: Optional[str] = Field(None, description="address other nodes reach this one at")
     tls: Optional[HostTLS] = None
+    ssh: Optional[HostSSH] = None
     labels: dict[str, str] = Field(default_factory=dict)
     engine_socket: str = Field(
         "/var/run/docker.sock",
@@ -112,6 +124,12 @@ class Host(_Model):
             )
         if not self.url.startswith("tcp://") and self.tls is not None:
             raise ValueError("tls is only for tcp:// engines; remove it or use a tcp:// url")
+        if self.url.startswith("ssh://"):
+            from hubops.core.ssh import Target
+
+            Target.parse(self.url)  # ssh://USER@HOST[:PORT], nothing else
+        elif self.ssh is not None:
+            raise ValueError("ssh is only for ssh:// engines; remove it or use an ssh://USER@HOST url")
         return self
 
 
@@ -574,6 +592,13 @@ class Spawner(_Model):
                                description="capabilities given back to users' servers (all are dropped)")
     start_timeout: int = Field(120, ge=10)
     http_timeout: int = Field(60, ge=5)
+    # A burst of users (a class starting at once) must not take the hub down: servers beyond these
+    # wait their turn, told by JupyterHub's HTTP 429 when to try again (hubops/hub/spawn_limits.py).
+    concurrent_spawn_limit: Optional[int] = Field(
+        None, ge=0, description="servers starting at once; more are asked to try again shortly (HTTP 429). "
+        "null: from the cluster, twice the CPUs of the nodes that run users' servers (at least 2); 0: no limit")
+    active_server_limit: int = Field(
+        0, ge=0, description="servers running at once; more are refused until one stops (0: no limit)")
     placement: Literal["auto", "workers", "any"] = Field(
         "auto", description="auto: on workers when there are any, else anywhere"
     )
@@ -689,6 +714,19 @@ class Culler(_Model):
     every: int = Field(60, ge=5, description="seconds between two checks")
 
 
+class Monitoring(_Model):
+    """Optional Prometheus (on the hub's manager) scraping the hub's /hub/metrics and a node exporter on
+    every node; the status and diagnose runbooks plot what it gathered (hubops/stages/monitoring.py)."""
+
+    enabled: bool = False
+    scrape_interval: int = Field(15, ge=5, le=600, description="seconds between two scrapes of each target")
+    retention_days: int = Field(15, ge=1, le=3650, description="days of data Prometheus keeps in its volume")
+    publish_port: Optional[int] = Field(
+        None, ge=1, le=65535,
+        description="publish Prometheus's port 9090 on this host port of its node (default: reachable on the "
+                    "overlay network only; Prometheus has no login, anyone who reaches the port reads the metrics)")
+
+
 class Params(_Model):
     """The whole parameter file."""
 
@@ -710,6 +748,7 @@ class Params(_Model):
     backup: Backup = Field(default_factory=Backup)
     culler: Culler = Field(default_factory=Culler)
     shared_data: SharedData = Field(default_factory=SharedData)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     @model_validator(mode="before")
     @classmethod
@@ -717,7 +756,7 @@ class Params(_Model):
         # A section whose keys are all commented out (`images:` alone) means "the defaults".
         if isinstance(data, dict):
             return {k: ({} if v is None and k in ("swarm", "network", "hub", "tls", "images", "spawner", "verify",
-                                                          "storage", "backup", "culler", "shared_data") else v)
+                                                          "storage", "backup", "culler", "monitoring", "shared_data") else v)
                     for k, v in data.items()}
         return data
 
@@ -1064,6 +1103,16 @@ def _check_files(p: Loaded) -> None:
             group = "managers" if i < len(params.hosts.managers) else "workers"
             idx = i if group == "managers" else i - len(params.hosts.managers)
             files += [(f"hosts.{group}[{idx}].tls.{k}", getattr(h.tls, k)) for k in ("ca", "cert", "key")]
+        if h.ssh:
+            group = "managers" if i < len(params.hosts.managers) else "workers"
+            idx = i if group == "managers" else i - len(params.hosts.managers)
+            where = f"hosts.{group}[{idx}].ssh"
+            files += [(f"{where}.known_hosts", h.ssh.known_hosts), (f"{where}.identity_file", h.ssh.identity_file)]
+            key = h.ssh.identity_file
+            if key is not None and p.path(key).is_file() and p.path(key).stat().st_mode & 0o077:
+                # ssh itself refuses such a key ("UNPROTECTED PRIVATE KEY FILE"): say it now
+                raise ParameterError(f"{p.source}: {where}.identity_file: {p.path(key)} can be read by others "
+                                     f"(mode {p.path(key).stat().st_mode & 0o777:o}); chmod 600 it")
     if params.tls.acme:
         files += [("tls.acme.ca_bundle", params.tls.acme.ca_bundle)]
     if params.auth.mode == "oidc":

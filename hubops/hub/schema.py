@@ -54,7 +54,7 @@ class MigrationFailed(SchemaError):
 # Runs in a throwaway container of a hub image (its own python3 and JupyterHub), the hub's data at
 # DATA_DIR: what the image knows of schemas and what the database holds. Read-only on the database.
 _READ_SCRIPT = """
-import json, os, sqlite3, sys
+import importlib.util, json, os, sqlite3, sys
 import jupyterhub
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -62,7 +62,8 @@ cfg = Config()
 cfg.set_main_option("script_location", os.path.join(os.path.dirname(jupyterhub.__file__), "alembic"))
 sd = ScriptDirectory.from_config(cfg)
 out = {"jupyterhub": jupyterhub.__version__, "head": sd.get_current_head(),
-       "revisions": [r.revision for r in sd.walk_revisions()], "db": None, "exists": os.path.exists(sys.argv[1])}
+       "revisions": [r.revision for r in sd.walk_revisions()], "db": None, "exists": os.path.exists(sys.argv[1]),
+       "spawner": importlib.util.find_spec("hubops.inhub") is not None}
 if out["exists"]:
     con = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True, timeout=30)
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -95,6 +96,7 @@ class Schema:
     exists: bool = False
     user_tokens: list[list[Any]] = field(default_factory=list)
     groups: dict[str, list[str]] = field(default_factory=dict)
+    spawner: bool = True  # the image holds hubops's spawner (hubops/inhub), which the hub's config imports
 
     @property
     def plan(self) -> str:
@@ -171,7 +173,7 @@ def read(p: Loaded, clients: Clients, image: str) -> Schema:
     info = json.loads(out.strip().splitlines()[-1])
     return Schema(image=image, jupyterhub=info["jupyterhub"], head=info["head"], revisions=info["revisions"],
                   db=info.get("db"), exists=bool(info.get("exists")), user_tokens=info.get("user_tokens") or [],
-                  groups=info.get("groups") or {})
+                  groups=info.get("groups") or {}, spawner=bool(info.get("spawner", True)))
 
 
 def _run_head_only(p: Loaded, clients: Clients, image: str) -> tuple[int, str]:
@@ -242,6 +244,16 @@ def migrate(p: Loaded, clients: Clients, image: str, *, expect_from: str, expect
             "jupyterhub_copy": copy.group(1) if copy else None}
 
 
+def require_spawner(p: Loaded, s: Schema) -> None:
+    """Refuse a hub image without hubops's spawner before anything changes (its hub cannot start)."""
+    if not s.spawner:
+        raise SchemaError(
+            f"refused, nothing was changed: image {s.image} lacks hubops's spawner (the module hubops.inhub, which "
+            "the generated jupyterhub_config.py imports), so its hub would not start; it was built by an older "
+            "hubops or not FROM a hubops-hub image. Build the image FROM a hubops-hub image (or from images/hub "
+            f"as 60-images does), or upgrade with `hubops ops upgrade -p {p.source} --set jupyterhub_version=X.Y.Z`")
+
+
 def guard(p: Loaded, clients: Clients, image: str, *, current_image: str = "") -> Optional[Schema]:
     """Refuse, before any change, to run `image` on a database it cannot use: a newer schema (a
     downgrade across a migration) or an older one (a migration, which `ops upgrade` does with a
@@ -252,6 +264,7 @@ def guard(p: Loaded, clients: Clients, image: str, *, current_image: str = "") -
     except docker.errors.ImageNotFound:
         return None
     s = read(p, clients, image)
+    require_spawner(p, s)
     if s.plan == "downgrade":
         raise DowngradeRefused(downgrade_message(p, s, running_image=current_image))
     if s.plan == "migrate":

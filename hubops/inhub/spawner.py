@@ -14,6 +14,9 @@ What it adds to SwarmSpawner:
 - a swarm without a leader (quorum lost) leaves servers running in the hub's eyes;
 - the new service's task and its start are watched every 0.05-0.1 s, not 1 s growing to 11 s;
 - stop returns once the old container is gone, not when the service is removed;
+- under a burst, those looks are paced: the engine is asked about as often in all as for one spawn
+  (each look's interval times the number of servers starting, up to max_poll_interval), and
+  Docker calls run on a few threads shared by every spawner, not dockerspawner's single one;
 - named servers (parameter spawner.named_servers): each its own service, named within Docker's 63
   characters and labelled with its user and server name (hubops.user, hubops.server);
 - shared data (parameter shared_data): read-only data sets and group folders mounted into the
@@ -25,6 +28,7 @@ import asyncio
 import hashlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from docker.errors import APIError, NotFound
 from docker.types import DriverConfig, Mount
@@ -82,6 +86,11 @@ class HubopsSpawner(SwarmSpawner):
     answer_poll_interval = Float(0.1, config=True, help="seconds between tries of a started server's HTTP port")
     stop_wait_timeout = Float(60, config=True, help="how long stop waits for the old container to go")
     stop_poll_interval = Float(0.5, config=True, help="seconds between looks at the old service's tasks")
+    max_poll_interval = Float(1.0, config=True,
+                              help="the longest interval a look is stretched to while many servers start at once")
+    docker_threads = Integer(4, config=True,
+                             help="threads for Docker API calls, shared by every spawner (dockerspawner has 1: "
+                                  "under a burst every user's calls queued behind each other)")
 
     # -- lockdown (parameters spawner.cap_add, pids_limit) -------------------------------------
     cap_drop = List(Unicode(), default_value=["ALL"], config=True,
@@ -96,6 +105,22 @@ class HubopsSpawner(SwarmSpawner):
     # state (get_state), and not cleared when the server stops, so later servers go there.
     home_node = Unicode(None, allow_none=True)
     _creating = False
+    # Servers starting now (every HubopsSpawner of this hub), which paces the looks (paced()).
+    _starting = 0
+    _hubops_executor = None
+
+    @property
+    def executor(self):
+        """One pool of docker_threads threads for every spawner's Docker calls (dockerspawner: one thread)."""
+        if HubopsSpawner._hubops_executor is None:
+            HubopsSpawner._hubops_executor = ThreadPoolExecutor(max(1, self.docker_threads),
+                                                                thread_name_prefix="hubops-docker")
+        return HubopsSpawner._hubops_executor
+
+    def paced(self, interval: float) -> float:
+        """`interval` stretched by the number of servers starting at once (up to max_poll_interval, never
+        below `interval`): one spawn is watched as closely as before, twenty do not ask twenty times as much."""
+        return max(interval, min(self.max_poll_interval, interval * HubopsSpawner._starting))
 
     # -- shared data (parameter shared_data) ---------------------------------------------------
     datasets = List(Dict(), config=True,
@@ -303,7 +328,7 @@ class HubopsSpawner(SwarmSpawner):
         result = await super().docker(method, *args, **kwargs)
         if method == "tasks" and self._creating and not result:
             for _ in range(self.new_task_polls):
-                await asyncio.sleep(self.new_task_poll_interval)
+                await asyncio.sleep(self.paced(self.new_task_poll_interval))
                 result = await super().docker(method, *args, **kwargs)
                 if result:
                     break
@@ -319,7 +344,7 @@ class HubopsSpawner(SwarmSpawner):
             state = task["Status"]["State"].lower()
             if state not in WAITING:
                 break
-            await asyncio.sleep(self.task_poll_interval)
+            await asyncio.sleep(self.paced(self.task_poll_interval))
         if state != "running":
             raise RuntimeError("Service %s not running: %s" % (self.service_name, task["Status"]))
 
@@ -335,7 +360,7 @@ class HubopsSpawner(SwarmSpawner):
                 await client.fetch(url, raise_error=False, request_timeout=2, follow_redirects=False)
                 return
             except Exception:  # noqa: BLE001 - not listening yet, or its name not yet in DNS
-                await asyncio.sleep(self.answer_poll_interval)
+                await asyncio.sleep(self.paced(self.answer_poll_interval))
         # Give up quietly: the hub's own check decides, with its own timeout and message.
 
     async def stop(self, now=False):
@@ -359,6 +384,13 @@ class HubopsSpawner(SwarmSpawner):
                          name, self.stop_wait_timeout)
 
     async def start(self):
+        HubopsSpawner._starting += 1
+        try:
+            return await self._start()
+        finally:
+            HubopsSpawner._starting -= 1
+
+    async def _start(self):
         mode = self.home_mode
         if mode == "shared-path":
             self.prepare_home_dir()

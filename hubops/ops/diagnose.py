@@ -20,6 +20,7 @@ import docker
 import docker.errors
 
 from hubops.core import labels as L
+from hubops.core import monitoring
 from hubops.hub import running
 from hubops.ops.status import quorum_lost_text, running_containers, swarm_health
 from hubops.stages import storage
@@ -290,7 +291,7 @@ def _swarm_report(p: Loaded, c, r: Result, texts: list, findings: list, log_line
         for t in tasks[:10]:
             texts.append((f"hub task {t['ID'][:12]}", f"{t['Status'].get('Err', '')} {t['Status'].get('Message', '')}"))
         r.check(f"service {p.hub_service}", f"{len(up)} running task(s)" if up else "PROBLEM: no running task")
-        if not running:
+        if not up:
             findings.append(_finding("hub-down", f"service {p.hub_service}", "no running task",
                                      "the hub is not serving", "see the hub's tasks and log lines; the signatures "
                                      "below name the cause when it is a known one"))
@@ -306,6 +307,8 @@ def _swarm_report(p: Loaded, c, r: Result, texts: list, findings: list, log_line
 
     # -- users' servers ----------------------------------------------------------------------------
     user_rows = []
+    # Prometheus and the node exporters (monitoring.enabled) are not users' servers.
+    services = [s for s in services if (s.attrs["Spec"].get("Labels") or {}).get(L.ROLE) not in monitoring.ROLES]
     for s in services:
         if s.name == p.hub_service:
             continue

@@ -15,6 +15,7 @@ from hubops.hub import running
 from hubops.core import progress
 from hubops.core.engine import Clients, docker_op
 from hubops.core.facts import node_name, server_label
+from hubops.core.nodes import update_node
 from hubops.core.errors import ConflictError, DockerOpError, HubopsError
 from hubops.core.params import Loaded
 from hubops.core.result import Result
@@ -68,11 +69,9 @@ def remove_node(p: Loaded, clients: Clients, name: str, *, notice_seconds: float
         if notice_seconds:
             log.info("notice shown to %s; draining %s in %s s", ", ".join(users), name, notice_seconds)
             time.sleep(notice_seconds)
-    spec = dict(node.attrs["Spec"])
-    spec["Availability"] = "drain"
     with docker_op(f"drain node {name}"):
-        node.reload()
-        node.update(spec)
+        # on the spec as it is now (another deploy may be labelling this node at the same moment)
+        update_node(node, lambda spec: spec.__setitem__("Availability", "drain"))
     with progress.step(f"drain {name}: Swarm moves its tasks", total=timeout, unit="s"):
         _wait_empty(c, node.id, name, timeout)
     after = {row["service"]: row for row in placements(p, c)}
@@ -82,10 +81,7 @@ def remove_node(p: Loaded, clients: Clients, name: str, *, notice_seconds: float
     host = next((h for h in p.hosts.all if h.name == name), None)
     if is_manager:
         with docker_op(f"demote node {name}"):
-            node.reload()
-            spec = dict(node.attrs["Spec"])
-            spec["Role"] = "worker"
-            node.update(spec)
+            update_node(node, lambda spec: spec.__setitem__("Role", "worker"))
     left = False
     if host is not None:
         try:

@@ -11,6 +11,7 @@ import docker
 import docker.errors
 
 from hubops.core import labels as L
+from hubops.core import monitoring
 from hubops.core.engine import Clients, docker_op, mixed_versions
 from hubops.core.facts import node_name, server_label, server_of, user_of
 from hubops.core.params import Loaded
@@ -33,13 +34,13 @@ def placements(p: Loaded, c: docker.DockerClient) -> list[dict[str, Any]]:
         for t in tasks or [None]:
             out.append({
                 "service": s.name,
-                "kind": "hub" if role == "hub" else "user server",
-                "user": "" if role == "hub" else user_of(s),
-                "server": "" if role == "hub" else server_of(s),  # "" : the default server; else a named one
+                "kind": "hub" if role == "hub" else "monitoring" if role in monitoring.ROLES else "user server",
+                "user": "" if role == "hub" or role in monitoring.ROLES else user_of(s),
+                "server": "" if role == "hub" or role in monitoring.ROLES else server_of(s),  # "": the default server
                 "node": nodes.get(t["NodeID"], t["NodeID"][:12]) if t and t.get("NodeID") else "-",
                 "state": t["Status"]["State"] if t else "no task",
             })
-    return sorted(out, key=lambda r: (r["kind"] != "hub", r["user"], r["server"]))
+    return sorted(out, key=lambda r: (r["kind"] != "hub", r["kind"] == "monitoring", r["user"], r["server"]))
 
 
 def swarm_health(p: Loaded, clients: Clients) -> dict[str, Any]:
@@ -169,6 +170,7 @@ def running_containers(p: Loaded, clients: Clients) -> list[dict[str, Any]]:
         for ct in found:
             role = (ct.labels or {}).get(L.ROLE, "")
             env = {e.split("=", 1)[0]: e.split("=", 1)[1] for e in ct.attrs["Config"].get("Env") or [] if "=" in e}
-            rows.append({"node": h.name, "container": ct.name[:60], "kind": "hub" if role == "hub" else "user server",
+            rows.append({"node": h.name, "container": ct.name[:60], "kind": "hub" if role == "hub" else "monitoring" if role in monitoring.ROLES
+                         else "user server",
                          "user": env.get("JUPYTERHUB_USER", ""), "state": ct.status})
     return rows

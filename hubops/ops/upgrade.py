@@ -10,7 +10,7 @@ checks that the hub serves on whichever image it ended on, and says which it was
 
 An `image` must hold hubops's spawner (hubops/inhub, which the generated jupyterhub_config.py
 imports): build it FROM a hubops-hub image, or from images/hub with hubops; a hub image built by
-an older hubops, before the spawner was a module, fails to start and Swarm rolls it back.
+an older hubops, before the spawner was a module, is refused before anything changes.
 """
 from __future__ import annotations
 
@@ -146,6 +146,7 @@ def upgrade(p: Loaded, clients: Clients, *, image: str = "", jupyterhub_version:
     if sch is not None:
         up.facts.update({"schema_from": sch.db, "schema_to": sch.head, "to_jupyterhub": sch.jupyterhub,
                          "schema_plan": sch.plan})
+        schema.require_spawner(p, sch)
         if sch.plan == "downgrade":
             raise schema.DowngradeRefused(schema.downgrade_message(p, sch, running_image=current))
         if sch.plan == "migrate":

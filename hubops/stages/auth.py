@@ -18,6 +18,52 @@ from hubops.stages import auth_ldap, auth_oidc
 
 STAGE = "50-auth"
 
+# The secret whose presence in the hub service says which login mode the hub runs with.
+_MODE_OF_ROLE = {"user-password": "shared-password", "oidc-client-secret": "oidc",
+                 "ldap-bind-password": "ldap", "github-client-secret": "github"}
+# Operator-folder files that only these modes use; another mode retires them once its hub serves.
+_MODE_FILES = {"user-password": {"shared-password"}, "admin-password": {"shared-password", "native"}}
+
+
+def running_mode(c, p: Loaded) -> str | None:
+    """The login mode the running hub was started with, read from the secrets its service mounts
+    (their hubops.role labels); None without a hub or when it cannot be told."""
+    import docker
+
+    from hubops.core import labels as L
+    from hubops.hub import running
+
+    svc = running.find_service(c, p)
+    if svc is None:
+        return None
+    roles = set()
+    for ref in svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Secrets") or []:
+        try:
+            roles.add((c.secrets.get(ref["SecretID"]).attrs["Spec"].get("Labels") or {}).get(L.ROLE))
+        except docker.errors.NotFound:
+            continue
+    modes = {_MODE_OF_ROLE[r] for r in roles if r in _MODE_OF_ROLE}
+    if len(modes) == 1:
+        return modes.pop()
+    if not modes and "admin-password" in roles:
+        return "native"
+    return None
+
+
+def retire_unused_passwords(p: Loaded, r: Result) -> None:
+    """After a switch of login mode, once the new hub serves: the operator-folder passwords only the
+    old mode used move to `retired/` in the operator folder (still 0600, still known to the
+    redactor, no longer looking current). Their Swarm secrets go with the unused versions."""
+    folder = operator.folder(p)
+    for name, modes in _MODE_FILES.items():
+        f = folder / name
+        if p.auth.mode in modes or not f.is_file():
+            continue
+        r.change("retire", f"operator file {name}", f"not used by auth.mode {p.auth.mode}: moved to {folder / 'retired' / name}")
+        if not r.dry_run:
+            (folder / "retired").mkdir(mode=0o700, exist_ok=True)
+            f.replace(folder / "retired" / name)
+
 
 def ensure_auth(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result:
     """Userlist config and authenticator secrets, one versioned Swarm object each."""
@@ -29,6 +75,13 @@ def ensure_auth(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result
         discovery = auth_oidc.discover(p)
         r.check(f"OpenID provider {p.auth.oidc.issuer}", "answers with a valid discovery document"
                 + (" (verified with auth.oidc.ca_bundle)" if p.auth.oidc.ca_bundle else ""))
+    before = running_mode(c, p)
+    if before is not None and before != p.auth.mode:
+        # One deploy switches: users keep their names, so their servers and homes are theirs again at
+        # their first login through the new mode; the old mode's secrets go once the new hub serves.
+        r.change("switch", "login mode", f"{before} -> {p.auth.mode}: users keep their hub records, servers and "
+                 "homes under the same user names; the old mode's secrets are removed once the new hub serves")
+        r.facts["mode_before"] = before
     directory = None
     if p.auth.mode == "ldap":
         # Before anything changes: TLS verified, the service account's bind, the base and groups found.

@@ -19,8 +19,8 @@ import docker
 import docker.errors
 import docker.types
 
-from hubops.hub import config as hubconfig, running
-from hubops.stages import auth_oidc, images, removal
+from hubops.hub import config as hubconfig, running, spawn_limits
+from hubops.stages import auth, auth_oidc, images, monitoring, removal
 from hubops.core import api_token, labels as L, secrets
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import HubopsError, ImageNotBuilt
@@ -32,10 +32,20 @@ STAGE = "80-deploy"
 SPEC_DIGEST = "hubops.spec-digest"
 NS = 1_000_000_000
 
+# Tells a busy hub from a dead one (hubops/inhub/health.py: the ports, the event loop's heartbeat,
+# /hub/health on the hub's own port). A hub image from before that module gets the old check: through
+# the proxy, 4 s. Under a burst of spawns the old check timed out three times in a row and Swarm
+# killed a hub that was only busy.
 HEALTHCHECK = (
-    "import ssl, urllib.request; "
-    f"urllib.request.urlopen('https://127.0.0.1:{hubconfig.PROXY_PORT}/hub/health', "
-    "context=ssl._create_unverified_context(), timeout=4)"
+    "import sys\n"
+    "try:\n"
+    "    from hubops.inhub.health import main\n"
+    "except ImportError:\n"
+    "    import ssl, urllib.request\n"
+    f"    urllib.request.urlopen('https://127.0.0.1:{hubconfig.PROXY_PORT}/hub/health', "
+    "context=ssl._create_unverified_context(), timeout=4)\n"
+    "else:\n"
+    "    sys.exit(main())\n"
 )
 
 
@@ -70,8 +80,13 @@ def _secret_refs(c: docker.DockerClient, p: Loaded, r: Result) -> tuple[list, li
 def _config_refs(c: docker.DockerClient, p: Loaded, r: Result, singleuser_image: str) -> tuple[list, list[str]]:
     # OpenID Connect: the provider's endpoints, from its discovery document (refused if it does not answer).
     discovery = auth_oidc.discover(p) if p.auth.mode == "oidc" else None
+    # The spawn limit follows the CPUs of the nodes that run users' servers (hub/spawn_limits.py).
+    cpus = spawn_limits.user_node_cpus(c, p)
+    if not r.dry_run:  # (a plan's record stays free of this machine's CPU count)
+        r.facts["concurrent_spawn_limit"] = spawn_limits.concurrent_spawn_limit(p, cpus)
     secrets.ensure_versioned(c, p, r, role="hub-config", kind="config", stage=STAGE,
-                             value=hubconfig.render(p, singleuser_image=singleuser_image, discovery=discovery).encode(),
+                             value=hubconfig.render(p, singleuser_image=singleuser_image, discovery=discovery,
+                                                    node_cpus=cpus).encode(),
                              what="jupyterhub_config.py")
     refs, names = [], []
     for role in hubconfig.config_roles(p):
@@ -128,7 +143,9 @@ def service_spec(p: Loaded, *, hub_image: str, secret_refs: list, config_refs: l
         configs=config_refs,
         healthcheck=docker.types.Healthcheck(
             test=["CMD", "python3", "-c", HEALTHCHECK],
-            interval=5 * NS, timeout=5 * NS, retries=3, start_period=60 * NS,
+            # Every 5 s (a restarted hub is healthy, and so in Swarm's DNS, soon); 30 s before Docker
+            # gives up on one check (a python start on a CPU-starved node); 3 failures in a row.
+            interval=5 * NS, timeout=30 * NS, retries=3, start_period=60 * NS,
         ),
         labels=L.labels(p.deployment, STAGE, role="hub"),
         stop_grace_period=20 * NS,
@@ -177,6 +194,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
         refs = {k: f"hubops-{k}:<built by 60-images>" for k in images.KINDS}
     if hub_image:
         refs = {**refs, "hub": hub_image}
+    monitoring.ensure_token(c, p, r)  # monitoring.enabled: Prometheus's hub token, which the hub mounts too
     sec_refs, sec_names = _secret_refs(c, p, r)
     cfg_refs, cfg_names = _config_refs(c, p, r, refs["singleuser"])
     spec = service_spec(p, hub_image=refs["hub"], secret_refs=sec_refs, config_refs=cfg_refs)
@@ -210,6 +228,7 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
         for name in sorted(set(userlist_before or {}) - set(p.users)):
             r.change("remove", f"user {name}", "off the userlist: would be removed from the hub and their server stopped "
                      "(unless a provider group let them in at their last login)")
+        monitoring.ensure(p, clients, r)
         return r
 
     if svc is None:
@@ -222,7 +241,9 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
     if wait:
         r.facts["answered_after_s"] = running.wait_until_serving(p, clients, changed=r.items[-1].changed)
         removal.remove_departed(p, r, userlist_before)
+        monitoring.ensure(p, clients, r)  # Prometheus and node exporters (monitoring.enabled), or their removal
         secrets.prune_unused(c, p, r, keep=set(sec_names) | set(cfg_names))
+        auth.retire_unused_passwords(p, r)
     return r
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import logging
 import os
 import re
@@ -19,11 +20,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
 import docker.errors
+import requests.exceptions
 
 from hubops.core.paths import IMAGES
 from hubops.core.errors import DockerOpError, HubopsError, ImageBuildError, ImageNotBuilt
@@ -363,32 +366,34 @@ def ensure_images_on_nodes(
     max_workers: int = 4,
     per_node: dict[str, list[str]] | None = None,
 ) -> Result:
-    """Make sure every node has each image in `refs` (or the refs `per_node` names for it) with
-    the same ID as on `source`.
+    """Make sure every node has each image in `refs` (or the refs `per_node` names for it), the
+    same as on `source` (same ID, or same layers and configuration: see content_id).
 
     Changes on the nodes: streams each missing or different image from `source`
     (`docker save | docker load` through the API), several nodes at once. Nodes that already
     have the image, including `source` itself, are left alone.
     """
     res = Result("images on nodes", dry_run=dry_run)
-    want: dict[str, str] = {}
+    want: dict[str, Any] = {}
     for ref in refs:
         img = image_or_none(source, ref)
         if img is None:
             raise DockerOpError(f"image {ref} is missing on the source engine: build it first")
-        want[ref] = img.id
+        want[ref] = img
 
     todo: dict[str, list[str]] = {}
     for node, c in clients.items():
-        for ref, wid in want.items():
+        for ref, wimg in want.items():
             if per_node is not None and ref not in per_node.get(node, refs):
                 continue
-            have = _id_or_error(c, node, ref)
-            if have == wid:
-                res.keep(f"{node}: {ref}", "same image ID as on the source")
+            have = _image_or_error(c, node, ref)
+            if same_image(have, wimg):
+                res.keep(f"{node}: {ref}", "same image as on the source" + (
+                    "" if have.id == wimg.id else " (same layers and configuration; this engine's image "
+                                                  "store gives it another ID)"))
             else:
                 todo.setdefault(node, []).append(ref)
-                why = "missing" if have is None else f"has {have[:19]}, source has {wid[:19]}"
+                why = "missing" if have is None else f"has {have.id[:19]}, source has {wimg.id[:19]}"
                 res.change("create" if have is None else "update", f"{node}: {ref}",
                            f"load from source ({why})")
     res.facts.update(nodes=len(clients), images=len(refs),
@@ -428,12 +433,33 @@ def ensure_images_on_nodes(
 
     for node, node_refs in todo.items():
         for ref in node_refs:
-            got = _id_or_error(clients[node], node, ref)
-            if got != want[ref]:
+            got = _image_or_error(clients[node], node, ref)
+            if not same_image(got, want[ref]):
                 raise DockerOpError(
-                    f"node {node}: image {ref} has ID {got} after loading, but the source has "
-                    f"{want[ref]}; remove it on {node} (docker rmi {ref}) and run again")
+                    f"node {node}: image {ref} has ID {got.id if got else None} after loading, but the source "
+                    f"has {want[ref].id} (and other layers or configuration); remove it on {node} "
+                    f"(docker rmi {ref}) and run again")
     return res
+
+
+def content_id(img: Any) -> str:
+    """An image's identity across engines and image stores: its layers (uncompressed digests) and
+    configuration. The ID itself is not: an engine with the containerd image store (the default of
+    new Docker 29 installs, an option of 24 to 28) names a loaded image by its manifest's digest,
+    not by its configuration's, and leaves out the legacy `Image` field of the configuration."""
+    a = img.attrs
+    config = {k: v for k, v in (a.get("Config") or {}).items() if k != "Image" and v not in (None, "", [], {})}
+    doc = {"layers": (a.get("RootFS") or {}).get("Layers") or [], "config": config, "os": a.get("Os"),
+           "architecture": a.get("Architecture"), "created": a.get("Created")}
+    return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def same_image(have: Any, want: Any) -> bool:
+    """Whether a node's image is the source's: the same ID, or the same layers and configuration."""
+    return have is not None and (have.id == want.id or content_id(have) == content_id(want))
+
+
+LOAD_TIMEOUT = 900  # seconds a node may take to answer an image load (read timeout of that one call)
 
 
 def _stream_image(source: docker.DockerClient, target: docker.DockerClient, node: str,
@@ -451,6 +477,10 @@ def _stream_image(source: docker.DockerClient, target: docker.DockerClient, node
             yield chunk
 
     log.info("loading %s onto %s", ref, node)
+    # A node writes the layers of a big image before it answers: on a slow disk or a busy node that
+    # takes longer than the engine client's usual read timeout (60 s; seen on a loaded 2-core lab).
+    saved_timeout = target.api.timeout
+    target.api.timeout = max(saved_timeout or 0, LOAD_TIMEOUT)
     try:
         for msg in target.api.load_image(chunks(), quiet=True):
             if isinstance(msg, dict) and (msg.get("error") or msg.get("errorDetail")):
@@ -458,6 +488,11 @@ def _stream_image(source: docker.DockerClient, target: docker.DockerClient, node
                 raise DockerOpError(f"node {node}: loading image {ref} failed: {detail}")
     except docker.errors.DockerException as e:
         raise DockerOpError(f"node {node}: loading image {ref} failed: {_one_line(e)}") from e
+    except requests.exceptions.RequestException as e:  # the connection to the node (or its ssh tunnel) dropped
+        raise DockerOpError(f"node {node}: loading image {ref} failed: the connection to its engine was lost "
+                            f"({_one_line(e)}); when the node answers again, run the stage again (--resume)") from e
+    finally:
+        target.api.timeout = saved_timeout
     log.info("loaded %s onto %s: %d MB in %.1f s", ref, node, sent // 2**20,
              time.monotonic() - t0)
 
@@ -474,14 +509,13 @@ def image_or_none(client: docker.DockerClient, ref: str):
         raise DockerOpError(f"inspecting image {ref} failed: {_one_line(e)}") from e
 
 
-def _id_or_error(client: docker.DockerClient, node: str, ref: str) -> str | None:
+def _image_or_error(client: docker.DockerClient, node: str, ref: str):
     try:
-        img = client.images.get(ref)
+        return client.images.get(ref)
     except docker.errors.ImageNotFound:
         return None
     except docker.errors.DockerException as e:
         raise DockerOpError(f"node {node}: inspecting image {ref} failed: {_one_line(e)}") from e
-    return img.id
 
 
 def _split_ref(ref: str) -> tuple[str, str]:

@@ -48,6 +48,14 @@ def probe(clients: Clients, host: Host) -> dict:
     except PreflightError:
         raise
     except Exception as e:  # connection refused, TLS failure, timeout: all mean "not reachable"
+        if host.url.startswith("ssh://"):
+            raise PreflightError(
+                f"host {host.name} ({host.url}): logged in over ssh, but the Docker engine does not answer through "
+                f"the tunnel to {host.engine_socket}: {e}. On the host: the engine must run, the ssh user must be "
+                "allowed to use its socket (root, or the docker group), and sshd must allow forwarding "
+                "(AllowTcpForwarding and AllowStreamLocalForwarding, both on by default; its log says "
+                "'request was denied' otherwise); or fix hosts[].engine_socket"
+            ) from e
         raise PreflightError(
             f"host {host.name} ({host.url}): the Docker engine does not answer: {e}. "
             "Start the engine (for the local default: `dockerd`, or `bash .ci/ensure-docker`) "
@@ -69,6 +77,8 @@ def probe(clients: Clients, host: Host) -> dict:
         "memory_gib": round(info.get("MemTotal", 0) / 2**30, 1),
         "swarm": info.get("Swarm", {}).get("LocalNodeState"),
         "node_name": info.get("Name"),
+        "reached": ("ssh, host key pinned" if host.url.startswith("ssh://") else
+                    "tcp+TLS, client certificate" if host.url.startswith("tcp://") else "unix socket"),
     }
 
 
@@ -79,7 +89,8 @@ def check(p: Loaded, clients: Clients) -> Result:
     with ThreadPoolExecutor(max_workers=min(8, len(hosts))) as pool:
         facts = list(pool.map(lambda h: probe(clients, h), hosts))
     for h, f in zip(hosts, facts):
-        r.keep(f"host {h.name}", f"Docker {f['engine']} (API {f['api']}), {f['cpus']} CPUs, {f['memory_gib']} GiB")
+        r.keep(f"host {h.name}", f"Docker {f['engine']} (API {f['api']}), {f['cpus']} CPUs, {f['memory_gib']} GiB, "
+                                 f"over {f['reached']}")
         r.facts[h.name] = f
     engines = {h.name: f for h, f in zip(hosts, facts)}
     r.facts["engines"] = [{"host": h, "engine": f["engine"], "api": f["api"], "containerd": f["containerd"],

@@ -7,7 +7,8 @@ endpoint, both started by this module, deployed the way a user deploys: `hubops 
 - wrong inputs (a name that resolves elsewhere or not at all, an ACME error, port 80 taken) fail
   with a clear message before anything changes;
 - the real OAuth login flow through the hub: an allowed user logs in and reaches their server, a
-  user not on the userlist gets 403 and no server, the userlist's admin is admin in the hub, and
+  user not on the userlist gets 403 and no server, members of an allowed organisation or team
+  (allowed_organizations, GitHub's membership API) log in and a member of another team does not, the userlist's admin is admin in the hub, and
   a userlist change (50-auth and 80-deploy) takes effect while running servers keep running;
 - `hubops ops renew-tls` is a no-op while the certificate is fresh and, forced, rotates it with
   the downtime measured while users' servers survive;
@@ -102,6 +103,10 @@ def github():
     """The fake GitHub, on the host's address on docker_gwbridge (what the hub's container reaches)."""
     gw = docker.from_env().networks.get("docker_gwbridge").attrs["IPAM"]["Config"][0]["Gateway"]
     gh = FakeGitHub(gw, client_id=CLIENT_ID, client_secret="ghs-e2e-" + os.urandom(16).hex()).start()
+    # Not on the userlist: pia is in the physics organisation, erin in chem's staff team, dave
+    # in chem but only in its students team (chem itself is not allowed, only chem:staff).
+    gh.orgs = {"physics": {"pia"}, "chem": {"dave", "erin"}}
+    gh.teams = {("chem", "staff"): {"erin"}, ("chem", "students"): {"dave"}}
     yield gh
     gh.stop()
 
@@ -136,6 +141,7 @@ def deployed(tmp_path_factory, port80, hosts_entry, pebble, github):
             client_id: {CLIENT_ID}
             client_secret: {{file: github-client-secret}}
             enterprise_url: {github.url}
+            allowed_organizations: [physics, "chem:staff"]
         images: {{dir: {PROJECT / 'images'}}}
     """))
     outputs = tmp / "outputs"
@@ -311,6 +317,24 @@ def test_user_not_on_the_userlist_is_refused(deployed):
     assert HubAPI(deployed["p"]).user("mallory") is None
     assert not docker.from_env().services.list(filters={"name": f"hubops-{DEPLOYMENT}-user-mallory"})
     assert s.get(f"{deployed['p'].hub_url}/hub/spawn", allow_redirects=False, timeout=10).status_code == 302  # to login
+
+
+def test_organisation_and_team_members_log_in_and_others_do_not(deployed):
+    """auth.github.allowed_organizations: [physics, "chem:staff"]: OAuthenticator asks GitHub's
+    membership API (with read:org) for each; a member of chem's other team is refused."""
+    gh, api = deployed["github"], HubAPI(deployed["p"])
+    checks = len(gh.membership_checks)
+    assert github_login(deployed, "pia")[1].status_code == 302  # physics member
+    assert "read:org" in gh.scopes[-1].split()
+    assert github_login(deployed, "erin")[1].status_code == 302  # chem:staff member
+    s, cb = github_login(deployed, "dave")  # in chem, but in its students team only
+    assert cb.status_code == 403, (cb.status_code, cb.text[:300])
+    assert api.user("pia") and api.user("erin") and api.user("dave") is None
+    asked = gh.membership_checks[checks:]
+    assert "physics pia" in asked and "chem:staff erin" in asked and "chem:staff dave" in asked, asked
+    # Taking someone out of the team at GitHub refuses them at their next login.
+    gh.teams[("chem", "staff")].discard("erin")
+    assert github_login(deployed, "erin")[1].status_code == 403
 
 
 def test_userlist_admin_is_admin_in_the_hub(deployed):

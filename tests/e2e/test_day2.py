@@ -39,6 +39,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 DEPLOYMENT = run_name("day2")
 BROKEN = f"hubops-{DEPLOYMENT}-broken:test"
 NEXT = f"hubops-{DEPLOYMENT}-next:test"
+NO_SPAWNER = f"hubops-{DEPLOYMENT}-nospawner:test"
 
 
 def last_run(outputs: Path) -> tuple[dict, dict | None]:
@@ -284,6 +285,22 @@ def test_a_broken_upgrade_rolls_back_by_itself(day2):
     assert facts["managers"] == "1 of 1 reachable: quorum kept"
     assert any(row["image"] == BROKEN and row["exit"] == 3 for row in facts["hub tasks"])
     assert facts["hub log (last lines)"] and facts["certificate"]["days_left"] > 300
+
+
+def test_an_image_without_hubops_spawner_is_refused_before_anything_changes(day2):
+    """A hub image built by an older hubops (or not FROM hubops-hub) lacks hubops/inhub, which the
+    generated config imports: refused up front, not left to fail and be rolled back by Swarm."""
+    p, outputs = day2["p"], day2["outputs"]
+    c = docker.from_env()
+    svc = c.services.get(p.hub_service)
+    before = (svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"], svc.attrs["Version"]["Index"])
+    build_from_hub(p, NO_SPAWNER, "RUN rm -rf /opt/hubops-inhub")
+    res = hubops_cli("ops", "upgrade", "-p", str(day2["params"]), "--set", f"image={NO_SPAWNER}", outputs=outputs)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "lacks hubops's spawner" in res.stderr and "nothing was changed" in res.stderr, res.stderr[-3000:]
+    svc.reload()
+    assert (svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"], svc.attrs["Version"]["Index"]) == before
+    c.images.remove(NO_SPAWNER, force=True)
 
 
 # -- 6. good upgrade, and back ------------------------------------------------------------------

@@ -24,9 +24,11 @@ from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
 from tests import engine_labs as el
 from tests.helpers import hubops_cli as cli
+from tests.helpers import LAB_SUBNETS, free_subnet, run_name
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
-NAME = "en28"
+NAME = run_name("en28")  # lab and deployment, per run (tests/helpers)
+SUBNET, OVERLAY = free_subnet(LAB_SUBNETS), free_subnet()
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("en28")
     lab.lab_down(name=NAME)  # what an interrupted run left
     try:
-        params, info, took = el.up(tmp, NAME, subnet="10.65.28.0/24", overlay="10.165.28.0/24", engines="28",
+        params, info, took = el.up(tmp, NAME, subnet=SUBNET, overlay=OVERLAY, engines="28",
                                    workers=1)
         print(f"\nlab up (Docker 28 root file system cached: {lab.lab_engines.manifest(lab.lab_engines.CACHE_ROOT, '28') is not None}): "
               f"{took:.1f} s")
@@ -86,11 +88,34 @@ def test_a_users_server_runs_on_the_docker_28_worker_and_answers(cluster):
     assert el.read_file(api, "alice", "on28.txt") == "written on Docker 28"
 
 
+def test_the_users_container_on_docker_28_is_locked_down(cluster):
+    """The lockdown the spawner asks Swarm for (no capabilities, no-new-privileges, a process
+    limit) is what Docker 28 applies to the container: seen in its inspect and by its PID 1."""
+    import docker
+
+    p = load_params(cluster["params"])
+    worker = docker.DockerClient(base_url=f"unix://{lab.node_socket(lab.RUN_ROOT / NAME, f'{NAME}-node0')}")
+    try:
+        ctrs = worker.containers.list(filters={"label": f"com.docker.swarm.service.name={p.prefix}-user-alice"})
+        assert len(ctrs) == 1, ctrs
+        hc = ctrs[0].attrs["HostConfig"]
+        print(f"\nalice's container on Docker 28: CapDrop {hc.get('CapDrop')}, SecurityOpt {hc.get('SecurityOpt')}, "
+              f"PidsLimit {hc.get('PidsLimit')}, Memory {hc.get('Memory')}, NanoCpus {hc.get('NanoCpus')}")
+        assert [c.upper().removeprefix("CAP_") for c in hc.get("CapDrop") or []] == ["ALL"]
+        assert any(o.startswith("no-new-privileges") for o in hc.get("SecurityOpt") or []), hc.get("SecurityOpt")
+        assert hc.get("PidsLimit") == 1024 and hc.get("Memory") == 2 * 1024**3
+        status = ctrs[0].exec_run(["cat", "/proc/1/status"]).output.decode()
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        assert fields["NoNewPrivs"].strip() == "1" and int(fields["CapEff"], 16) == 0, status
+    finally:
+        worker.close()
+
+
 def test_second_lab_up_changes_nothing_and_rebuild_waits_for_lab_down(cluster):
-    again = lab.lab_up(name=NAME, workers=1, subnet="10.65.28.0/24", overlay_subnet="10.165.28.0/24",
+    again = lab.lab_up(name=NAME, workers=1, subnet=SUBNET, overlay_subnet=OVERLAY,
                        params_out=cluster["params"].with_name("again.yaml"), engines="28")
     assert [c for c in again.changes if "parameter file" not in c and "userlist" not in c] == []
     assert [n.pid for n in again.nodes] == [n.pid for n in cluster["info"].nodes]
     with pytest.raises(lab.HubopsError, match=rf"in use by the running node\(s\) {NAME}-manager"):
-        lab.lab_up(name=NAME, workers=1, subnet="10.65.28.0/24", overlay_subnet="10.165.28.0/24",
+        lab.lab_up(name=NAME, workers=1, subnet=SUBNET, overlay_subnet=OVERLAY,
                    params_out=cluster["params"].with_name("again.yaml"), engines="28", rebuild=True)

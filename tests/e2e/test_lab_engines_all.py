@@ -31,10 +31,12 @@ from hubops.hub.running import HubAPI
 from tests import engine_labs as el
 from tests.helpers import admin_session
 from tests.helpers import hubops_cli as cli
+from tests.helpers import LAB_SUBNETS, RUN, free_subnet, run_name
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]
-LABS = {"28": ("en28a", "10.65.30.0/24", "10.165.30.0/24"), "26": ("en26a", "10.65.31.0/24", "10.165.31.0/24")}
-BROKEN = "hubops-broken-test:en-hub-exits"
+# lab names, host bridge and overlay subnets: per run (tests/helpers)
+LABS = {e: (run_name(f"en{e}a"), free_subnet(LAB_SUBNETS), free_subnet()) for e in ("28", "26")}
+BROKEN = f"hubops-broken-test:en-hub-exits-{RUN}"
 TIMES: dict[str, list[tuple[str, float]]] = {}
 
 

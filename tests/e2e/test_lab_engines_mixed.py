@@ -20,9 +20,10 @@ from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
 from tests import engine_labs as el
 from tests.helpers import hubops_cli as cli
+from tests.helpers import LAB_SUBNETS, free_subnet, run_name
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]
-NAME = "enmx"
+NAME = run_name("enmx")  # lab and deployment, per run (tests/helpers)
 ENGINES = {f"{NAME}-manager": "28.5.", f"{NAME}-node0": "26.1.", f"{NAME}-node1": "20.10."}
 
 
@@ -32,7 +33,7 @@ def cl(tmp_path_factory):
     lab.lab_down(name=NAME)
     t_suite = time.monotonic()
     try:
-        params, info, took = el.up(tmp, NAME, subnet="10.65.32.0/24", overlay="10.165.32.0/24",
+        params, info, took = el.up(tmp, NAME, subnet=free_subnet(LAB_SUBNETS), overlay=free_subnet(),
                                    engines="manager=28,node0=26")
         print(f"\nlab up: {took:.1f} s\n{info!r}")
         outputs = tmp / "outputs"

@@ -41,7 +41,6 @@ PROJECT = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "lgldap"
 PORT = 18605
 SUBNET = "10.166.2.0/24"
-CHROMIUM = Path("/usr/bin/chromium")
 USERS = "carol @students\n"  # admins come from the directory's hubadmins group
 PEOPLE = ["alice", "bob", "prof", "dora", "mallory", "carol"]
 GROUPS = {"students": ["alice", "bob"], "staff": ["prof"], "hubadmins": ["dora"], "visitors": ["mallory"]}
@@ -67,15 +66,8 @@ def slapd(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                               args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+    with chrome.chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,10 @@ from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
 from tests import engine_labs as el
 from tests.helpers import hubops_cli as cli
+from tests.helpers import LAB_SUBNETS, free_subnet, run_name
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]
-NAME = "en28l"
+NAME = run_name("en28l")  # lab and deployment, per run (tests/helpers)
 PROJECT = Path(__file__).resolve().parents[2]
 
 
@@ -33,7 +34,7 @@ def local28(tmp_path_factory):
     tmp = tmp_path_factory.mktemp(NAME)
     lab.lab_down(name=NAME)
     try:
-        info = lab.lab_up(name=NAME, workers=0, subnet="10.65.33.0/24", overlay_subnet="10.165.33.0/24",
+        info = lab.lab_up(name=NAME, workers=0, subnet=free_subnet(LAB_SUBNETS), overlay_subnet=free_subnet(),
                           params_out=tmp / "lab.yaml", engines="28")
         node = info.managers[0]
         data = yaml.safe_load((PROJECT / "parameters" / "local.yaml").read_text())
@@ -44,7 +45,7 @@ def local28(tmp_path_factory):
         # The socket's path in the engine's own view, which the hub's container mounts.
         host["engine_socket"] = str(lab.engine_socket(lab.RUN_ROOT / NAME))
         data["hub"]["public_name"] = node.address  # the hub's port is on the node's own address
-        data["network"]["subnet"] = "10.165.34.0/24"
+        data["network"]["subnet"] = free_subnet()
         data["auth"]["userlist"] = str(PROJECT / "parameters" / data["auth"]["userlist"])
         data["images"] = {"build_engine": "unix:///var/run/docker.sock"}  # the node has no internet
         params = tmp / "local28.yaml"

@@ -38,7 +38,6 @@ PROJECT = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "lgnative"
 PORT = 18608
 SUBNET = "10.166.3.0/24"
-CHROMIUM = Path("/usr/bin/chromium")
 USERS = "teacher admin\nalice\ncarol\n"
 PASSWORDS = {u: f"{u}-{os.urandom(8).hex()}" for u in ("alice", "carol", "mallory")}
 FIGURES: dict[str, float] = {}
@@ -53,15 +52,8 @@ def labelled() -> list[str]:
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                               args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+    with chrome.chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

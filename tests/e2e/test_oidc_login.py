@@ -42,7 +42,6 @@ DEPLOYMENT = "lgoidc"
 PORT = 18601
 PROVIDER_PORT = 18602
 SUBNET = "10.166.1.0/24"
-CHROMIUM = Path("/usr/bin/chromium")
 CLIENT_ID = "hubops-lgoidc"
 USERS = "opadmin admin\ncarol @students\n"
 ACCOUNTS = {"alice": ["students"], "bob": ["students"], "prof": ["staff"], "dora": ["hubadmins"],
@@ -69,15 +68,8 @@ def provider(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                               args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+    with chrome.chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,7 @@ def cases(tmp_path_factory) -> Path:
         (d / f.name).write_bytes(raw)
     with open(d / "huge.bin", "wb") as f:  # sparse: 64 MiB on paper, nothing on disk
         f.truncate(64 << 20)
+    os.chmod(d / "ssh-id-readable", 0o644)  # an ssh private key others can read (whatever the umask)
     os.mkfifo(d / "fifo")  # opening it for reading would wait forever for a writer
     (d / "subdir").mkdir()
     write_cert_pair(d / "match-cert.pem", d / "match-key.pem")

@@ -151,3 +151,47 @@ def test_resume_redacts_leftovers_in_process(tmp_path, monkeypatch):
     out = run.dir / "00-x.ipynb"
     assert TOKEN not in out.read_text() and "[redacted]" in out.read_text()
     assert oct(out.stat().st_mode & 0o777) == "0o600" and not leftover.parent.exists()
+
+
+def test_the_next_run_redacts_what_a_killed_unresumed_runner_left(tmp_path, monkeypatch):
+    """A runner killed mid-stage and never resumed: the next run of the deployment redacts its
+    leftover where it is (still resumable), and leaves a live runner's work and other deployments' alone."""
+    from hubops.audit.redact import Redactor
+
+    monkeypatch.setattr(runner, "OUTPUTS", tmp_path / "outputs")
+    monkeypatch.setenv("HUBOPS_WORK", str(tmp_path / "work"))
+    p = load_params(make_params(tmp_path, "hdpriv4", port=18404, subnet="10.164.4.0/24"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+
+    def leftover(run, name):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell("print(1)", outputs=[nbformat.v4.new_output("stream", text=TOKEN)])]
+        path = runner._work_path(run, name)
+        path.write_text(nbformat.writes(nb))
+        return path
+
+    killed = runner.new_run(p, kind="deploy", stages=[tmp_path / "10-x.ipynb"])
+    killed.manifest["runner_pid"] = dead.pid
+    killed.save()
+    stale = leftover(killed, "10-x")
+    live = runner.new_run(p, kind="status", stages=[tmp_path / "status.ipynb"])  # this process: alive
+    running = leftover(live, "status")
+    (tmp_path / "o").mkdir()
+    other = load_params(make_params(tmp_path / "o", "hdpriv5", port=18405, subnet="10.164.5.0/24"))
+    foreign = runner.new_run(other, kind="deploy", stages=[tmp_path / "10-y.ipynb"])
+    foreign.manifest["runner_pid"] = dead.pid
+    foreign.save()
+    theirs = leftover(foreign, "10-y")
+
+    assert runner.redact_stale_leftovers(p, Redactor([TOKEN])) == [killed.id]
+    assert TOKEN not in stale.read_text() and "[redacted]" in stale.read_text()
+    assert oct(stale.stat().st_mode & 0o777) == "0o600" and stale.parent.is_dir()  # still there for --resume
+    assert TOKEN in running.read_text() and TOKEN in theirs.read_text()
+    # and a new run of the deployment does it by itself
+    stages = [notebook(tmp_path / "00-a.ipynb", RECORD.format(name="00-a"))]
+    monkeypatch.setattr(runner, "deploy_stages", lambda: stages)
+    stale.write_text(stale.read_text().replace("[redacted]", TOKEN))
+    monkeypatch.setenv("HUBOPS_TEST_TOKEN", TOKEN)  # how the session redactor knows it here
+    assert runner.run_chain(p.source).manifest["status"] == "ok"
+    assert TOKEN not in stale.read_text()
