@@ -322,7 +322,8 @@ def test_backup_and_restore_keep_named_servers(hub):
 def test_teardown_stops_named_servers_through_the_hub_and_removes_them(hub):
     p, outputs = hub["p"], hub["outputs"]
     api = api_for(p)
-    if not servers_of(api, "alice").get("busy"):
+    if not (servers_of(api, "alice").get("busy") or {}).get("ready"):  # culled after the restore (or being culled)
+        wait_server(api, "alice", "busy", ready=False, timeout=90)
         start(api, "alice", "busy")
     with keep_busy(api, "/user/alice/busy"):  # not culled before the teardown
         start(api, "alice", "idle")
