@@ -18,3 +18,21 @@ def user_of(service) -> str:
         if e.startswith("JUPYTERHUB_USER="):
             return e.split("=", 1)[1]
     return service.name
+
+
+def server_of(service) -> str:
+    """Which of its user's servers a user-server service runs: "" for the default one, else the named
+    server's name (the hubops.server label; before it, the JUPYTERHUB_SERVER_NAME in its environment)."""
+    labels = service.attrs["Spec"].get("Labels") or {}
+    if "hubops.server" in labels:
+        return labels["hubops.server"]
+    env = service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Env") or []
+    for e in env:
+        if e.startswith("JUPYTERHUB_SERVER_NAME="):
+            return e.split("=", 1)[1]
+    return ""
+
+
+def server_label(user: str, server: str) -> str:
+    """How a server is named to people: "alice" for the default one, "alice/busy" for a named one."""
+    return f"{user}/{server}" if server else user

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hubops.core.errors import ParameterError
 from hubops.core.paths import PROJECT
+from hubops.core.params_data import SharedData
 from hubops.core.profiles import Profile
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -659,6 +660,9 @@ class Spawner(_Model):
         "auto", description="auto: on workers when there are any, else anywhere"
     )
     default_url: str = "/lab"
+    named_servers: int = Field(
+        0, ge=0, le=50, description="named servers a user may run besides the default one, each its own Swarm "
+        "service (JupyterHub's allow_named_servers and named_server_limit_per_user); 0: off")
 
 
 class Verify(_Model):
@@ -881,6 +885,7 @@ class Params(_Model):
     storage: Storage = Field(default_factory=Storage)
     backup: Backup = Field(default_factory=Backup)
     culler: Culler = Field(default_factory=Culler)
+    shared_data: SharedData = Field(default_factory=SharedData)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     profiles: list[Profile] = Field(default_factory=list,
                                     description="spawn profiles users choose from (hubops/core/profiles.py); "
@@ -893,7 +898,8 @@ class Params(_Model):
         # A section whose keys are all commented out (`images:` alone) means "the defaults".
         if isinstance(data, dict):
             return {k: ({} if v is None and k in ("swarm", "network", "hub", "tls", "images", "spawner", "verify",
-                                                          "storage", "backup", "culler", "monitoring", "front")
+                                                          "storage", "backup", "culler", "monitoring", "front",
+                                                          "shared_data")
                          else v)
                     for k, v in data.items()}
         return data
@@ -1229,6 +1235,9 @@ def load_params(params_file: str | os.PathLike) -> Loaded:
         _check_groups(loaded)
         _check_files(loaded)
         problems = param_checks.check(loaded)
+        from . import params_data
+
+        problems += params_data.check(loaded)
         if problems:
             raise ParameterError("\n".join(f"{loaded.source}: {m}" for m in problems))
         return loaded

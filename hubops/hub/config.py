@@ -224,6 +224,9 @@ def render(p: Loaded, *, singleuser_image: str, discovery: Any = None, node_cpus
     lines += spawn_limits.hub_lines(p, spawn_limits.concurrent_spawn_limit(p, node_cpus))
     lines += culler_lines(p)
     lines += monitoring.hub_lines(p)
+    from hubops.hub import config_servers
+
+    lines += config_servers.lines(p)
     # Users' servers locked down: every capability dropped (the server runs as the image's user and
     # needs none), no privilege gained through exec, a process limit, memory and CPU limits.
     lines += [

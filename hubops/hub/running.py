@@ -219,6 +219,15 @@ def hub_session(p: "Loaded"):
 SPAWN_REQUEST_TIMEOUT = 40
 
 
+def server_path(user: str, server_name: str = "") -> str:
+    """The hub API's path of a user's default server, or of one of their named servers."""
+    from urllib.parse import quote
+
+    if not server_name:
+        return f"/hub/api/users/{quote(user)}/server"
+    return f"/hub/api/users/{quote(user)}/servers/{quote(server_name, safe='')}"
+
+
 class HubAPI:
     """A minimal client of the JupyterHub REST API with hubops's service token."""
 
@@ -268,19 +277,19 @@ class HubAPI:
         resp = self.request("GET", f"/hub/api/users/{name}", ok=(200, 404))
         return resp.json() if resp.status_code == 200 else None
 
-    def wait_server(self, name: str, *, ready: bool, timeout: float) -> float:
-        """Wait until the user's default server is ready (or gone); seconds waited."""
+    def wait_server(self, name: str, *, ready: bool, timeout: float, server_name: str = "") -> float:
+        """Wait until the user's default server (or named server `server_name`) is ready (or gone); seconds waited."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             u = self.user(name) or {}
-            server = (u.get("servers") or {}).get("")
+            server = (u.get("servers") or {}).get(server_name)
             if ready and server and server.get("ready"):
                 return time.monotonic() - t0
             if not ready and not server:
                 return time.monotonic() - t0
             time.sleep(0.25)
         raise VerifyError(
-            f"server of user {name} did not become {'ready' if ready else 'stopped'} within {timeout:.0f} s; "
+            f"server {server_name + ' ' if server_name else ''}of user {name} did not become {'ready' if ready else 'stopped'} within {timeout:.0f} s; "
             "see the hub's log: `docker service logs` of the hub service"
         )
 
@@ -288,7 +297,7 @@ class HubAPI:
         u = self.user(name)
         if u is None:
             return
-        if (u.get("servers") or {}).get(""):
-            self.request("DELETE", f"/hub/api/users/{name}/server", ok=(202, 204))
-            self.wait_server(name, ready=False, timeout=timeout)
+        for server_name in sorted(u.get("servers") or {}):  # the default one ("") and named ones
+            self.request("DELETE", server_path(name, server_name), ok=(202, 204))
+            self.wait_server(name, ready=False, timeout=timeout, server_name=server_name)
         self.request("DELETE", f"/hub/api/users/{name}", ok=(204,))

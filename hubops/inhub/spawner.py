@@ -20,10 +20,15 @@ What it adds to SwarmSpawner:
 - spawn profiles (parameter profiles:): the options form lists the profiles the user's groups
   allow; the chosen one sets the image, limits, placement and Swarm generic resources (GPUs) of
   the service, which is labelled with it (see the "spawn profiles" methods below).
+- named servers (parameter spawner.named_servers): each its own service, named within Docker's 63
+  characters and labelled with its user and server name (hubops.user, hubops.server);
+- shared data (parameter shared_data): read-only data sets and group folders mounted into the
+  servers of the users they are for, with each group folder's gid as a supplementary group.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +38,7 @@ from docker.types import DriverConfig, Mount
 from dockerspawner import SwarmSpawner
 from tornado.httpclient import AsyncHTTPClient
 from tornado import escape, web
-from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
 
 # What Docker answers (HTTP 500) when the swarm's managers have lost their quorum.
 NO_LEADER_SIGNS = ("does not have a leader", "too few managers are online", "context deadline exceeded")
@@ -53,6 +58,15 @@ def refusal(code: int, message: str) -> web.HTTPError:
     e = web.HTTPError(code, message)
     e.jupyterhub_message = message
     return e
+# Swarm refuses longer service names, and a server is reached by its name (a DNS label).
+MAX_SERVICE_NAME = 63
+
+
+def fit_name(name: str, limit: int = MAX_SERVICE_NAME) -> str:
+    """`name` itself when short enough, else its start and a digest of the whole (still unique)."""
+    if len(name) <= limit:
+        return name
+    return name[:limit - 9].rstrip("-") + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def no_leader(error: Exception) -> bool:
@@ -129,6 +143,22 @@ class HubopsSpawner(SwarmSpawner):
         below `interval`): one spawn is watched as closely as before, twenty do not ask twenty times as much."""
         return max(interval, min(self.max_poll_interval, interval * HubopsSpawner._starting))
 
+    # -- shared data (parameter shared_data) ---------------------------------------------------
+    datasets = List(Dict(), config=True,
+                    help="read-only data sets: {name, target, type (bind|volume), source, driver, driver_opts, "
+                         "labels, groups (empty: everyone), on_request}")
+    group_folders = List(Dict(), config=True,
+                         help="group folders: {group, gid, target, type (bind|volume), source, driver, driver_opts, labels}")
+    userlist_groups = Dict(config=True, help="the userlist's groups of each user (user -> [group])")
+    # The hook a profile uses: the names of on_request data sets this server gets (set before start).
+    requested_datasets = List(Unicode())
+
+    @default("object_name")
+    def _object_name_default(self):
+        """dockerspawner's name ({prefix}-{username}, or {prefix}-{username}--{servername} for a named
+        server), shortened with a digest when longer than Swarm allows."""
+        return fit_name(super()._object_name_default())
+
     @property
     def home_volume(self) -> str:
         return self.home_volume_prefix + "-home-" + self.escaped_name
@@ -193,6 +223,71 @@ class HubopsSpawner(SwarmSpawner):
         if made.get("created"):
             self.log.info("hubops: created home %s (owner %s:%s) for %s", made.get("path"), made.get("uid"),
                           made.get("gid"), self.user.name)
+    def group_names(self) -> set[str]:
+        """The user's groups: the userlist's, and the hub's (an identity provider's, set at login)."""
+        names = set(self.userlist_groups.get(self.user.name) or [])
+        try:
+            names |= {g.name for g in self.user.groups}
+        except Exception:  # noqa: BLE001 - a user object without groups (tests): the userlist's alone
+            pass
+        return names
+
+    @staticmethod
+    def data_mount(item: dict, read_only: bool) -> Mount:
+        if item.get("type") == "volume":
+            return Mount(target=item["target"], source=item["source"], type="volume", read_only=read_only,
+                         labels=dict(item.get("labels") or {}),
+                         driver_config=DriverConfig(item["driver"], dict(item.get("driver_opts") or {}) or None))
+        return Mount(target=item["target"], source=item["source"], type="bind", read_only=read_only)
+
+    def shared_data(self) -> tuple[list[Mount], list[str]]:
+        """The shared-data mounts this server gets and the supplementary groups (gids) that go with them."""
+        groups = self.group_names()
+        mounts, gids = [], []
+        for d in self.datasets:
+            if d.get("groups") and not groups & set(d["groups"]):
+                continue
+            if d.get("on_request") and d["name"] not in self.requested_datasets:
+                continue
+            mounts.append(self.data_mount(d, read_only=True))
+        for f in self.group_folders:
+            if f["group"] in groups:
+                mounts.append(self.data_mount(f, read_only=False))
+                gids.append(str(f["gid"]))
+        return mounts, gids
+
+    def add_shared_data(self, task_template: dict) -> dict:
+        """The service's task template with the user's shared data mounted and its groups' gids added."""
+        mounts, gids = self.shared_data()
+        cs = task_template.setdefault("ContainerSpec", {})
+        if mounts:
+            cs["Mounts"] = [*(cs.get("Mounts") or []), *mounts]
+        if gids:
+            cs["Groups"] = sorted(set(cs.get("Groups") or []) | set(gids))
+        return task_template
+
+    def label_server(self, create_kwargs: dict) -> dict:
+        """The service's and its containers' labels say whose server it is, and which (named) one.
+        Copies: the configured label dicts are shared by every spawner."""
+        mine = {"hubops.user": self.user.name, "hubops.server": self.name or ""}
+        create_kwargs["labels"] = {**(create_kwargs.get("labels") or {}), **mine}
+        cs = (create_kwargs.get("task_template") or {}).get("ContainerSpec")
+        if cs is not None:
+            cs["Labels"] = {**(cs.get("Labels") or {}), **mine}
+        return create_kwargs
+
+    def user_home_node(self) -> str | None:
+        """node-local: the node holding the user's home, as another of the user's servers (a named
+        one, or the default) recorded it: all of a user's servers share one home."""
+        try:
+            spawners = dict(self.user.orm_spawners)
+        except Exception:  # noqa: BLE001 - no ORM (tests)
+            return None
+        for name, orm_spawner in sorted(spawners.items()):
+            node = (getattr(orm_spawner, "state", None) or {}).get("home_node")
+            if node and name != self.name:
+                return node
+        return None
 
     async def node_exists(self, node_id: str) -> bool:
         try:
@@ -269,6 +364,8 @@ class HubopsSpawner(SwarmSpawner):
         if method == "create_service" and kwargs.get("task_template") is not None:
             self.lock_down(kwargs["task_template"])
             self.profile_service(kwargs)
+            self.add_shared_data(kwargs["task_template"])
+            self.label_server(kwargs)
         result = await super().docker(method, *args, **kwargs)
         if method == "tasks" and self._creating and not result:
             for _ in range(self.new_task_polls):
@@ -343,6 +440,7 @@ class HubopsSpawner(SwarmSpawner):
         elif mode == "shared-path":
             self.prepare_home_dir()
         elif mode == "node-local":
+            self.home_node = self.home_node or self.user_home_node()
             if self.home_node and not await self.node_exists(self.home_node):
                 # The node left the swarm (removed, or a restore onto another cluster): its volume is
                 # gone with it. Start anew on any node rather than wait forever for "no suitable node".

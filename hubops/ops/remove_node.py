@@ -14,7 +14,7 @@ import docker.errors
 from hubops.hub import running
 from hubops.core import progress
 from hubops.core.engine import Clients, docker_op
-from hubops.core.facts import node_name
+from hubops.core.facts import node_name, server_label
 from hubops.core.nodes import update_node
 from hubops.core.errors import ConflictError, DockerOpError, HubopsError
 from hubops.core.params import Loaded
@@ -52,6 +52,8 @@ def remove_node(p: Loaded, clients: Clients, name: str, *, notice_seconds: float
     before = [row for row in placements(p, c) if row["node"] == name]
     users = sorted({row["user"] for row in before if row["kind"] == "user server"})
     r.facts["users on the node"] = users
+    r.facts["servers on the node"] = sorted(server_label(row["user"], row.get("server", ""))
+                                            for row in before if row["kind"] == "user server")
     if users:
         r.change("update", "hub notice", f"warn {', '.join(users)}: their server moves off {name}")
     r.change("update", f"node {name}", "drain: Swarm moves its tasks to other nodes")
@@ -73,7 +75,7 @@ def remove_node(p: Loaded, clients: Clients, name: str, *, notice_seconds: float
     with progress.step(f"drain {name}: Swarm moves its tasks", total=timeout, unit="s"):
         _wait_empty(c, node.id, name, timeout)
     after = {row["service"]: row for row in placements(p, c)}
-    moved = [{"user": b["user"] or b["service"], "from": name, "to": after.get(b["service"], {}).get("node", "-"),
+    moved = [{"user": b["user"] or b["service"], "server": b.get("server", ""), "from": name, "to": after.get(b["service"], {}).get("node", "-"),
               "state": after.get(b["service"], {}).get("state", "gone")} for b in before]
     r.facts["moved"] = moved
     host = next((h for h in p.hosts.all if h.name == name), None)

@@ -13,7 +13,7 @@ import docker.errors
 from hubops.core import labels as L
 from hubops.core import monitoring
 from hubops.core.engine import Clients, docker_op, mixed_versions
-from hubops.core.facts import node_name, user_of
+from hubops.core.facts import node_name, server_label, server_of, user_of
 from hubops.core.profiles import PROFILE_LABEL
 from hubops.core.params import Loaded
 from hubops.core.result import Result
@@ -39,11 +39,13 @@ def placements(p: Loaded, c: docker.DockerClient) -> list[dict[str, Any]]:
                 "kind": ("hub" if role == "hub" else "monitoring" if role in monitoring.ROLES
                          else "network policy" if role == netpolicy.ROLE else "user server"),
                 "user": "" if role in ("hub", netpolicy.ROLE) or role in monitoring.ROLES else user_of(s),
+                # "": the default server
+                "server": "" if role in ("hub", netpolicy.ROLE) or role in monitoring.ROLES else server_of(s),
                 "node": nodes.get(t["NodeID"], t["NodeID"][:12]) if t and t.get("NodeID") else "-",
                 "state": t["Status"]["State"] if t else "no task",
                 "profile": (s.attrs["Spec"].get("Labels") or {}).get(PROFILE_LABEL, ""),  # spawn profile, if any
             })
-    return sorted(out, key=lambda r: (r["kind"] != "hub", r["kind"] == "monitoring", r["user"]))
+    return sorted(out, key=lambda r: (r["kind"] != "hub", r["kind"] == "monitoring", r["user"], r["server"]))
 
 
 def swarm_health(p: Loaded, clients: Clients) -> dict[str, Any]:
@@ -152,7 +154,8 @@ def status(p: Loaded, clients: Clients) -> Result:
     users = {}
     for row in where:
         if row["kind"] == "user server":
-            users.setdefault(row["node"], []).append(row["user"] + (f" ({row['profile']})" if row.get("profile") else ""))
+            users.setdefault(row["node"], []).append(server_label(row["user"], row["server"])
+                                                     + (f" ({row['profile']})" if row.get("profile") else ""))
     r.facts["users by node"] = [{"node": k, "users": ", ".join(sorted(v))} for k, v in sorted(users.items())]
     quorum = managers_reachable > managers_total // 2
     r.facts["managers"] = f"{managers_reachable} of {managers_total} reachable: quorum {'kept' if quorum else 'LOST'}"

@@ -20,6 +20,7 @@ from hubops.hub import running
 from hubops.core.nodes import update_node
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import VerifyError
+from hubops.core.facts import server_label
 from hubops.core.params import Loaded
 from hubops.core.result import Result
 from hubops.stages import netpolicy
@@ -32,6 +33,7 @@ def _in_swarm(c) -> bool:
 
 
 USER_HOME = "user-home"
+SHARED_FOLDER = "shared-folder"
 
 
 def teardown(p: Loaded, clients: Clients, *, remove_volumes: bool = False, remove_user_data: bool = False,
@@ -109,7 +111,8 @@ def _clean_node(p: Loaded, hc, node: str, sel: dict, *, remove_volumes: bool, re
     with docker_op("list volumes", node):
         vols = hc.volumes.list(filters=sel)
     for v in vols:
-        home = (v.attrs.get("Labels") or {}).get(L.ROLE) == USER_HOME
+        # users' data: their homes, and group folders made by a volume driver
+        home = (v.attrs.get("Labels") or {}).get(L.ROLE) in (USER_HOME, SHARED_FOLDER)
         scratch = (v.attrs.get("Labels") or {}).get(L.ROLE) == "front-run"  # the TLS front's tmpfs: no data
         if not (remove_user_data if home else remove_volumes or scratch):
             r.keep(f"volume {v.name} on {node}",
@@ -153,26 +156,30 @@ def _stop_servers_through_hub(p: Loaded, r: Result, dry_run: bool, timeout: floa
     except Exception as e:  # no hub, no token, hub down: services are removed below anyway
         r.keep("users' servers through the hub", f"hub not reachable ({e.__class__.__name__}); services removed directly")
         return
-    busy = [u["name"] for u in users if u.get("servers")]
-    for name in busy:
-        r.change("remove", f"server of {name}", "stopped through the hub (the server can save)")
+    # every server of every user: the default one ("") and named ones
+    busy = [(u["name"], s) for u in users for s in sorted(u.get("servers") or {})]
+    for name, server in busy:
+        r.change("remove", f"server {server_label(name, server)}", "stopped through the hub (the server can save)")
     if dry_run:
         return
     # JupyterHub answers a stop only after its slow_stop_timeout (10 s) on a busy hub: ask with
     # the hub API's spawn timeout, and let a stop that does not finish fall back to removing the
     # service below (the server then gets Swarm's SIGTERM and grace period instead).
     asked = []
-    for name in busy:
+    for name, server in busy:
         try:
-            api.request("DELETE", f"/hub/api/users/{name}/server", ok=(202, 204), timeout=running.SPAWN_REQUEST_TIMEOUT)
-            asked.append(name)
+            api.request("DELETE", running.server_path(name, server), ok=(202, 204),
+                        timeout=running.SPAWN_REQUEST_TIMEOUT)
+            asked.append((name, server))
         except VerifyError as e:
-            log.warning("the hub did not stop %s's server (%s); its service is removed directly", name, e)
-    for name in asked:
+            log.warning("the hub did not stop server %s (%s); its service is removed directly",
+                        server_label(name, server), e)
+    for name, server in asked:
         try:
-            api.wait_server(name, ready=False, timeout=timeout)
+            api.wait_server(name, ready=False, timeout=timeout, server_name=server)
         except VerifyError as e:
-            log.warning("%s's server did not stop through the hub (%s); its service is removed directly", name, e)
+            log.warning("server %s did not stop through the hub (%s); its service is removed directly",
+                        server_label(name, server), e)
 
 
 def _remove_retrying(obj, attempts: int = 20) -> None:

@@ -118,6 +118,9 @@ def check(p: Loaded, clients: Clients) -> Result:
     r.facts["operator_machine"] = f"{platform.node()} ({platform.system()} {platform.release()})"
     r.facts["parameters"] = f"{p.source} (sha256 {p.digest[:12]})"
     r.facts["users"] = f"{len(p.allowed)} allowed, admins: {', '.join(p.admins)}"
+    from hubops.stages import shared_data
+
+    r.items += shared_data.check_sources(p, clients).items  # shared_data: sources on every server node
     if shutil.which("debootstrap") is None:
         r.facts["debootstrap"] = "not installed (needed only when no registry answers for the base image)"
     if p.hub_db_postgres and p.storage.hub.pg.external:  # answers, TLS verifies: refused before any change

@@ -69,10 +69,11 @@ def remove_departed(p: Loaded, r: Result, before: dict[str, list[str]] | None, *
             r.keep(f"user {name}", f"off the userlist, but in provider group(s) {sorted(by_provider)} at their "
                                    "last login; the provider decides at their next login")
             continue
-        server = (u.get("servers") or {}).get("")
+        server = u.get("servers") or {}  # the default server ("") and named ones: remove_user stops each
         api.remove_user(name, timeout=timeout)
         r.change("remove", f"user {name}", "off the userlist: " + (
-            "their running server was stopped, " if server else "no server was running, ")
+            f"their running server{'s were' if len(server) > 1 else ' was'} stopped, " if server
+            else "no server was running, ")
             + "their hub record, login and tokens deleted (their home stays)")
         removed.append({"user": name, "server_stopped": bool(server)})
     r.facts["users_removed"] = removed
