@@ -74,6 +74,10 @@ class Policy:
     cap_drop_all: bool = True                # users' servers must drop every capability (then get cap_add)
     roles: list[str] = field(default_factory=lambda: ["user-server"])  # hubops.role of users' objects
     home_root: str = ""                      # shared-path homes are made here (POST /hubops/homes/NAME)
+    # shared data (parameters shared_data): bind sources allowed as they are (source -> read-only
+    # required), and volumes by name with their one driver and options (name -> driver, opts, read_only)
+    data_binds: dict[str, bool] = field(default_factory=dict)
+    data_volumes: dict[str, dict] = field(default_factory=dict)
     home_uid: int = 1000
     home_gid: int = 100
 
@@ -197,7 +201,10 @@ def check_mount(m: Any, policy: Policy, where: str) -> None:
         norm = posixpath.normpath(source)
         if source not in (norm, norm + "/") or "/../" in source + "/" or "/./" in source + "/":
             raise Refused(f"{where}: bind source {source!r} is not a plain path (no '..', '.' or '//')")
-        if not _under(norm, policy.bind_paths):
+        if norm in policy.data_binds:  # a data set or a group folder (shared_data), exactly that path
+            if policy.data_binds[norm] and not m.get("ReadOnly"):
+                raise Refused(f"{where}: data set {norm} must be mounted read-only (shared_data)")
+        elif not _under(norm, policy.bind_paths):
             allowed = ", ".join(f"{r} or {r}/NAME" for r in policy.bind_paths) or "none (storage.users.mode is not shared-path)"
             raise Refused(f"{where}: bind-mounts {source}, outside the allowed home and data paths ({allowed})")
         propagation = (m.get("BindOptions") or {}).get("Propagation")
@@ -205,6 +212,14 @@ def check_mount(m: Any, policy: Policy, where: str) -> None:
             raise Refused(f"{where}: bind propagation {propagation!r} would share mounts with the host")
         _check_keys(m.get("BindOptions"), {"Propagation", "NonRecursive", "CreateMountpoint", "ReadOnlyNonRecursive",
                                            "ReadOnlyForceRecursive"}, where + ".BindOptions")
+    elif kind == "volume" and source in policy.data_volumes:  # shared data through its volume driver
+        want = policy.data_volumes[source]
+        vo = _check_keys(m.get("VolumeOptions"), {"NoCopy", "Labels", "DriverConfig"}, where + ".VolumeOptions")
+        dc = _check_keys(vo.get("DriverConfig"), {"Name", "Options"}, where + ".VolumeOptions.DriverConfig")
+        if (dc.get("Name") or "local") != want.get("driver") or dict(dc.get("Options") or {}) != dict(want.get("opts") or {}):
+            raise Refused(f"{where}: volume {source!r} with another driver or options than shared_data gives it")
+        if want.get("read_only") and not m.get("ReadOnly"):
+            raise Refused(f"{where}: data set volume {source!r} must be mounted read-only (shared_data)")
     elif kind == "volume":
         if not any(source.startswith(pfx) and len(source) > len(pfx) and "/" not in source
                    for pfx in policy.volume_prefixes):

@@ -77,7 +77,25 @@ def policy(p: Loaded) -> dict[str, Any]:
         "home_root": str(us.shared_path) if shared else "",
         "home_uid": us.uid,
         "home_gid": us.gid,
+        **_shared_data(p),
     }
+
+
+def _shared_data(p: Loaded) -> dict[str, Any]:
+    """The data sets (read-only) and group folders of shared_data, as the spawner mounts them."""
+    from hubops.hub import config_servers
+
+    settings = config_servers.spawner_settings(p)
+    binds: dict[str, bool] = {}
+    volumes: dict[str, dict] = {}
+    for items, read_only in ((settings["datasets"], True), (settings["group_folders"], False)):
+        for d in items:
+            if d["type"] == "bind":
+                binds[d["source"]] = binds.get(d["source"], True) and read_only  # read-only unless a folder
+            else:
+                volumes[d["source"]] = {"driver": d["driver"], "opts": dict(d.get("driver_opts") or {}),
+                                        "read_only": read_only}
+    return {"data_binds": binds, "data_volumes": volumes}
 
 
 def door_mount(p: Loaded) -> docker.types.Mount:

@@ -275,3 +275,32 @@ def test_a_hub_whose_door_does_not_answer_keeps_its_servers(tmp_path, monkeypatc
     plain = dockerspawner.SwarmSpawner(user=s.user, hub=s.hub, config=hub_config(p), orm_spawner=s.orm_spawner)
     with pytest.raises(OSError):
         asyncio.run(plain.poll())
+
+
+def test_shared_data_mounts_pass_and_nothing_beside_them(tmp_path, monkeypatch):
+    """The real spawner's spec for a user in group physics, with shared_data's data sets (a path, a
+    volume driver) and group folder: the door lets exactly those through, a data set only read-only,
+    and refuses a neighbouring path or a data set volume with other driver options."""
+    p = load_params(make_params(tmp_path, "apx", port=18131, subnet="10.161.251.0/24",
+                                users="operator admin\nalice @physics\nbob\n", extra="""
+shared_data:
+  datasets:
+    - {name: census, path: /srv/data/census}
+    - {name: sky, driver: local, driver_opts: {type: nfs, o: "addr=10.1.0.9,ro", device: ":/export/sky"}}
+  group_folders:
+    - {group: physics, gid: 2001, path: /srv/hubops-shared/physics}
+"""))
+    spec = spawner_spec(p, monkeypatch, "alice")
+    mounts = spec["TaskTemplate"]["ContainerSpec"]["Mounts"]
+    assert {m["Source"] for m in mounts} >= {"/srv/data/census", "/srv/hubops-shared/physics", f"{p.prefix}-data-sky"}
+    door.check_service_spec(spec, policy(p), nets(p))  # passes
+    census = next(m for m in mounts if m["Source"] == "/srv/data/census")
+    census["ReadOnly"] = False
+    refused(spec, p, "must be mounted read-only")
+    census["ReadOnly"] = True
+    census["Source"] = "/srv/data"  # the data set's parent: not a data set
+    refused(spec, p, "outside the allowed home and data paths")
+    census["Source"] = "/srv/data/census"
+    sky = next(m for m in mounts if m["Source"] == f"{p.prefix}-data-sky")
+    sky["VolumeOptions"]["DriverConfig"]["Options"]["device"] = ":/"
+    refused(spec, p, "another driver or options")
