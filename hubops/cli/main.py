@@ -472,15 +472,18 @@ def lab() -> None:
 @click.option("--generic-resource", "generic", multiple=True, metavar="NODE:KIND=ID",
               help="a fake generic resource a node's engine advertises to Swarm, as a GPU host's does "
                    "(e.g. node0:NVIDIA-GPU=gpu0; repeat for more)")
+@click.option("--image-store", type=click.Choice(["classic", "containerd"]), default="classic", show_default=True,
+              help="the engines' image store: containerd is Docker 29's default for new installs (26 and 28 nodes only)")
 def lab_up_cmd(name: str, managers: int, workers: int, subnet: str, overlay_subnet: str, params_file: str,
-               engines: str | None, rebuild: bool, ssh_nodes: str | None, generic: tuple[str, ...] = ()) -> None:
+               engines: str | None, rebuild: bool, ssh_nodes: str | None, generic: tuple[str, ...] = (),
+               image_store: str = "classic") -> None:
     """Bring up the lab (idempotent) and write its parameter file."""
     from hubops.lab.cluster import lab_up
 
     try:
         info = lab_up(name=name, managers=managers, workers=workers, subnet=subnet,
                       overlay_subnet=overlay_subnet, params_out=Path(params_file), engines=engines, rebuild=rebuild,
-                      generic_resources=",".join(generic) or None)
+                      generic_resources=",".join(generic) or None, image_store=image_store)
         if ssh_nodes:
             from hubops.lab.ssh import enable_ssh
 

@@ -86,6 +86,9 @@ class LabNode:
     engine: str = lab_engines.HOST  # the engine it runs: "20.10" (this machine's), "26", "28"
     # fake generic resources its engine advertises (dockerd --node-generic-resource KIND=ID), e.g. a GPU
     generic_resources: tuple[str, ...] = ()
+    # the engine's image store: "classic" (graph drivers) or "containerd" (containerd's snapshotters, the
+    # default of new Docker 29 installs, an option of 24 to 28: daemon.json features.containerd-snapshotter)
+    image_store: str = "classic"
     # observed
     netns_present: bool = False
     pid: int | None = None
@@ -107,6 +110,8 @@ class LabNode:
         out = {k: getattr(self, k) for k in ("name", "role", "index", "address", "netns", "veth", "bip", "engine")}
         if self.generic_resources:  # only when given: labs made before keep their plan
             out["generic_resources"] = list(self.generic_resources)
+        if self.image_store != "classic":
+            out["image_store"] = self.image_store
         return out
 
 
@@ -261,10 +266,12 @@ def parse_generic_resources(spec: str | dict[str, list[str]] | None, names: list
 
 def _plan(name: str, managers: int, workers: int, net: ipaddress.IPv4Network,
           engines: str | dict[str, str] | None = None,
-          generic: str | dict[str, list[str]] | None = None) -> list[LabNode]:
+          generic: str | dict[str, list[str]] | None = None, image_store: str = "classic") -> list[LabNode]:
     """The lab's nodes. `engines`: `--engine` as given (one version for every node, or
     NODE=VERSION pairs) or a dict node -> version; unknown versions are refused here, before
     anything is made."""
+    if image_store not in ("classic", "containerd"):
+        raise HubopsError(f"lab {name}: image store {image_store!r}: give classic or containerd")
     if managers < 1 or workers < 0:
         raise HubopsError(f"lab {name}: give at least 1 manager and 0 or more workers "
                           f"(got {managers} managers, {workers} workers)")
@@ -280,11 +287,16 @@ def _plan(name: str, managers: int, workers: int, net: ipaddress.IPv4Network,
         engines = ",".join(f"{k}={v}" for k, v in engines.items())
     which = lab_engines.parse_engines(engines, names, name)
     resources = parse_generic_resources(generic, [n for n, _ in names], name)
+    if image_store == "containerd":
+        old = sorted(n for n, _ in names if lab_engines.ENGINES[which[n]].host)
+        if old:
+            raise HubopsError(f"lab {name}: the containerd image store needs Docker 24 or newer; node(s) "
+                              f"{', '.join(old)} would run this machine's 20.10: give --engine 26 or 28 for them")
     return [
         LabNode(name=n, role=role, index=i, address=str(net.network_address + FIRST_HOST + i),
                 netns=f"hl-{n}", veth=f"hv-{name}-{i}",
                 bip=f"{BIP_RANGE.network_address + (i + 1) * 256 + 1}/24", engine=which[n],
-                generic_resources=resources.get(n, ()))
+                generic_resources=resources.get(n, ()), image_store=image_store)
         for i, (n, role) in enumerate(names)
     ]
 
@@ -663,6 +675,7 @@ def lab_up(
     mirror: str = lab_engines.MIRROR,
     shared: tuple[str, ...] = lab_engines.DEFAULT_SHARED,
     generic_resources: str | dict[str, list[str]] | None = None,
+    image_store: str = "classic",
 ) -> LabInfo:
     """Bring up (or complete) the lab `name` and write its parameter file `params_out`.
 
@@ -672,6 +685,8 @@ def lab_up(
     before the lab is made; nodes on it see this machine's `shared` folders at their own paths.
     `generic_resources`: fake ones the nodes' engines advertise to Swarm, as a GPU host's does
     (``{"node0": ["NVIDIA-GPU=gpu0"]}`` or ``"node0:NVIDIA-GPU=gpu0"``; see parse_generic_resources).
+    `image_store`: ``"containerd"`` gives every node's engine the containerd image store (Docker 29's
+    default for new installs; 26 and 28 nodes only).
 
     Creates the bridge, its FORWARD rule, one namespace, veth pair and Docker engine per node,
     the lab's certificates and the parameter file (see the module docstring). Idempotent: on a
@@ -683,7 +698,7 @@ def lab_up(
     _check_name(name)
     net = _subnet(subnet)
     overlay = _subnet(overlay_subnet, "overlay subnet")
-    nodes = _plan(name, managers, workers, net, engines, generic_resources)
+    nodes = _plan(name, managers, workers, net, engines, generic_resources, image_store)
     bridge = _bridge(name)
     for other, what in ((overlay, "the overlay subnet"), (BIP_RANGE, "the nodes' default bridges (172.30.0.0/16)")):
         if net.overlaps(other):
@@ -951,7 +966,10 @@ def _start_engine(n: LabNode, state: Path, run: Path, certs: dict[str, Path],
     engine_socket(run).parent.mkdir(parents=True, exist_ok=True)
     cfg = state / n.name / "daemon.json"
     # Its own engine ID (key.json), not the one of this machine's engine in /etc/docker.
-    text = json.dumps(lab_engines.daemon_config(n.engine, state, n.name), indent=2).encode() + b"\n"
+    config = lab_engines.daemon_config(n.engine, state, n.name)
+    if n.image_store == "containerd":
+        config["features"] = {"containerd-snapshotter": True}
+    text = json.dumps(config, indent=2).encode() + b"\n"
     if not cfg.exists() or cfg.read_bytes() != text:
         _write(cfg, text, 0o644)
     env = {k: v for k, v in _env().items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "TZ")}

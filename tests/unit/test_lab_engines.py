@@ -114,3 +114,14 @@ def test_tested_engines_pass(version, api):
     from hubops.stages.preflight import refuse_old
 
     refuse_old("w1", {"Version": version, "ApiVersion": api})
+
+
+def test_the_containerd_image_store_is_planned_for_newer_engines_only():
+    nodes = lab._plan("ct", 1, 1, ipaddress.ip_network("10.65.9.0/24"), "28", image_store="containerd")
+    assert [n.image_store for n in nodes] == ["containerd", "containerd"]
+    assert nodes[0].plan()["image_store"] == "containerd"
+    assert "image_store" not in lab._plan("ct", 1, 1, ipaddress.ip_network("10.65.9.0/24"), "28")[0].plan()
+    with pytest.raises(lab.HubopsError, match=r"containerd image store needs Docker 24 or newer; node\(s\) ct-node0"):
+        lab._plan("ct", 1, 1, ipaddress.ip_network("10.65.9.0/24"), "manager=28", image_store="containerd")
+    with pytest.raises(lab.HubopsError, match="give classic or containerd"):
+        lab._plan("ct", 1, 1, ipaddress.ip_network("10.65.9.0/24"), "28", image_store="zfs")
