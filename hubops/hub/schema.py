@@ -63,7 +63,7 @@ cfg.set_main_option("script_location", os.path.join(os.path.dirname(jupyterhub._
 sd = ScriptDirectory.from_config(cfg)
 out = {"jupyterhub": jupyterhub.__version__, "head": sd.get_current_head(),
        "revisions": [r.revision for r in sd.walk_revisions()], "db": None, "exists": os.path.exists(sys.argv[1]),
-       "spawner": importlib.util.find_spec("hubops.inhub") is not None}
+       "spawner": importlib.util.find_spec("hubops") is not None and importlib.util.find_spec("hubops.inhub") is not None}
 if out["exists"]:
     con = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True, timeout=30)
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}

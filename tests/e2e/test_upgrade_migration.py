@@ -89,11 +89,12 @@ def j6up(tmp_path_factory):
     p = load_params(params)
     state = {"tmp": tmp, "outputs": outputs, "params": params, "p": p}
     yield state
+    # users' homes are kept by a teardown unless asked: this test's go too
     down = hubops_cli("ops", "teardown", "-p", str(params), "--set", "confirm=true", "--set", "remove_volumes=true",
-                      outputs=outputs)
+                      "--set", "remove_user_data=true", outputs=outputs)
     left = labelled_objects()
     if down.returncode != 0 or left:
-        teardown.teardown(p, Clients(p), remove_volumes=True)
+        teardown.teardown(p, Clients(p), remove_volumes=True, remove_user_data=True)
     try:
         docker.from_env().images.remove(FAILS_AFTER_MIGRATION, force=True)
     except docker.errors.ImageNotFound:
