@@ -20,7 +20,6 @@ import docker
 import docker.errors
 
 from hubops.core import labels as L
-from hubops.core import monitoring
 from hubops.hub import running
 from hubops.ops.status import quorum_lost_text, running_containers, swarm_health
 from hubops.stages import storage
@@ -315,9 +314,9 @@ def _swarm_report(p: Loaded, c, r: Result, texts: list, findings: list, log_line
 
     # -- users' servers ----------------------------------------------------------------------------
     user_rows = []
-    # Prometheus and the node exporters (monitoring.enabled), the network-policy agent: not users' servers.
+    # Only users' servers (and the hub, skipped below): not Prometheus, the policy agent, the door, the front.
     services = [s for s in services
-                if (s.attrs["Spec"].get("Labels") or {}).get(L.ROLE) not in (*monitoring.ROLES, "netpolicy")]
+                if (s.attrs["Spec"].get("Labels") or {}).get(L.ROLE) in (None, "", "user-server", "hub")]
     for s in services:
         if s.name == p.hub_service:
             continue

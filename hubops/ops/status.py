@@ -24,6 +24,16 @@ log = logging.getLogger("hubops")
 
 
 
+def service_kind(role: str) -> str:
+    """What a service (or container) of the deployment is, by its hubops.role label: users' servers
+    are labelled user-server (those of an older hubops: no role); every other kind says what it is."""
+    if role in ("", "user-server"):
+        return "user server"
+    if role in monitoring.ROLES:
+        return "monitoring"
+    return {"hub": "hub", netpolicy.ROLE: "network policy", "apiproxy": "Docker API door"}.get(role, role)
+
+
 def placements(p: Loaded, c: docker.DockerClient) -> list[dict[str, Any]]:
     """The deployment's services and where their running tasks are."""
     nodes = {n.id: node_name(p, n) for n in c.nodes.list()}
@@ -36,11 +46,10 @@ def placements(p: Loaded, c: docker.DockerClient) -> list[dict[str, Any]]:
         for t in tasks or [None]:
             out.append({
                 "service": s.name,
-                "kind": ("hub" if role == "hub" else "monitoring" if role in monitoring.ROLES
-                         else "network policy" if role == netpolicy.ROLE else "user server"),
-                "user": "" if role in ("hub", netpolicy.ROLE) or role in monitoring.ROLES else user_of(s),
+                "kind": service_kind(role),
+                "user": user_of(s) if service_kind(role) == "user server" else "",
                 # "": the default server
-                "server": "" if role in ("hub", netpolicy.ROLE) or role in monitoring.ROLES else server_of(s),
+                "server": server_of(s) if service_kind(role) == "user server" else "",
                 "node": nodes.get(t["NodeID"], t["NodeID"][:12]) if t and t.get("NodeID") else "-",
                 "state": t["Status"]["State"] if t else "no task",
                 "profile": (s.attrs["Spec"].get("Labels") or {}).get(PROFILE_LABEL, ""),  # spawn profile, if any
@@ -179,7 +188,6 @@ def running_containers(p: Loaded, clients: Clients) -> list[dict[str, Any]]:
         for ct in found:
             role = (ct.labels or {}).get(L.ROLE, "")
             env = {e.split("=", 1)[0]: e.split("=", 1)[1] for e in ct.attrs["Config"].get("Env") or [] if "=" in e}
-            rows.append({"node": h.name, "container": ct.name[:60], "kind": "hub" if role == "hub" else "monitoring" if role in monitoring.ROLES
-                         else "network policy" if role == netpolicy.ROLE else "user server",
+            rows.append({"node": h.name, "container": ct.name[:60], "kind": service_kind(role),
                          "user": env.get("JUPYTERHUB_USER", ""), "state": ct.status})
     return rows
