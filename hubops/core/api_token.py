@@ -42,9 +42,10 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def read_expiry(p: Loaded) -> Optional[datetime]:
-    """When the kept token expires (UTC), or None when there is no token or no recorded expiry."""
-    raw = operator.read(p, EXPIRES_FILE)
+def read_expiry(p: Loaded, expires_file: str = EXPIRES_FILE) -> Optional[datetime]:
+    """When the kept token expires (UTC), or None when there is no token or no recorded expiry.
+    `expires_file`: another kept token's (core/monitoring.py keeps Prometheus's the same way)."""
+    raw = operator.read(p, expires_file)
     if not raw:
         return None
     try:
@@ -54,11 +55,13 @@ def read_expiry(p: Loaded) -> Optional[datetime]:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
-def ensure(p: Loaded, *, dry_run: bool = False, now: Optional[datetime] = None) -> tuple[str, Optional[str]]:
-    """The token to give the hub: (value, why it is new or None when kept)."""
+def ensure(p: Loaded, *, dry_run: bool = False, now: Optional[datetime] = None, token_file: str = TOKEN_FILE,
+           expires_file: str = EXPIRES_FILE) -> tuple[str, Optional[str]]:
+    """The token to give the hub: (value, why it is new or None when kept). `token_file` and
+    `expires_file`: another token kept and rotated the same way (Prometheus's, core/monitoring.py)."""
     now = now or _now()
-    token = operator.read(p, TOKEN_FILE)
-    expires = read_expiry(p)
+    token = operator.read(p, token_file)
+    expires = read_expiry(p, expires_file)
     if not token or not token.strip():
         why = "generated"
     elif expires is None:
@@ -70,9 +73,9 @@ def ensure(p: Loaded, *, dry_run: bool = False, now: Optional[datetime] = None) 
     value = _random.token_urlsafe(32)
     if not dry_run:
         folder = operator.folder(p)
-        operator.write_private(folder / TOKEN_FILE, value.encode() + b"\n")
+        operator.write_private(folder / token_file, value.encode() + b"\n")
         until = (now + timedelta(days=LIFETIME_DAYS)).replace(microsecond=0)
-        operator.write_private(folder / EXPIRES_FILE, until.isoformat().encode() + b"\n")
+        operator.write_private(folder / expires_file, until.isoformat().encode() + b"\n")
     return value, why
 
 

@@ -14,11 +14,10 @@ makes a new one when fewer than `RENEW_DAYS` are left.
 from __future__ import annotations
 
 import json
-import secrets as _random
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Optional
 
-from . import operator
+from . import api_token
 from .params import Loaded
 
 STAGE = "80-deploy"
@@ -29,8 +28,8 @@ SECRET_FILE = "hubops-metrics-token"  # under /run/secrets in the hub's and Prom
 HUB_SERVICE_NAME = "prometheus"  # the JupyterHub service the token belongs to
 ROLE_NAME = "hubops-metrics"
 SCOPES = ["read:metrics"]  # what Prometheus may do on the hub, and no more
-LIFETIME_DAYS = 90
-RENEW_DAYS = 14
+LIFETIME_DAYS = api_token.LIFETIME_DAYS
+RENEW_DAYS = api_token.RENEW_DAYS
 
 PROMETHEUS_PORT = 9090
 NODE_EXPORTER_PORT = 9100
@@ -58,42 +57,15 @@ def enabled(p: Loaded) -> bool:
     return bool(mon is not None and mon.enabled)
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def read_expiry(p: Loaded) -> Optional[datetime]:
     """When the kept scrape token expires (UTC), or None."""
-    raw = operator.read(p, EXPIRES_FILE)
-    if not raw:
-        return None
-    try:
-        when = datetime.fromisoformat(raw.decode().strip())
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return api_token.read_expiry(p, EXPIRES_FILE)
 
 
 def ensure_token(p: Loaded, *, dry_run: bool = False, now: Optional[datetime] = None) -> tuple[str, Optional[str]]:
-    """Prometheus's hub token: (value, why it is new, or None when the kept one is still good)."""
-    now = now or _now()
-    token = operator.read(p, TOKEN_FILE)
-    expires = read_expiry(p)
-    if not token or not token.strip():
-        why = "generated"
-    elif expires is None:
-        why = "rotated: the kept token had no expiry"
-    elif expires - now < timedelta(days=RENEW_DAYS):
-        why = f"rotated: the kept token expires on {expires:%Y-%m-%d} (fewer than {RENEW_DAYS} days left)"
-    else:
-        return token.decode().strip(), None
-    value = _random.token_urlsafe(32)
-    if not dry_run:
-        folder = operator.folder(p)
-        operator.write_private(folder / TOKEN_FILE, value.encode() + b"\n")
-        until = (now + timedelta(days=LIFETIME_DAYS)).replace(microsecond=0)
-        operator.write_private(folder / EXPIRES_FILE, until.isoformat().encode() + b"\n")
-    return value, why
+    """Prometheus's hub token: (value, why it is new, or None when the kept one is still good), kept
+    and rotated as hubops's own (core/api_token.py), in files of its own."""
+    return api_token.ensure(p, dry_run=dry_run, now=now, token_file=TOKEN_FILE, expires_file=EXPIRES_FILE)
 
 
 def hub_lines(p: Loaded) -> list[str]:
