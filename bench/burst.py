@@ -5,10 +5,13 @@ hub restarts, failed requests and the time until every server answers. Figures, 
     flock /tmp/hubops-lock-heavy .venv/bin/python bench/burst.py --bursts 20,50,100
     ... --project /path/to/another/checkout     # deploy that checkout's hubops (a "before" figure)
     ... --params FILE --no-deploy               # an existing deployment (e.g. a lab's), left up
+    ... --lab                                   # a lab of its own (1 manager, 2 workers), torn down after
 
 Without --params it deploys a deployment of its own on this machine's engine (the embedded default's
 shape: one node, a free port and overlay subnet, its operator folder and records in a temporary
-folder), and tears it down at the end. Each burst: every user asks for their server at the same
+folder), and tears it down at the end. With --lab it brings up a lab of one manager and two workers
+(free subnets from tests.helpers), writes the lab's userlist with the burst's users, deploys, and at
+the end tears the deployment down and removes the lab (also after a failure). Each burst: every user asks for their server at the same
 moment (POST /hub/api/users/NAME/server); a 429 is JupyterHub's "wait your turn", honoured as a client
 would (Retry-After, then again); then each polls its server through the proxy every --poll s
 (/user/NAME/api/status) until it answers. Meanwhile a watcher asks /hub/health through the proxy
@@ -47,6 +50,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from hubops.core import operator  # noqa: E402
+from hubops.core.engine import Clients  # noqa: E402
 from hubops.core.params import load_params  # noqa: E402
 from hubops.hub.running import hub_session  # noqa: E402
 
@@ -246,7 +250,8 @@ def main() -> None:
     ap.add_argument("--params", type=Path, help="an existing deployment's parameter file (its userlist must list "
                                                  "burst0 .. burstN-1)")
     ap.add_argument("--no-deploy", action="store_true", help="with --params: use the deployment as it is, leave it up")
-    ap.add_argument("--keep", action="store_true", help="leave this script's own deployment up")
+    ap.add_argument("--keep", action="store_true", help="leave this script's own deployment (or lab) up")
+    ap.add_argument("--lab", action="store_true", help="bring up a lab of 1 manager and 2 workers and burst there")
     ap.add_argument("--poll", type=float, default=1.0, help="seconds between a user's looks at their server")
     ap.add_argument("--deadline", type=float, default=900, help="seconds a burst may take")
     ap.add_argument("--min-free-gb", type=float, default=0.12, help="GB of free memory needed per server (stop if short)")
@@ -263,18 +268,39 @@ def main() -> None:
     res: dict = {"label": args.label, "project": str(args.project),
                  "git": subprocess.run(["git", "-C", str(args.project), "log", "-1", "--format=%h %s"],
                                        capture_output=True, text=True).stdout.strip(),
-                 "machine": {"node": platform.node(), "cpus": os.cpu_count(), "mem_free_gb": round(free_gb(), 1)},
+                 "machine": {"node": platform.node(), "cpus": os.cpu_count(), "mem_free_gb": round(free_gb(), 1),
+                             "load": os.getloadavg()},
                  "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "bursts": []}
     own = args.params is None
-    if own:
+    userlist = "operator admin\n" + "".join(f"{u}\n" for u in users)
+    lab_name = None
+    if own and args.lab:
+        from hubops.lab import cluster as lab
+        from tests.helpers import LAB_SUBNETS, free_subnet, run_name
+
+        lab_name = run_name("bbrst")
+        params = tmp / f"{lab_name}.yaml"
+        res["lab"] = {"name": lab_name, "managers": 1, "workers": 2, "subnet": free_subnet(LAB_SUBNETS),
+                      "overlay_subnet": free_subnet()}
+        t0 = time.monotonic()
+        try:
+            lab.lab_up(name=lab_name, managers=1, workers=2, subnet=res["lab"]["subnet"],
+                       overlay_subnet=res["lab"]["overlay_subnet"], params_out=params)
+        except BaseException:
+            lab.lab_down(name=lab_name)
+            raise
+        res["lab"]["up_s"] = round(time.monotonic() - t0, 1)
+        params.with_name(f"{params.stem}.userlist").write_text(userlist)
+        print(f"lab {lab_name}: up in {res['lab']['up_s']} s", flush=True)
+    elif own:
         from tests.helpers import free_port, free_subnet, make_params, run_name
 
-        params = make_params(tmp, run_name("burst"), port=free_port(), subnet=free_subnet(),
-                             users="operator admin\n" + "".join(f"{u}\n" for u in users))
+        params = make_params(tmp, run_name("burst"), port=free_port(), subnet=free_subnet(), users=userlist)
     else:
         params = args.params
     p = load_params(params)
-    client = docker.from_env(timeout=120)
+    # The engine that runs the hub: this machine's for a one-node deployment, the hub's manager on a lab.
+    client = Clients(p, timeout=120).manager
     try:
         if not args.no_deploy:
             t0 = time.monotonic()
@@ -286,7 +312,12 @@ def main() -> None:
         svc = client.services.get(p.hub_service)
         hc = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Healthcheck") or {}
         res["healthcheck"] = {k: v for k, v in hc.items() if k != "Test"}
-        res["hub_limits"] = {}
+        from hubops.hub import spawn_limits
+
+        cpus = spawn_limits.user_node_cpus(client, p)  # as the deploy sized the hub's limit
+        res["hub_limits"] = {"user_node_cpus": cpus,
+                             "concurrent_spawn_limit": spawn_limits.concurrent_spawn_limit(p, cpus)}
+        print(f"hub limits: {res['hub_limits']}", flush=True)
         a = admin(p)
         for u in users:  # users on the userlist, made in the hub's database by its admin
             a.post(f"{p.hub_url}/hub/api/users/{u}", timeout=60)
@@ -296,17 +327,23 @@ def main() -> None:
                 res["bursts"].append({"users": n, "skipped": f"{free_gb():.1f} GB free"})
                 continue
             print(f"burst of {n} users at once ...", flush=True)
-            b = burst(p, client, users[:n], args.poll, args.deadline)
+            before = {"load_before": os.getloadavg()[0], "mem_free_gb_before": round(free_gb(), 1)}
+            b = {**burst(p, client, users[:n], args.poll, args.deadline), **before}
             print("  " + json.dumps(b), flush=True)
             res["bursts"].append(b)
             stop_all(p, users[:n])
     finally:
         if own and not args.keep:
-            r = cli(args.project, outputs, "ops", "teardown", "-p", str(params), "--set", "confirm=true",
-                    "--set", "remove_volumes=true", "--set", "remove_user_data=true")
-            print(f"teardown: exit {r.returncode}", flush=True)
-            if r.returncode:
-                print(r.stderr[-2000:], file=sys.stderr)
+            try:
+                r = cli(args.project, outputs, "ops", "teardown", "-p", str(params), "--set", "confirm=true",
+                        "--set", "remove_volumes=true", "--set", "remove_user_data=true")
+                print(f"teardown: exit {r.returncode}", flush=True)
+                if r.returncode:
+                    print(r.stderr[-2000:], file=sys.stderr)
+            finally:
+                if lab_name:
+                    lab.lab_down(name=lab_name)
+                    print(f"lab {lab_name}: down", flush=True)
     out = PROJECT / "bench" / "results" / f"burst-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=str) + "\n")
