@@ -151,7 +151,8 @@ def main() -> None:
                 times.append(spawn(api, user, name))
                 nodes.append(node_of(p, clients, user))
             figures[name] = {"first_s": round(times[0], 2), "p50_s": round(statistics.median(times), 2),
-                             "p95_s": round(pct(times, 0.95), 2), "nodes": sorted(set(nodes)), "n": len(times)}
+                             "p95_s": round(pct(times, 0.95), 2), "nodes": sorted(set(nodes)), "n": len(times),
+                             "times_s": [round(t, 2) for t in times], "on": nodes, "load_after": os.getloadavg()}
             for i in range(a.spawns):
                 api.request("DELETE", f"/hub/api/users/b{name[:3]}{i}/server", ok=(202, 204))
             time.sleep(2)
