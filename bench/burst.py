@@ -26,7 +26,8 @@ What each figure is:
 - health_fail / health_max_s: the watcher's /hub/health through the proxy: failures, slowest answer;
 - hub_restarts: hub containers seen minus one, plus hub tasks that ended in the burst;
 - check_busy: healthcheck runs that passed as "busy" (hubops/inhub/health.py);
-- unfinished: users whose server did not answer within --deadline seconds.
+- unfinished: users whose server did not answer within --deadline seconds, or whose spawn failed;
+- spawn_failed: users whose spawn the hub accepted and then gave up on (no server, none pending).
 """
 from __future__ import annotations
 
@@ -165,6 +166,7 @@ def one_user(p, user: str, t0: float, deadline: float, poll: float, counts: dict
             counts.setdefault("unexpected", []).append(f"POST {user}: {r.status_code} {r.text[:120]}")
         time.sleep(2)
     # Then, as the user's browser would, reach the server through the proxy.
+    last_look = time.monotonic()
     while time.monotonic() < deadline:
         try:
             r = s.get(f"{p.hub_url}/user/{user}/api/status", timeout=60, allow_redirects=False)
@@ -174,8 +176,28 @@ def one_user(p, user: str, t0: float, deadline: float, poll: float, counts: dict
                 bump("failed_requests")
         except requests.RequestException:
             bump("failed_requests")
+        if time.monotonic() - last_look > 10:  # did the hub give up on this spawn? (its page would say so)
+            last_look = time.monotonic()
+            if spawn_gave_up(s, p, user):
+                bump("spawn_failed")
+                with lock:
+                    counts.setdefault("unexpected", []).append(f"{user}: the hub gave up on the spawn")
+                return None
         time.sleep(poll)
     return None
+
+
+def spawn_gave_up(s: requests.Session, p, user: str) -> bool:
+    """Whether the hub has neither a pending nor a running default server for `user` (after it
+    accepted the start): it gave up on the spawn, e.g. "server never showed up ... Giving up"."""
+    try:
+        r = s.get(f"{p.hub_url}/hub/api/users/{user}", timeout=60)
+        if r.status_code != 200:
+            return False
+        server = (r.json().get("servers") or {}).get("")
+    except (requests.RequestException, ValueError):
+        return False
+    return server is None
 
 
 def stop_all(p, users: list[str], wait_s: float = 600) -> None:
@@ -222,6 +244,7 @@ def burst(p, client, users: list[str], poll: float, deadline_s: float) -> dict:
         "user_p50_s": round(statistics.median(done), 1) if done else None,
         "user_max_s": round(max(done), 1) if done else None,
         "unfinished": len(users) - len(done),
+        "spawn_failed": counts.get("spawn_failed", 0),
         "throttled_429": counts.get("throttled_429", 0),
         "failed_requests": counts.get("failed_requests", 0) + w.health_fail,
         "health_fail": w.health_fail,
@@ -347,8 +370,8 @@ def main() -> None:
     out = PROJECT / "bench" / "results" / f"burst-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    cols = ["users", "all_answered_s", "user_p50_s", "user_max_s", "unfinished", "throttled_429", "failed_requests",
-            "health_fail", "health_max_s", "hub_restarts", "check_busy", "check_unhealthy"]
+    cols = ["users", "all_answered_s", "user_p50_s", "user_max_s", "unfinished", "spawn_failed", "throttled_429",
+            "failed_requests", "health_fail", "health_max_s", "hub_restarts", "check_busy", "check_unhealthy"]
     print(f"{args.label or 'burst'}: {res['git']}  healthcheck {res.get('healthcheck')}")
     print("  ".join(cols))
     for b in res["bursts"]:
