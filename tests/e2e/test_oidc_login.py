@@ -292,6 +292,9 @@ def test_no_secret_in_the_records_or_the_hub_log(deployed):
     client = docker.from_env()
     values = helpers.deployment_secrets(p, client)
     values["oidc client secret"] = deployed["provider"].client_secret
+    issued = deployed["provider"].issued_tokens()  # every authorization code, access token and ID token
+    assert len(issued) >= 3 * 5, len(issued)
+    values |= {f"issued code or token #{i}": v for i, v in enumerate(issued)}
     assert any("oidc-client-secret" in k for k in values), sorted(values)
     log = subprocess.run(["docker", "service", "logs", "--raw", p.hub_service], capture_output=True,
                          text=True, timeout=60)
