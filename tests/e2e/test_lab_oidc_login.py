@@ -155,14 +155,29 @@ def server_node(d, user: str) -> str:
     raise AssertionError(f"{user}'s server has no running task")
 
 
+def goto(page, url: str):
+    """page.goto, again (at most 3 times) when Chromium gave up on the connection itself: besides
+    ERR_NETWORK_CHANGED (tests/browser.py), ERR_TOO_MANY_RETRIES, seen once at load 15 on this shared
+    machine while a page of JupyterLab was still loading. The hub's answer is never retried."""
+    for n in range(4):
+        try:
+            return chrome.goto(page, url)
+        except Exception as e:  # playwright's Error
+            if "ERR_TOO_MANY_RETRIES" not in str(e) or n == 3:
+                raise
+            print(f"browser: ERR_TOO_MANY_RETRIES at {url}; again")
+            time.sleep(1)
+
+
 def reach_own_server(page, d, user: str) -> int:
     """In the logged-in page: `user`'s server's page (its OAuth round with the hub), then its API, through
     the hub's proxy. The HTTP status the browser ends with."""
     hub = d["p"].hub_url
-    resp = chrome.goto(page, f"{hub}/user/{user}/")
+    page.wait_for_load_state()
+    resp = goto(page, f"{hub}/user/{user}/")
     if resp is None or resp.status >= 400:
         return resp.status if resp else 0
-    resp = chrome.goto(page, f"{hub}/user/{user}/api/status")
+    resp = goto(page, f"{hub}/user/{user}/api/status")
     return resp.status if resp else 0
 
 
