@@ -86,34 +86,13 @@ def deployed(tmp_path_factory, provider):
 
 
 # -- the browser ----------------------------------------------------------------------------------
-def log_in(*args, **kwargs):
-    return chrome.again(_log_in, *args, **kwargs)
-
-
-def _log_in(d, browser, user: str, *, next_path: str = "/hub/home"):
-    """`user` logs in in a fresh browser: the hub's login, the provider's login page and consent
-    page, back to the hub. Returns (page, status of the hub's answer at /hub/oauth_callback)."""
-    hub = d["p"].hub_url
-    # The hub's certificate (hubops's self-signed CA) and the provider's (the test CA) are not in
-    # Chromium's store; hubops and the hub verify both against their CAs.
-    ctx = browser.new_context(ignore_https_errors=True)
-    page = ctx.new_page()
-    statuses: dict[str, int] = {}
-    page.on("response", lambda r: statuses.__setitem__("callback", r.status) if "/hub/oauth_callback" in r.url else None)
-    chrome.goto(page, f"{hub}/hub/oauth_login?next={next_path}")
-    assert page.url.startswith(d["provider"].issuer + "/interaction/"), page.url  # the provider's login page
-    page.fill("input[name=login]", user)
-    page.fill("input[name=password]", "any")
-    page.click("button[type=submit]")
-    page.wait_for_url(d["provider"].issuer + "/interaction/**")  # the consent page
-    assert "Authorize" in page.content() or "consent" in page.content().lower(), page.content()[:500]
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: url.startswith(hub) and "oauth_callback" not in url or "callback" in statuses,
-                      timeout=120_000)
-    page.wait_for_load_state()
-    if (statuses.get("callback") or 0) >= 500:
+def log_in(d, browser, user: str, *, next_path: str = "/hub/home"):
+    """`user` logs in in a fresh browser through the provider's login and consent pages
+    (tests/peers_oidc.py); (page, status of the hub's answer at /hub/oauth_callback)."""
+    page, status = d["provider"].browser_login(browser, d["p"].hub_url, user, next_path=next_path)
+    if (status or 0) >= 500:
         print(chrome.hub_log_tail(d["p"].hub_service))
-    return page, statuses.get("callback")
+    return page, status
 
 
 # -- the tests -------------------------------------------------------------------------------------
