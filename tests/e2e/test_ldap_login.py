@@ -163,11 +163,25 @@ def test_removed_from_the_userlist_cannot_log_in_and_their_server_is_stopped(dep
     assert api.user("alice")["servers"][""]["ready"]  # alice's group still lets her in: kept
 
 
-def test_removed_from_the_group_in_the_directory_is_refused(deployed, browser):
+def test_removed_from_the_group_in_the_directory_is_refused_and_the_next_deploy_stops_their_server(deployed, browser):
+    """bob is let in by the directory's `students` group only; taken out of it there, he is refused at
+    once, and the next deploy of 50-auth and 80-deploy (userlist unchanged) asks the directory, takes
+    him out of the hub and stops his running server; alice, still a member, keeps hers."""
+    api = HubAPI(deployed["p"])
+    logins.ensure_server(deployed, "bob", lambda u, **k: log_in(deployed, browser, u, **k))
+    started = api.request("GET", "/user/alice/api/status").json()["started"]
     deployed["slapd"].remove_member("students", "bob")
     page, status = log_in(deployed, browser, "bob")
     assert status == 403, status
     page.context.close()
+    out = logins.redeploy_auth(deployed, (deployed["tmp"] / "userlist").read_text())
+    assert out.returncode == 0, out.stderr[-4000:]
+    rec = stage_record(deployed["outputs"], runs(deployed["outputs"])[-1], "80-deploy")
+    assert rec["results"][0]["facts"]["users_removed"] == [{"user": "bob", "server_stopped": True}], rec["changes"]
+    assert any("remove user bob" in c and "in no allowed group of the directory" in c for c in rec["changes"])
+    assert not docker.from_env().services.list(filters={"name": f"{deployed['p'].prefix}-user-bob"})
+    assert api.user("bob") is None
+    assert api.request("GET", "/user/alice/api/status").json()["started"] == started
 
 
 def test_no_secret_in_the_records_or_the_hub_log(deployed):
