@@ -408,7 +408,26 @@ def ldap_lines(p: Loaded) -> list[str]:
 
 _NATIVE_CLASS = '''
 from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator import handlers as native_handlers
 from nativeauthenticator.orm import UserInfo
+
+
+class NoStatsd:
+    """JupyterHub 6 removed its handlers' `statsd`; NativeAuthenticator 1.3.0's login still times itself
+    with it (`self.statsd.timer(...).start()`), so every login was a 500 on JupyterHub 6."""
+
+    def timer(self, *args, **kwargs):
+        return self
+
+    def start(self):
+        return self
+
+    def stop(self, *args, **kwargs):
+        return None
+
+
+if not hasattr(native_handlers.LoginHandler, "statsd"):
+    native_handlers.LoginHandler.statsd = NoStatsd()
 
 
 class HubopsNativeAuthenticator(NativeAuthenticator):
