@@ -69,7 +69,11 @@ def service_spec(p: Loaded, *, image: str) -> dict[str, Any]:
     )
     return {"name": service_name(p), "task_template": task,
             "endpoint_spec": docker.types.EndpointSpec(mode="dnsrr"),
-            "mode": docker.types.ServiceMode("global"), "labels": lbl}
+            "mode": docker.types.ServiceMode("global"),
+            # start-first: a new image's task joins the network before the old one leaves, so the
+            # node keeps its attachment through the update too.
+            "update_config": docker.types.UpdateConfig(parallelism=0, order="start-first"),
+            "labels": lbl}
 
 
 def _digest(spec: dict[str, Any]) -> str:

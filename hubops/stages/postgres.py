@@ -88,7 +88,12 @@ def ensure_db(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result:
         _ensure_service(p, clients, r, ref)
     if dry_run:
         return r
-    r.facts["ready_after_s"] = hubdb.wait_ready(p, clients, ref)
+    r.facts["ready_after_s"], version = hubdb.wait_ready(p, clients, ref)
+    r.facts["server_version"] = f"{version // 10000}.{version % 10000}"
+    warning = hubdb.backup_warning(p, version)
+    if warning:
+        log.warning("%s", warning)
+        r.facts["warning"] = warning
     r.check("login", f"{hubdb.conn(p)['user']} logs in to {hubdb.conn(p)['db']} from the overlay network "
             f"{p.network_name}")
     return r

@@ -280,6 +280,7 @@ def test_gpu_profiles_keep_the_overlay_attached_on_every_node(tmp_path):
     assert cs["CapabilityDrop"] == ["ALL"]
     assert task["Resources"]["Limits"]["MemoryBytes"] == 16 * 1024 * 1024
     assert spec["labels"]["hubops.role"] == attachments.ROLE
+    assert spec["update_config"]["Order"] == "start-first"  # the node keeps its attachment through an update
     (tmp_path / "b").mkdir()
     no_gpu = params(tmp_path / "b", extra=PROFILES.replace("    generic_resources: {NVIDIA-GPU: 1}\n", ""))
     assert not attachments.wanted(no_gpu)
