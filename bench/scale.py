@@ -146,6 +146,7 @@ def start_all(p, clients: Clients, users: list[str], limit: int, reserve_gb: flo
     answered: dict[str, float] = {}
     failed: list[str] = []
     short: list[str] = []  # the memory reading that stopped the starts
+    timeline: list[tuple] = []  # (user, seconds after the first start when asked, seconds until it answered)
     t0 = time.monotonic()
 
     def worker() -> None:
@@ -163,6 +164,7 @@ def start_all(p, clients: Clients, users: list[str], limit: int, reserve_gb: flo
             t_user = time.monotonic()
             took = one_user(p, user, t_user, t_user + deadline_s, poll, counts, lock)
             with lock:
+                timeline.append((user, round(t_user - t0, 1), r3(took)))
                 if took is None:
                     failed.append(user)
                 else:
@@ -191,7 +193,25 @@ def start_all(p, clients: Clients, users: list[str], limit: int, reserve_gb: flo
         "hub_restarts": max(0, len(w.containers) - 1) + len(ended),
         "unexpected": counts.get("unexpected", [])[:5],
         "answered_users": sorted(answered),
+        "timeline": timeline,
+        "hub_spawn_s": hub_spawn_times(p, clients),
     }
+
+
+def hub_spawn_times(p, clients: Clients) -> dict:
+    """JupyterHub's own "User NAME took S seconds to start" lines (from the hub service's log)."""
+    import re
+
+    try:
+        svc = clients.manager.services.get(p.hub_service)
+        raw = b"".join(svc.logs(stdout=True, stderr=True, tail=5000)).decode(errors="replace")
+    except Exception as e:  # noqa: BLE001 - a figure missing, not a failure
+        return {"error": str(e)[:200]}
+    took = [float(m.group(1)) for m in re.finditer(r"User \S+ took ([0-9.]+) seconds to start", raw)]
+    if not took:
+        return {"n": 0}
+    return {"n": len(took), "p50_s": r3(statistics.median(took)), "p95_s": r3(common.pct(took, 0.95)),
+            "max_s": r3(max(took))}
 
 
 def hub_api(p, users: list[str], n: int) -> dict:
@@ -391,6 +411,9 @@ def report(res: dict) -> None:
         ("concurrent_spawn_limit", res.get("concurrent_spawn_limit")),
         ("all answered (s), user p50 / p95 / max (s)", f"{st.get('all_answered_s')}, {st.get('user_p50_s')} / "
                                                       f"{st.get('user_p95_s')} / {st.get('user_max_s')}"),
+        ("hub's own spawn times p50 / p95 / max (s)", f"{(st.get('hub_spawn_s') or {}).get('p50_s')} / "
+                                                     f"{(st.get('hub_spawn_s') or {}).get('p95_s')} / "
+                                                     f"{(st.get('hub_spawn_s') or {}).get('max_s')}"),
         ("429s, failed requests, hub restarts", f"{st.get('throttled_429')}, {st.get('failed_requests')}, {st.get('hub_restarts')}"),
         ("memory per server: machine / workers' RSS (GB)", f"{st.get('mem_per_server_gb')} / {st.get('workers_rss_per_server_gb')}"),
         ("free memory before / after (GB)", f"{(res.get('before_start') or {}).get('mem_free_gb')} / {st.get('mem_free_gb_after')}"),
