@@ -265,6 +265,23 @@ def culler_pass(p, clients: Clients, passes: int) -> dict:
     return {"passes": len(t), "p50_s": r3(statistics.median(t)), "max_s": r3(max(t)), "culler_log": got["log"]}
 
 
+def task_reads(p, clients: Clients) -> dict:
+    """What `ops status` and `diagnose` spend reading the servers' tasks: one request per service (before
+    hubops.core.facts.tasks_by_service) against one request for all of them (after)."""
+    from hubops.core import labels as L
+    from hubops.core.facts import tasks_by_service
+
+    c = clients.manager
+    services = c.services.list(filters={"label": L.selector(p.deployment)})
+    t0 = time.perf_counter()
+    per_service = sum(len(s.tasks(filters={"desired-state": "running"})) for s in services)
+    t1 = time.perf_counter()
+    together = sum(len(v) for v in tasks_by_service(c, services, **{"desired-state": "running"}).values())
+    t2 = time.perf_counter()
+    return {"services": len(services), "per_service_s": r3(t1 - t0), "one_request_s": r3(t2 - t1),
+            "tasks": [per_service, together]}
+
+
 def runbook(params: Path, outputs: Path, name: str) -> dict:
     t0 = time.monotonic()
     r = common.cli("ops", name, "-p", str(params), outputs=outputs)
@@ -379,6 +396,7 @@ def main() -> None:
             print("one more spawn and the floor ...", flush=True)
             res["spawn"] = one_more_spawn(p, clients, extra, args.floor)
             print("ops status, ops diagnose ...", flush=True)
+            res["task_reads"] = task_reads(p, clients)
             res["ops_status"] = runbook(params, outputs, "status")
             res["ops_diagnose"] = runbook(params, outputs, "diagnose")
             res["load_measuring"] = common.load()
@@ -426,6 +444,8 @@ def report(res: dict) -> None:
         ("culler pass p50 / max (s)", f"{cu.get('p50_s')} / {cu.get('max_s')}  {cu.get('culler_log') or cu.get('error') or ''}"),
         ("ops status wall / cells (s)", f"{(res.get('ops_status') or {}).get('wall_s')} / {(res.get('ops_status') or {}).get('cells_s')}"),
         ("ops diagnose wall / cells (s)", f"{(res.get('ops_diagnose') or {}).get('wall_s')} / {(res.get('ops_diagnose') or {}).get('cells_s')}"),
+        ("servers' tasks: a request each / one request (s)", f"{(res.get('task_reads') or {}).get('per_service_s')} / "
+                                                           f"{(res.get('task_reads') or {}).get('one_request_s')}"),
         ("teardown with the servers running (s)", (res.get("teardown") or {}).get("wall_s")),
         ("lab up / deploy / lab down (s)", f"{res.get('lab_up_s')} / {res.get('deploy_s')} / {res.get('lab_down_s')}"),
         ("load before / after starts / measuring", f"{(res.get('before_start') or {}).get('load')} / {st.get('load_after')} / "
