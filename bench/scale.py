@@ -328,6 +328,7 @@ def main() -> None:
     ap.add_argument("--poll", type=float, default=0.5, help="seconds between a user's looks at their server")
     ap.add_argument("--deadline", type=float, default=900, help="seconds one user's start may take")
     ap.add_argument("--engine", default=None, help="the lab nodes' engine (`hubops lab up --engine`)")
+    ap.add_argument("--hub-log-level", default=None, help="the hub's log level (hub.log_level), e.g. DEBUG")
     ap.add_argument("--keep", action="store_true", help="leave the lab and deployment up (and skip teardown's figure)")
     args = ap.parse_args()
 
@@ -351,6 +352,13 @@ def main() -> None:
                         overlay_subnet=free_subnet(), engines=args.engine)
         res["lab_up_s"] = round(time.monotonic() - t0, 1)
         res["engines"] = {n.name: n.engine_version for n in up.nodes}
+        if args.hub_log_level:
+            import yaml
+
+            header = "".join(ln + "\n" for ln in params.read_text().splitlines() if ln.startswith("#"))
+            data = yaml.safe_load(params.read_text())
+            data["hub"]["log_level"] = args.hub_log_level
+            params.write_text(header + yaml.safe_dump(data, sort_keys=False))
         t0 = time.monotonic()
         r = common.cli("deploy", "-p", str(params), outputs=outputs)
         res["deploy_s"] = round(time.monotonic() - t0, 1)
