@@ -36,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -52,23 +51,6 @@ from hubops.hub.running import hub_session  # noqa: E402
 
 from bench.common import admin, free_gb, token_session as session  # noqa: E402
 from bench import common  # noqa: E402
-
-
-def write_params(tmp: Path, deployment: str, port: int, subnet: str, users: list[str]) -> Path:
-    (tmp / "userlist").write_text("operator admin\n" + "".join(f"{u}\n" for u in users))
-    f = tmp / f"{deployment}.yaml"
-    f.write_text(textwrap.dedent(f"""
-        deployment: {deployment}
-        operator_dir: {tmp / 'operator'}
-        hosts:
-          managers:
-            - {{name: local, url: "unix:///var/run/docker.sock", advertise_addr: 127.0.0.1}}
-        hub: {{public_name: localhost, https_port: {port}}}
-        network: {{subnet: {subnet}}}
-        auth: {{mode: shared-password, userlist: userlist}}
-        images: {{dir: {PROJECT / 'images'}}}
-    """))
-    return f
 
 
 class Watch:
@@ -257,9 +239,10 @@ def main() -> None:
                  "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "bursts": []}
     own = args.params is None
     if own:
-        from tests.helpers import free_port, free_subnet, run_name
+        from tests.helpers import free_port, free_subnet, make_params, run_name
 
-        params = write_params(tmp, run_name("burst"), free_port(), free_subnet(), users)
+        params = make_params(tmp, run_name("burst"), port=free_port(), subnet=free_subnet(),
+                             users="operator admin\n" + "".join(f"{u}\n" for u in users))
     else:
         params = args.params
     p = load_params(params)
