@@ -50,33 +50,12 @@ import requests
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from hubops.core import operator  # noqa: E402
 from hubops.core.engine import Clients  # noqa: E402
 from hubops.core.params import load_params  # noqa: E402
 from hubops.hub.running import hub_session  # noqa: E402
 
-
-def cli(project: Path, outputs: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HUBOPS_OUTPUTS": str(outputs), "PYTHONPATH": str(project)}
-    return subprocess.run([sys.executable, "-m", "hubops.cli.main", *args], cwd=project, capture_output=True,
-                          text=True, env=env, timeout=3600)
-
-
-def session(p) -> requests.Session:
-    s = hub_session(p)
-    s.headers["Authorization"] = f"token {operator.read(p, 'api-token').decode().strip()}"
-    return s
-
-
-def admin(p) -> requests.Session:
-    s = hub_session(p)
-    s.get(f"{p.hub_url}/hub/login", timeout=60)
-    pw = (p.operator_path / "admin-password").read_text().strip()
-    r = s.post(f"{p.hub_url}/hub/login", data={"username": p.admins[0], "password": pw,
-                                               "_xsrf": s.cookies.get("_xsrf")}, allow_redirects=False, timeout=60)
-    r.raise_for_status()
-    s.headers["X-XSRFToken"] = s.cookies.get("_xsrf")
-    return s
+from bench.common import admin, free_gb, token_session as session  # noqa: E402
+from bench import common  # noqa: E402
 
 
 class Watch:
@@ -259,13 +238,6 @@ def burst(p, client, users: list[str], poll: float, deadline_s: float) -> dict:
     }
 
 
-def free_gb() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 1024 / 1024
-    return 0.0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bursts", default="20,50,100", help="users per burst, comma-separated")
@@ -327,7 +299,7 @@ def main() -> None:
     try:
         if not args.no_deploy:
             t0 = time.monotonic()
-            r = cli(args.project, outputs, "deploy", "-p", str(params))
+            r = common.cli("deploy", "-p", str(params), project=args.project, outputs=outputs)
             res["deploy_s"] = round(time.monotonic() - t0, 1)
             print(f"deploy {p.deployment} ({args.project}): {res['deploy_s']} s, exit {r.returncode}", flush=True)
             if r.returncode:
@@ -358,8 +330,8 @@ def main() -> None:
     finally:
         if own and not args.keep:
             try:
-                r = cli(args.project, outputs, "ops", "teardown", "-p", str(params), "--set", "confirm=true",
-                        "--set", "remove_volumes=true", "--set", "remove_user_data=true")
+                r = common.cli("ops", "teardown", "-p", str(params), "--set", "confirm=true", "--set", "remove_volumes=true",
+                               "--set", "remove_user_data=true", project=args.project, outputs=outputs)
                 print(f"teardown: exit {r.returncode}", flush=True)
                 if r.returncode:
                     print(r.stderr[-2000:], file=sys.stderr)

@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,76 +32,7 @@ from hubops.core.engine import Clients  # noqa: E402
 from hubops.core.params import load_params  # noqa: E402
 from hubops.hub.running import HubAPI  # noqa: E402
 
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hubops.cli.main", *args], cwd=PROJECT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
-
-
-def floor_service(p, clients: Clients, image: str, n: int) -> list[float]:
-    """A Swarm service of the single-user image created through the API until its task runs on a worker."""
-    c = clients.manager
-    out = []
-    for i in range(n):
-        name = f"hubops-bench-floor-{i}"
-        t0 = time.monotonic()
-        svc = c.services.create(image, name=name, command=["sleep", "600"], networks=[p.network_name],
-                                endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
-                                constraints=["node.role==worker"])
-        while not [t for t in svc.tasks() if t["Status"]["State"] == "running"]:
-            time.sleep(0.02)
-        out.append(time.monotonic() - t0)
-        svc.remove()
-    return out
-
-
-def floor_server(p, clients: Clients, image: str, n: int) -> list[float]:
-    """The single-user server's own start on a worker: container start until /api/status answers."""
-    import requests
-
-    worker = p.hosts.workers[0]
-    c = clients[worker.name]
-    out = []
-    for i in range(n):
-        t0 = time.monotonic()
-        ctr = c.containers.run(image, ["jupyter", "server", "--ip=0.0.0.0", "--port=8888", "--ServerApp.token=",
-                                       "--ServerApp.password="], detach=True, ports={"8888/tcp": (worker.advertise_addr, 18888)},
-                               name=f"hubops-bench-server-{i}")
-        s = requests.Session()
-        s.trust_env = False
-        while True:
-            try:
-                if s.get(f"http://{worker.advertise_addr}:18888/api/status", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.02)
-        out.append(time.monotonic() - t0)
-        ctr.remove(force=True)
-    return out
-
-
-def admin_create(p, user: str) -> None:
-    """Make a hub user through the admin's login (hubops's own token may not create users)."""
-    import requests
-
-    s = requests.Session()
-    s.trust_env = False
-    s.verify = str(p.operator_path / "ca.pem") if p.tls.mode == "self-signed" else True
-    s.get(f"{p.hub_url}/hub/login", timeout=30)
-    admin = p.admins[0]
-    pw = (p.operator_path / "admin-password").read_text().strip()
-    r = s.post(f"{p.hub_url}/hub/login", data={"username": admin, "password": pw, "_xsrf": s.cookies.get("_xsrf")},
-               allow_redirects=False, timeout=30)
-    r.raise_for_status()
-    r = s.post(f"{p.hub_url}/hub/api/users/{user}", headers={"X-XSRFToken": s.cookies.get("_xsrf")}, timeout=30)
-    if r.status_code != 201:
-        raise SystemExit(f"creating bench user {user}: HTTP {r.status_code} {r.text[:200]}")
+from bench.common import admin_create, cli, floor_server, floor_service, pct  # noqa: E402
 
 
 def spawn_once(api: HubAPI, user: str) -> float:

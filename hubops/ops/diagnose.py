@@ -23,7 +23,7 @@ from hubops.core import labels as L
 from hubops.hub import running
 from hubops.ops.status import quorum_lost_text, running_containers, swarm_health
 from hubops.stages import storage
-from hubops.core.facts import node_name
+from hubops.core.facts import node_name, tasks_by_service
 from hubops.core.engine import Clients, docker_op
 from hubops.core.errors import DockerOpError
 from hubops.core.params import Loaded
@@ -317,10 +317,12 @@ def _swarm_report(p: Loaded, c, r: Result, texts: list, findings: list, log_line
     # Only users' servers (and the hub, skipped below): not Prometheus, the policy agent, the door, the front.
     services = [s for s in services
                 if (s.attrs["Spec"].get("Labels") or {}).get(L.ROLE) in (None, "", "user-server", "hub")]
+    with docker_op("list users' servers' tasks"):
+        all_tasks = tasks_by_service(c, [s for s in services if s.name != p.hub_service])
     for s in services:
         if s.name == p.hub_service:
             continue
-        tasks = sorted(s.tasks(), key=lambda t: t["Status"].get("Timestamp", ""), reverse=True)
+        tasks = sorted(all_tasks[s.id], key=lambda t: t["Status"].get("Timestamp", ""), reverse=True)
         latest = tasks[0] if tasks else None
         if latest is None or latest["Status"]["State"] != "running":
             row = _task_row(latest, names) if latest else {"state": "no task"}

@@ -13,7 +13,7 @@ import docker.errors
 from hubops.core import labels as L
 from hubops.core import monitoring
 from hubops.core.engine import Clients, docker_op, mixed_versions
-from hubops.core.facts import node_name, server_label, server_of, user_of
+from hubops.core.facts import node_name, server_label, server_of, tasks_by_service, user_of
 from hubops.core.profiles import PROFILE_LABEL
 from hubops.core.params import Loaded
 from hubops.core.result import Result
@@ -41,9 +41,11 @@ def placements(p: Loaded, c: docker.DockerClient) -> list[dict[str, Any]]:
     out = []
     with docker_op("list services"):
         services = c.services.list(filters={"label": L.selector(p.deployment)})
+    with docker_op("list the services' tasks"):
+        running_tasks = tasks_by_service(c, services, **{"desired-state": "running"})
     for s in services:
         role = (s.attrs["Spec"].get("Labels") or {}).get(L.ROLE, "")
-        tasks = [t for t in s.tasks(filters={"desired-state": "running"})]
+        tasks = running_tasks[s.id]
         for t in tasks or [None]:
             out.append({
                 "service": s.name,
