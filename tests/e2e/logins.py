@@ -126,6 +126,19 @@ def open_server_of(page, d: dict, owner: str) -> int:
     return resp.status if resp else 0
 
 
+def wait_for_own_server(page, d: dict, user: str, *, timeout_s: float = 180) -> None:
+    """The browser, sent to /hub/spawn after login, lands in `user`'s own server (JupyterHub's
+    spawn-pending page follows the spawn's progress, then redirects). On a timeout, where the browser
+    is, what it shows, what the hub says of the server and the hub's log end up in the report."""
+    try:
+        page.wait_for_url(f"{d['p'].hub_url}/user/{user}/**", timeout=timeout_s * 1000)
+    except Exception:
+        print(f"browser at {page.url}; page text: {page.inner_text('body')[:800]!r}")
+        print(f"the hub says: {json.dumps((HubAPI(d['p']).user(user) or {}).get('servers'))[:800]}")
+        print(chrome.hub_log_tail(d["p"].hub_service))
+        raise
+
+
 def ensure_server(d: dict, user: str, log_in: Callable) -> None:
     """`user`'s server runs: when it does not, they log in (`log_in(user, next_path=...)` -> (page,
     status)) and are sent to /hub/spawn."""

@@ -114,7 +114,7 @@ def test_group_member_logs_in_and_reaches_their_server(deployed, browser):
     t0 = time.monotonic()
     page, status = log_in(deployed, browser, "alice", next_path="/hub/spawn")
     assert status == 302, status
-    page.wait_for_url(f"{p.hub_url}/user/alice/**", timeout=180_000)
+    logins.wait_for_own_server(page, deployed, "alice")
     FIGURES["login_to_own_server_s"] = round(time.monotonic() - t0, 1)
     assert logins.open_server_of(page, deployed, "alice") == 200
     assert "started" in json.loads(page.inner_text("body"))

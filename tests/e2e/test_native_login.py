@@ -112,7 +112,7 @@ def test_sign_up_needs_a_good_password_and_an_admins_approval(deployed, browser)
     t0 = time.monotonic()
     page, status = log_in(deployed, browser, "alice", PASSWORDS["alice"], next_path="/hub/spawn")
     assert status == 302, status
-    page.wait_for_url(f"{deployed['p'].hub_url}/user/alice/**", timeout=180_000)
+    logins.wait_for_own_server(page, deployed, "alice")
     FIGURES["login_to_own_server_s"] = round(time.monotonic() - t0, 1)
     resp = chrome.goto(page, f"{deployed['p'].hub_url}/user/alice/api/status")
     assert resp.status == 200 and "started" in json.loads(page.inner_text("body"))

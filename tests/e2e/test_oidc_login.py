@@ -123,7 +123,7 @@ def test_student_logs_in_in_a_browser_and_reaches_their_server(deployed, browser
     FIGURES["login_s"] = round(time.monotonic() - t0, 1)
     assert status == 302, status
     assert deployed["provider"].requests_seen("/token") >= 1 and deployed["provider"].requests_seen("/me") >= 1
-    page.wait_for_url(f"{p.hub_url}/user/alice/**", timeout=180_000)
+    logins.wait_for_own_server(page, deployed, "alice")
     FIGURES["login_to_own_server_s"] = round(time.monotonic() - t0, 1)
     page.screenshot(path=str(helpers.screenshot_path("oidc-alice-server.png")))
     assert logins.open_server_of(page, deployed, "alice") == 200
