@@ -773,6 +773,12 @@ def lab_up(
     return info
 
 
+def rootfs_cache(name: str, state_root: Path = STATE_ROOT) -> Path:
+    """The cache whose root file systems the lab `name`'s newer-engine nodes run from."""
+    data = _read_state(Path(state_root) / name) or {}
+    return Path((data.get("rootfs") or {}).get("cache") or lab_engines.CACHE_ROOT)
+
+
 def nodes_on_tree(key: str, cache: Path, state_root: Path = STATE_ROOT, run_root: Path = RUN_ROOT) -> list[str]:
     """The running nodes (of every lab under `state_root`) whose engine runs from the cached tree
     of engine `key` in `cache`: 'NODE (lab NAME)'."""

@@ -131,7 +131,7 @@ def enable_ssh(name: str, params_file: Path, *, nodes: list[str] | None = None,
         if by_name[node].pid is None:
             raise HubopsError(f"lab {name}: the engine of {node} does not run; `hubops lab up --name {name}` first")
     state, run = Path(state_root) / name, Path(run_root) / name
-    cache = Path((cluster._read_state(state) or {}).get("rootfs", {}).get("cache") or lab_engines.CACHE_ROOT)
+    cache = cluster.rootfs_cache(name, state_root)
     # Each node's root as its sshd sees it: this machine's for 20.10 nodes, its own Debian tree otherwise.
     refuse_without_sshd(name, [(n, by_name[n].engine, lab_engines.has_sshd(Path(f"/proc/{by_name[n].pid}/root")))
                                for n in chosen], cache)
