@@ -206,6 +206,8 @@ def measure(args, lab_name: str, engine: str | None, subnet: str, overlay: str) 
             done = [f.exception() for f in cf.as_completed(futs)]
         res["burst"] = {"users": len(users), "all_answered_s": round(time.monotonic() - t0, 1),
                         "failures": sum(e is not None for e in done)}
+        if res["burst"]["failures"]:  # what failed, in the JSON only (the table has the count)
+            res["burst_errors"] = sorted({f"{e.__class__.__name__}: {e}"[:300] for e in done if e is not None})
         for u in users:
             try:
                 stop(api, u)
