@@ -99,16 +99,19 @@ def sshd_argv(pid: int, *args: str) -> list[str]:
     return ["nsenter", "--target", str(pid), "--net", "--mount", "--uts", str(SSHD), *args]
 
 
-def refuse_without_sshd(name: str, nodes: list[tuple[str, str, bool]], cache: Path) -> None:
-    """Refuse `--ssh` on nodes whose root has no sshd (pure): `nodes` are (node, engine, has sshd)."""
+def refuse_without_sshd(name: str, nodes: list[tuple[str, str, bool]], cache: Path,
+                        others: list[str] | None = None) -> None:
+    """Refuse `--ssh` on nodes whose root has no sshd (pure): `nodes` are (node, engine, has sshd);
+    `others`: the other labs' running nodes on those trees."""
     bad = [(n, e) for n, e, ok in nodes if not ok]
     if not bad:
         return
     engines = sorted({e for _, e in bad})
     trees = ", ".join(str(lab_engines.tree(cache, e)) for e in engines)
+    users = f"the running node(s) {', '.join(others)}" if others else "a running node"
     raise HubopsError(
         f"lab {name}: node(s) {', '.join(f'{n} (Docker {e})' for n, e in bad)} run from a root file system built "
-        f"before hubops put sshd into it ({trees}), and it could not be completed because a running node used it "
+        f"before hubops put sshd into it ({trees}), and it could not be completed because {users} used it "
         f"when the lab came up. Stop the labs on it (hubops lab down --name {name}, and the others), then "
         f"`hubops lab up --name {name} --rebuild` with the same --engine (or a plain `lab up`, which completes it "
         "when no node runs on it), and --ssh again")
@@ -133,8 +136,11 @@ def enable_ssh(name: str, params_file: Path, *, nodes: list[str] | None = None,
     state, run = Path(state_root) / name, Path(run_root) / name
     cache = cluster.rootfs_cache(name, state_root)
     # Each node's root as its sshd sees it: this machine's for 20.10 nodes, its own Debian tree otherwise.
-    refuse_without_sshd(name, [(n, by_name[n].engine, lab_engines.has_sshd(Path(f"/proc/{by_name[n].pid}/root")))
-                               for n in chosen], cache)
+    roots = [(n, by_name[n].engine, lab_engines.has_sshd(Path(f"/proc/{by_name[n].pid}/root"))) for n in chosen]
+    if not all(ok for _, _, ok in roots):
+        others = [u for e in sorted({e for _, e, ok in roots if not ok})
+                  for u in cluster.nodes_on_tree(e, cache, state_root, run_root) if not u.endswith(f"(lab {name})")]
+        refuse_without_sshd(name, roots, cache, others)
     keydir = state / "ssh"
     changes: list[str] = []
     client_key = keydir / "id_ed25519"

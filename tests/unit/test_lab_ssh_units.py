@@ -106,6 +106,8 @@ def test_ssh_on_a_node_without_sshd_is_refused_naming_it_and_saying_what_to_do(t
     assert "lx-node0 (Docker 28)" in msg and "lx-manager" not in msg
     assert str(lab_engines.tree(tmp_path, "28")) in msg
     assert "hubops lab down --name lx" in msg and "--rebuild" in msg
+    with pytest.raises(HubopsError, match=r"because the running node\(s\) ly-manager \(lab ly\) used it"):
+        lab_ssh.refuse_without_sshd("lx", [("lx-node0", "28", False)], tmp_path, ["ly-manager (lab ly)"])
 
 
 def test_sshd_runs_in_the_nodes_namespaces_from_its_own_root():
