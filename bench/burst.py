@@ -36,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -56,23 +55,6 @@ def cli(project: Path, outputs: Path, *args: str) -> subprocess.CompletedProcess
     env = {**os.environ, "HUBOPS_OUTPUTS": str(outputs), "PYTHONPATH": str(project)}
     return subprocess.run([sys.executable, "-m", "hubops.cli.main", *args], cwd=project, capture_output=True,
                           text=True, env=env, timeout=3600)
-
-
-def write_params(tmp: Path, deployment: str, port: int, subnet: str, users: list[str]) -> Path:
-    (tmp / "userlist").write_text("operator admin\n" + "".join(f"{u}\n" for u in users))
-    f = tmp / f"{deployment}.yaml"
-    f.write_text(textwrap.dedent(f"""
-        deployment: {deployment}
-        operator_dir: {tmp / 'operator'}
-        hosts:
-          managers:
-            - {{name: local, url: "unix:///var/run/docker.sock", advertise_addr: 127.0.0.1}}
-        hub: {{public_name: localhost, https_port: {port}}}
-        network: {{subnet: {subnet}}}
-        auth: {{mode: shared-password, userlist: userlist}}
-        images: {{dir: {PROJECT / 'images'}}}
-    """))
-    return f
 
 
 def session(p) -> requests.Session:
@@ -285,9 +267,10 @@ def main() -> None:
                  "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "bursts": []}
     own = args.params is None
     if own:
-        from tests.helpers import free_port, free_subnet, run_name
+        from tests.helpers import free_port, free_subnet, make_params, run_name
 
-        params = write_params(tmp, run_name("burst"), free_port(), free_subnet(), users)
+        params = make_params(tmp, run_name("burst"), port=free_port(), subnet=free_subnet(),
+                             users="operator admin\n" + "".join(f"{u}\n" for u in users))
     else:
         params = args.params
     p = load_params(params)

@@ -8,6 +8,7 @@ from pathlib import Path
 from hubops.lab import cluster as lab
 from hubops.core.engine import Clients
 from hubops.hub.running import HubAPI
+from tests.helpers import create_user
 
 
 def up(tmp: Path, name: str, *, subnet: str, overlay: str, engines: str, workers: int = 2,
@@ -51,7 +52,7 @@ def swarm_engines(p, clients: Clients) -> dict[str, str]:
 def spawn(api: HubAPI, user: str, timeout: float = 180) -> float:
     t0 = time.monotonic()
     if api.user(user) is None:
-        api.request("POST", f"/hub/api/users/{user}", ok=(201,))
+        create_user(api.p, user)  # through the admin: hubops's own token may not create users
     api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202))
     api.wait_server(user, ready=True, timeout=timeout)
     return time.monotonic() - t0
@@ -77,12 +78,22 @@ def server_node(p, clients: Clients, api: HubAPI, user: str) -> str:
 
 
 def answers(api: HubAPI, user: str, timeout: float = 60) -> bool:
+    """Whether `user`'s server answers through the proxy within `timeout`; when it does not, what it
+    answered last and the hub's view of the server are printed (for the failing test's report)."""
     deadline = time.monotonic() + timeout
+    last = "no answer"
     while time.monotonic() < deadline:
-        r = api.s.get(f"{api.base}/user/{user}/api/status", timeout=10)
-        if r.status_code == 200:
-            return True
+        try:
+            r = api.s.get(f"{api.base}/user/{user}/api/status", timeout=10)
+        except Exception as e:  # noqa: BLE001 - a refused or reset connection is "not yet"
+            last = f"{e.__class__.__name__}: {str(e)[:200]}"
+        else:
+            if r.status_code == 200:
+                return True
+            last = f"HTTP {r.status_code}: {r.text[:200]}"
         time.sleep(1)
+    print(f"{user}'s server did not answer within {timeout:.0f} s; last: {last}; the hub says: "
+          f"{json.dumps((api.user(user) or {}).get('servers'))[:600]}")
     return False
 
 

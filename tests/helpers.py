@@ -110,17 +110,19 @@ def hubops_cli(*args: str, outputs: Path):
                           capture_output=True, text=True, timeout=3600)
 
 
-def admin_session(p, user: str = "operator"):
+def admin_session(p, user: str = "operator", *, base: str | None = None):
     """A requests session logged in to the hub as the userlist's admin `user` with the generated
-    admin password (cookie + XSRF header), for what only an admin may do (e.g. make another admin)."""
+    admin password (cookie + XSRF header), for what only an admin may do (e.g. make another admin).
+    `base`: the hub's URL when it is not p.hub_url (a hub Swarm moved to another manager)."""
     import requests
 
+    base = base or p.hub_url
     s = requests.Session()
     s.trust_env = False
     s.verify = str(p.operator_path / "ca.pem")
-    s.get(f"{p.hub_url}/hub/login", timeout=10)
+    s.get(f"{base}/hub/login", timeout=10)
     pw = (p.operator_path / "admin-password").read_text().strip()
-    r = s.post(f"{p.hub_url}/hub/login", data={"username": user, "password": pw, "_xsrf": s.cookies.get("_xsrf")},
+    r = s.post(f"{base}/hub/login", data={"username": user, "password": pw, "_xsrf": s.cookies.get("_xsrf")},
                allow_redirects=False, timeout=10)
     assert r.status_code == 302, r.text[:300]
     s.headers["X-XSRFToken"] = s.cookies.get("_xsrf")
@@ -467,8 +469,9 @@ def server_state(p, user: str, *, include_stopped: bool = False) -> dict:
     return ((r.json().get("servers") or {}).get("") or {}).get("state") or {}
 
 
-def create_user(p, name: str) -> None:
+def create_user(p, name: str, *, base: str | None = None) -> None:
     """Make a hub user through the admin's login: hubops's own token may not create users (it is
-    scoped to what hubops does)."""
-    r = admin_session(p).post(f"{p.hub_url}/hub/api/users/{name}", timeout=30)
+    scoped to what hubops does). `base`: as for admin_session."""
+    base = base or p.hub_url
+    r = admin_session(p, base=base).post(f"{base}/hub/api/users/{name}", timeout=30)
     assert r.status_code == 201, f"creating user {name}: HTTP {r.status_code} {r.text[:300]}"

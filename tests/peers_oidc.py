@@ -46,6 +46,7 @@ class OIDCProvider:
         self.ca = workdir / "oidc-test-ca.pem"
         self.config = workdir / "oidc-provider.json"
         self.log = workdir / "oidc-provider.log"
+        self.token_log = workdir / "issued-tokens"  # codes and tokens it issued (issued_tokens())
         self.proc: subprocess.Popen | None = None
 
     def _write(self) -> None:
@@ -56,6 +57,7 @@ class OIDCProvider:
             "clients": [{"client_id": self.client_id, "client_secret": self.client_secret,
                          "redirect_uris": [self.redirect_uri]}],
             "accounts": {name: {"groups": groups} for name, groups in self.accounts.items()},
+            "token_log": str(self.token_log),
         }
         tmp = self.config.with_suffix(".tmp")
         tmp.write_text(json.dumps(cfg, indent=2))
@@ -100,6 +102,49 @@ class OIDCProvider:
 
     def requests_seen(self, path: str = "") -> int:
         return sum(1 for ln in self.log.read_text().splitlines() if ln.split(" ")[1:2] and path in ln.split(" ")[1])
+
+    def issued_tokens(self) -> list[str]:
+        """Every authorization code, access token and ID token the provider issued so far (for a secret scan)."""
+        try:
+            return [ln for ln in self.token_log.read_text().splitlines() if ln]
+        except FileNotFoundError:
+            return []
+
+    def browser_login(self, browser, hub_url: str, user: str, *, next_path: str = "/hub/home",
+                      timeout_ms: int = 120_000):
+        """`user` logs in to the hub at `hub_url` in a fresh context of a Playwright `browser`: the hub's
+        login, this provider's login page and consent page, back to the hub. Returns (page, the HTTP
+        status of the hub's answer at /hub/oauth_callback, or None). Done again after Chromium's
+        ERR_NETWORK_CHANGED (tests/browser.py). The caller closes page.context."""
+        from tests import browser as chrome
+
+        return chrome.again(self._browser_login, browser, hub_url, user, next_path=next_path, timeout_ms=timeout_ms)
+
+    def _browser_login(self, browser, hub_url: str, user: str, *, next_path: str, timeout_ms: int):
+        from tests import browser as chrome
+
+        # The hub's certificate and the provider's (the test CA) are not in Chromium's store; the hub
+        # verifies the provider against its CA, and the tests verify the hub themselves.
+        ctx = browser.new_context(ignore_https_errors=True)
+        page = ctx.new_page()
+        statuses: dict[str, int] = {}
+        page.on("response", lambda r: statuses.__setitem__("callback", r.status) if "/hub/oauth_callback" in r.url else None)
+        try:
+            chrome.goto(page, f"{hub_url}/hub/oauth_login?next={next_path}")
+            assert page.url.startswith(self.issuer + "/interaction/"), page.url  # the provider's login page
+            page.fill("input[name=login]", user)
+            page.fill("input[name=password]", "any")
+            page.click("button[type=submit]")
+            page.wait_for_url(self.issuer + "/interaction/**")  # the consent page
+            assert "Authorize" in page.content() or "consent" in page.content().lower(), page.content()[:500]
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda url: url.startswith(hub_url) and "oauth_callback" not in url or "callback" in statuses,
+                              timeout=timeout_ms)
+            page.wait_for_load_state()
+        except Exception:
+            ctx.close()
+            raise
+        return page, statuses.get("callback")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -105,6 +105,31 @@ def deploy(params_file: str, plan: bool, resume: str | None, only: tuple[str, ..
     console.print(f"  record:    {run.dir}/  (report: {run.dir}/index.html)", soft_wrap=True)
 
 
+def login_hint(p) -> str:
+    """How users log in to this deployment, for the summary after a deploy (every mode but the shared
+    password, which prints its password files): where they log in and who is let in."""
+    users = ", ".join(p.allowed)
+    named = f"as one of {users}" if users else "no user by name"
+    if p.auth.mode == "oidc":
+        o = p.auth.oidc
+        who = named + (f", or a member of {', '.join(sorted(set(o.allowed_groups) | set(o.admin_groups)))}"
+                       if o.allowed_groups or o.admin_groups else "")
+        return f"with OpenID Connect at {o.issuer}, {who}"
+    if p.auth.mode == "ldap":
+        from hubops.core.params import ldap_group_name
+
+        ld = p.auth.ldap
+        groups = sorted({ldap_group_name(dn) for dn in [*ld.allowed_groups, *ld.admin_groups]})
+        return f"with LDAP at {ld.url}, {named}" + (f", or a member of {', '.join(groups)}" if groups else "")
+    if p.auth.mode == "native":
+        admins = ", ".join(p.admins) or "none"
+        if p.auth.native.signup:
+            return (f"with their own password; new users sign up at {p.hub_url}/hub/signup and wait for an "
+                    f"admin's approval (admins: {admins})")
+        return f"with their own password; sign-up is off: an admin ({admins}) makes users"
+    return f"with GitHub, {named}"
+
+
 def _print_access(p) -> None:
     from hubops.hub.running import trust_path
 
@@ -118,7 +143,7 @@ def _print_access(p) -> None:
         console.print(f"  password:  users: {p.operator_path}/user-password; admins ({', '.join(p.admins)}): "
                       f"{p.operator_path}/admin-password  (files readable only by you)", soft_wrap=True)
     else:
-        console.print(f"  log in:    with GitHub, as one of {', '.join(p.allowed)}", soft_wrap=True)
+        console.print(f"  log in:    {login_hint(p)}", markup=False, highlight=False, soft_wrap=True)
     from hubops.stages.storage import describe_users
 
     if p.storage.users.mode == "none":

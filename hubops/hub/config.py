@@ -31,6 +31,8 @@ PROXY_PORT = 8000
 API_SERVICE = "hubops"
 # hubops's spawner: a module of its own that the hub image installs (hubops/inhub/spawner.py).
 SPAWNER_MODULE = "hubops.inhub.spawner"
+# Filters credentials out of the URLs Tornado logs (hubops/inhub/logscrub.py, in the hub image too).
+LOGSCRUB_MODULE = "hubops.inhub.logscrub"
 SPAWNER_CLASS = "HubopsSpawner"
 
 # Role -> file name under /run/secrets inside the hub container.
@@ -187,6 +189,10 @@ def render(p: Loaded, *, singleuser_image: str, discovery: Any = None, node_cpus
         *(hubdb.config_lines(p, SECRET_FILES["db-password"], CONFIG_FILES["db-ca"]) if p.hub_db_postgres
           else [f'c.JupyterHub.db_url = "sqlite:///{DATA_DIR}/jupyterhub.sqlite"']),
         f"c.JupyterHub.log_level = {p.hub.log_level!r}",
+        # Tornado logs a request refused with an HTTP error with its URL unscrubbed (an OAuth callback's
+        # code and state, a ?token=): hubops/inhub/logscrub.py scrubs it as JupyterHub scrubs its access log.
+        f"from {LOGSCRUB_MODULE} import install as scrub_tornado_logs",
+        "scrub_tornado_logs()",
         # Users' servers are Swarm services that outlive a hub restart (upgrade, renewal).
         "c.JupyterHub.cleanup_servers = False",
         # JupyterHub 6 (aiohttp): resolve a user's server afresh on every connection; Swarm gives it a
@@ -402,7 +408,26 @@ def ldap_lines(p: Loaded) -> list[str]:
 
 _NATIVE_CLASS = '''
 from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator import handlers as native_handlers
 from nativeauthenticator.orm import UserInfo
+
+
+class NoStatsd:
+    """JupyterHub 6 removed its handlers' `statsd`; NativeAuthenticator 1.3.0's login still times itself
+    with it (`self.statsd.timer(...).start()`), so every login was a 500 on JupyterHub 6."""
+
+    def timer(self, *args, **kwargs):
+        return self
+
+    def start(self):
+        return self
+
+    def stop(self, *args, **kwargs):
+        return None
+
+
+if not hasattr(native_handlers.LoginHandler, "statsd"):
+    native_handlers.LoginHandler.statsd = NoStatsd()
 
 
 class HubopsNativeAuthenticator(NativeAuthenticator):

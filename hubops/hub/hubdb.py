@@ -193,22 +193,39 @@ def psql(p: Loaded, clients: Clients, image: str, script: str, *, what: str, rol
     return out
 
 
-def wait_ready(p: Loaded, clients: Clients, image: str, *, timeout: int = 180) -> float:
-    """Wait until the database accepts a login with its password (pg_isready, then a query); seconds waited."""
+# The major version of pg_dump in images/postgres (Debian bookworm's postgresql-client-15): pg_dump
+# refuses a server of a newer major version ("aborting because of server version mismatch").
+PG_DUMP_MAJOR = 15
+
+
+def wait_ready(p: Loaded, clients: Clients, image: str, *, timeout: int = 180) -> tuple[float, int]:
+    """Wait until the database accepts a login with its password (pg_isready, then a query); (seconds
+    waited, the server's version number as PostgreSQL gives it, e.g. 150014 or 170002)."""
     t0 = time.monotonic()
     script = (PG_ENV + f"i=0; until pg_isready -q; do i=$((i+1)); [ $i -ge {timeout} ] && exit 3; sleep 1; done; "
-              "psql -X -qAt -c 'select 1'")
+              "psql -X -qAt -c 'select 1' -c 'show server_version_num'")
     code, out, _ = run_task(p, clients, image, ["sh", "-c", script], what=f"wait for {describe(p)}",
                             role="db-check", timeout=timeout + 60)
     if code == 3:
         raise DatabaseError(f"{describe(p)} did not accept connections within {timeout} s; see "
                             f"`docker service logs {p.db_service}`" if not p.storage.hub.pg.external else
                             f"{describe(p)} did not accept connections within {timeout} s from the overlay network")
-    if code != 0 or out.strip().splitlines()[-1:] != ["1"]:
+    lines = out.strip().splitlines()
+    if code != 0 or len(lines) < 2 or lines[-2] != "1" or not lines[-1].isdigit():
         raise DatabaseError(f"{describe(p)} answers but the login as {conn(p)['user']} failed (exit {code}): "
                             f"{out.strip()[-400:]}; check the password (storage.hub.postgres.password) and the "
                             "server's pg_hba.conf")
-    return round(time.monotonic() - t0, 1)
+    return round(time.monotonic() - t0, 1), int(lines[-1])
+
+
+def backup_warning(p: Loaded, version_num: int) -> str | None:
+    """What to tell the operator when hubops's pg_dump cannot back up a server of this version (pure)."""
+    major = version_num // 10000
+    if major <= PG_DUMP_MAJOR:
+        return None
+    return (f"{describe(p)} runs PostgreSQL {major}; hubops's backups use pg_dump {PG_DUMP_MAJOR} (images/postgres, "
+            f"Debian bookworm), which refuses a newer server: `ops backup` will fail. The hub itself works. Back "
+            f"the database up with the server's own tools (pg_dump {major}) until hubops's image follows")
 
 
 # Runs in the hub's image (its JupyterHub, SQLAlchemy and psycopg2): the hub database's schema

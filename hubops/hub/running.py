@@ -277,6 +277,16 @@ class HubAPI:
         resp = self.request("GET", f"/hub/api/users/{name}", ok=(200, 404))
         return resp.json() if resp.status_code == 200 else None
 
+    def users(self, *, page: int = 200) -> list[dict]:
+        """Every user the hub knows, page by page (the hub answers at most its api_page_max_limit, 200 by
+        default, to one GET /hub/api/users)."""
+        out: list[dict] = []
+        while True:
+            batch = self.request("GET", f"/hub/api/users?offset={len(out)}&limit={page}").json()
+            out += batch
+            if len(batch) < page:
+                return out
+
     def wait_server(self, name: str, *, ready: bool, timeout: float, server_name: str = "") -> float:
         """Wait until the user's default server (or named server `server_name`) is ready (or gone); seconds waited."""
         t0 = time.monotonic()

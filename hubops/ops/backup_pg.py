@@ -93,8 +93,12 @@ def dump(p: Loaded, clients: Clients) -> tuple[bytes, dict[str, Any]]:
     code, out, got = hubdb.run_task(p, clients, image, ["sh", "-c", script], what="pg_dump of the hub's database",
                                     role="backup", fetch=OUT)
     if code != 0 or got is None:
+        hint = ""
+        if "server version mismatch" in out:
+            hint = (f" (hubops's pg_dump is version {hubdb.PG_DUMP_MAJOR}: back a newer server up with its own "
+                    "pg_dump until hubops's postgres image follows)")
         raise BackupError(f"pg_dump of the hub's database ({hubdb.describe(p)}) failed (exit {code}): "
-                          f"{out.strip()[-600:]}; nothing was written")
+                          f"{out.strip()[-600:]}{hint}; nothing was written")
     files = _untar(got)
     info = database_info(files["data.sql"].decode(errors="replace"), files["toc.txt"].decode(errors="replace"))
     info["pg_dump"] = files.get("version.txt", b"").decode().strip()

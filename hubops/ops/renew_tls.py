@@ -109,14 +109,21 @@ class HealthPoller:
         return round(max(gaps), 2) if gaps else 0.0
 
 
+def ready_servers(users: list[dict]) -> list[str]:
+    """Every ready server in the hub's user models (GET /hub/api/users), default and named, as its
+    path under /user/: `alice`, `alice/gpu` (pure)."""
+    return sorted(f"{u['name']}/{name}" if name else u["name"]
+                  for u in users for name, s in (u.get("servers") or {}).items() if (s or {}).get("ready"))
+
+
 def _running_servers(api) -> list[str]:
-    users = api.request("GET", "/hub/api/users").json()
-    return sorted(u["name"] for u in users if ((u.get("servers") or {}).get("") or {}).get("ready"))
+    return ready_servers(api.request("GET", "/hub/api/users").json())
 
 
-def _answers(api, user: str) -> bool:
+def _answers(api, server: str) -> bool:
+    """`server`: a path of _running_servers (a user's name, or USER/SERVER-NAME for a named server)."""
     try:
-        api.request("GET", f"/user/{user}/api/status")
+        api.request("GET", f"/user/{server}/api/status")
         return True
     except VerifyError:
         return False

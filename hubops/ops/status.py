@@ -17,7 +17,7 @@ from hubops.core.facts import node_name, server_label, server_of, user_of
 from hubops.core.profiles import PROFILE_LABEL
 from hubops.core.params import Loaded
 from hubops.core.result import Result
-from hubops.stages import netpolicy
+from hubops.stages import attachments, netpolicy
 
 log = logging.getLogger("hubops")
 
@@ -31,7 +31,8 @@ def service_kind(role: str) -> str:
         return "user server"
     if role in monitoring.ROLES:
         return "monitoring"
-    return {"hub": "hub", netpolicy.ROLE: "network policy", "apiproxy": "Docker API door"}.get(role, role)
+    return {"hub": "hub", netpolicy.ROLE: "network policy", "apiproxy": "Docker API door",
+            attachments.ROLE: "network attachment (GPU nodes)"}.get(role, role)
 
 
 def placements(p: Loaded, c: docker.DockerClient) -> list[dict[str, Any]]:

@@ -22,8 +22,9 @@ def tls_kwargs(ca_file: str | None) -> dict:
     return kw
 
 
-def check_directory(p: Loaded, *, timeout: float = 10) -> dict:
-    """Connect, bind and look up the search base and the groups. Returns facts for the record."""
+def _connect(p: Loaded, *, timeout: float):
+    """A bound ldap3 connection as the hub makes it (TLS verified, the service account); raises
+    IdentityProviderError naming the key and what to do."""
     import ldap3
     from ldap3.core import exceptions as lx
 
@@ -37,7 +38,7 @@ def check_directory(p: Loaded, *, timeout: float = 10) -> dict:
                           connect_timeout=timeout)
     auto_bind = ldap3.AUTO_BIND_TLS_BEFORE_BIND if lp.starttls else ldap3.AUTO_BIND_NO_TLS
     try:
-        conn = ldap3.Connection(server, user=lp.bind_dn, password=password, auto_bind=auto_bind,
+        return ldap3.Connection(server, user=lp.bind_dn, password=password, auto_bind=auto_bind,
                                 receive_timeout=timeout, raise_exceptions=False)
     except lx.LDAPBindError as e:
         raise IdentityProviderError(
@@ -56,6 +57,16 @@ def check_directory(p: Loaded, *, timeout: float = 10) -> dict:
             "the hub's node reach the server") from None
     except lx.LDAPException as e:
         raise IdentityProviderError(f"{where}.url: {lp.url}: {e.__class__.__name__}: {str(e)[:300]}") from None
+
+
+def check_directory(p: Loaded, *, timeout: float = 10) -> dict:
+    """Connect, bind and look up the search base and the groups. Returns facts for the record."""
+    import ldap3
+
+    lp = p.auth.ldap
+    where = f"{p.source}: auth.ldap"
+    ca = str(p.path(lp.ca_bundle)) if lp.ca_bundle is not None else None
+    conn = _connect(p, timeout=timeout)
     try:
         missing = []
         for key, dn in [("user_search_base", lp.user_search_base),
@@ -76,3 +87,36 @@ def _tls_version(conn) -> str | None:
         return conn.socket.version()
     except Exception:  # not every ldap3 strategy exposes its socket
         return None
+
+
+def group_members(p: Loaded, *, timeout: float = 10) -> set[str]:
+    """The hub names of everyone the directory lists now in auth.ldap.allowed_groups and admin_groups:
+    the groups' `member` and `uniqueMember` (DNs, read for their auth.ldap.user_attribute) and
+    `memberUid` (names), as ldapauthenticator's group check matches them. Lower-cased, as JupyterHub
+    names users. Raises IdentityProviderError when the directory cannot be read."""
+    import ldap3
+    from ldap3.utils.dn import parse_dn
+
+    lp = p.auth.ldap
+    attr = lp.user_attribute
+    conn = _connect(p, timeout=timeout)
+    try:
+        names: set[str] = set()
+        dns: set[str] = set()
+        for group in sorted(set(lp.allowed_groups) | set(lp.admin_groups)):
+            if not conn.search(group, "(objectClass=*)", search_scope=ldap3.BASE,
+                               attributes=["member", "uniqueMember", "memberUid"]):
+                raise IdentityProviderError(f"{p.source}: auth.ldap: group {group!r} could not be read "
+                                            f"({conn.result.get('description')}); nobody was removed")
+            entry = conn.entries[0].entry_attributes_as_dict
+            names |= {str(v) for v in entry.get("memberUid", [])}
+            dns |= {str(v) for v in [*entry.get("member", []), *entry.get("uniqueMember", [])]}
+        for dn in sorted(dns):
+            first = parse_dn(dn)[0] if dn else None
+            if first and first[0].lower() == attr.lower():  # uid=alice,ou=people,...: the name is in the DN
+                names.add(first[1])
+            elif conn.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=[attr]) and conn.entries:
+                names |= {str(v) for v in conn.entries[0].entry_attributes_as_dict.get(attr, [])}
+        return {n.lower() for n in names}
+    finally:
+        conn.unbind()

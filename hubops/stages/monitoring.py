@@ -20,13 +20,10 @@ remove_volumes. Undo: `runbooks/ops/teardown`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from typing import Any, Optional
 
 import docker
-import docker.errors
 import docker.types
 
 from hubops.core import labels as L
@@ -39,11 +36,12 @@ from hubops.core.params import Loaded
 from hubops.core.result import Result
 from hubops.hub import config as hubconfig
 from hubops.stages import images
+from hubops.stages import pinned_service
+from hubops.stages.pinned_service import find_service
 
 log = logging.getLogger("hubops")
 STAGE = M.STAGE
 KINDS = ("prometheus", "node-exporter")
-SPEC_DIGEST = "hubops.spec-digest"
 NS = 1_000_000_000
 CONFIG_ROLE = "prometheus-config"
 
@@ -96,7 +94,8 @@ def ensure(p: Loaded, clients: Clients, r: Result) -> None:
                     for h in p.hosts.all}
         _merge(r, images.ensure_images_on_nodes(clients.all(), list(refs.values()), source=builder,
                                                 dry_run=r.dry_run, per_node=per_node))
-    _ensure_volume(p, clients[prom_node], prom_node, r)
+    pinned_service.ensure_volume(p, clients[prom_node], prom_node, M.data_volume(p), r, stage=STAGE, role="prometheus-data",
+                                 what="Prometheus's data", then=", then run 80-deploy again")
     token = secrets.current(c, p, M.TOKEN_ROLE)
     secrets.ensure_versioned(c, p, r, role=CONFIG_ROLE, kind="config", stage=STAGE,
                              value=M.prometheus_config(p, hub_port=hubconfig.HUB_PORT).encode(),
@@ -109,31 +108,14 @@ def ensure(p: Loaded, clients: Clients, r: Result) -> None:
             return
         raise HubopsError(f"Prometheus's token or configuration for deployment {p.deployment} is missing after "
                           "80-deploy made them; run 80-deploy again")
-    _ensure_service(p, c, r, prometheus_spec(p, image=refs["prometheus"], token=token, config=cfg))
-    _ensure_service(p, c, r, node_exporter_spec(p, image=refs["node-exporter"]))
+    for spec in (prometheus_spec(p, image=refs["prometheus"], token=token, config=cfg),
+                 node_exporter_spec(p, image=refs["node-exporter"])):
+        pinned_service.ensure_service(p, c, r, spec, created=_what(spec["name"], p), host=p.hub_host.name,
+                                      updated="its image, configuration or token changed", kept="spec unchanged")
     r.facts["monitoring"] = (f"Prometheus {M.prometheus_service(p)} on {prom_node} (data: volume {M.data_volume(p)}), "
                              f"node exporter on {len(p.hosts.all)} node(s); "
                              + (f"published on port {p.monitoring.publish_port}" if p.monitoring.publish_port
                                 else "not published outside the overlay network"))
-
-
-def _ensure_volume(p: Loaded, hc: docker.DockerClient, node: str, r: Result) -> None:
-    name = M.data_volume(p)
-    with docker_op(f"inspect volume {name}", node):
-        try:
-            vol = hc.volumes.get(name)
-        except docker.errors.NotFound:
-            vol = None
-    if vol is not None:
-        if not L.owned_by(vol.attrs.get("Labels"), p.deployment):
-            raise HubopsError(f"volume {name} on {node} exists but was not created by hubops for deployment "
-                              f"{p.deployment}; remove or rename it, then run 80-deploy again")
-        r.keep(f"volume {name}", f"on {node}: Prometheus's data")
-        return
-    r.change("create", f"volume {name}", f"local volume on {node} for Prometheus's data")
-    if not r.dry_run:
-        with docker_op(f"create volume {name}", node):
-            hc.volumes.create(name=name, driver="local", labels=L.labels(p.deployment, STAGE, role="prometheus-data"))
 
 
 def _network(p: Loaded) -> list:
@@ -162,20 +144,11 @@ def prometheus_spec(p: Loaded, *, image: str, token, config) -> dict[str, Any]:
         labels=lbl,
         stop_grace_period=20 * NS,
     )
-    task = docker.types.TaskTemplate(
-        container_spec=container,
-        restart_policy=docker.types.RestartPolicy(condition="any", delay=5 * NS, max_attempts=0),
-        # Its data volume is on the hub's manager.
-        placement=docker.types.Placement(constraints=[f"node.labels.{p.hub_node_label}==true"]),
-        networks=_network(p),
-    )
     ports = ({p.monitoring.publish_port: (M.PROMETHEUS_PORT, "tcp", "host")} if p.monitoring.publish_port else None)
-    return {"name": name, "task_template": task,
-            "endpoint_spec": docker.types.EndpointSpec(mode=p.network.endpoint_mode, ports=ports),
-            "mode": docker.types.ServiceMode("replicated", replicas=1),
-            # stop-first: one Prometheus at a time owns its data directory (it locks it).
-            "update_config": docker.types.UpdateConfig(parallelism=1, order="stop-first"),
-            "labels": lbl}
+    # Its data volume is on the hub's manager; one Prometheus at a time owns its data directory (it locks it).
+    return pinned_service.service_spec(name, container, constraints=[f"node.labels.{p.hub_node_label}==true"],
+                                       network=p.network_name, endpoint_mode=p.network.endpoint_mode,
+                                       restart_delay_s=5, ports=ports, labels=lbl)
 
 
 def node_exporter_spec(p: Loaded, *, image: str) -> dict[str, Any]:
@@ -203,38 +176,6 @@ def node_exporter_spec(p: Loaded, *, image: str) -> dict[str, Any]:
     return {"name": M.node_exporter_service(p), "task_template": task,
             "endpoint_spec": docker.types.EndpointSpec(mode=p.network.endpoint_mode),
             "mode": docker.types.ServiceMode("global"), "labels": lbl}
-
-
-def _digest(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=lambda o: dict(o)).encode()).hexdigest()[:16]
-
-
-def find_service(c: docker.DockerClient, name: str):
-    with docker_op(f"look up service {name}"):
-        return next((s for s in c.services.list(filters={"name": name}) if s.name == name), None)
-
-
-def _ensure_service(p: Loaded, c: docker.DockerClient, r: Result, spec: dict[str, Any]) -> None:
-    name = spec["name"]
-    digest = _digest({k: v for k, v in spec.items() if k != "labels"})
-    spec = {**spec, "labels": {**spec["labels"], SPEC_DIGEST: digest}}
-    svc = find_service(c, name)
-    if svc is not None and not L.owned_by(svc.attrs["Spec"].get("Labels"), p.deployment):
-        raise HubopsError(f"service {name} exists but was not created by hubops for deployment {p.deployment}; "
-                          "remove it or choose another deployment name")
-    if svc is None:
-        r.change("create", f"service {name}", _what(name, p))
-        if not r.dry_run:
-            with docker_op(f"create service {name}", p.hub_host.name):
-                c.api.create_service(**spec)
-    elif (svc.attrs["Spec"].get("Labels") or {}).get(SPEC_DIGEST) != digest:
-        r.change("update", f"service {name}", "its image, configuration or token changed")
-        if not r.dry_run:
-            with docker_op(f"update service {name}", p.hub_host.name):
-                svc.reload()
-                c.api.update_service(svc.id, svc.version, **spec)
-    else:
-        r.keep(f"service {name}", "spec unchanged")
 
 
 def _what(name: str, p: Loaded) -> str:

@@ -16,27 +16,24 @@ is never changed except for the hub's own tables.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 
-import docker.errors
 import docker.types
 
 from hubops.core import labels as L, secrets
-from hubops.core.engine import Clients, docker_op
-from hubops.core.errors import ConflictError, HubopsError, ImageNotBuilt
+from hubops.core.engine import Clients
+from hubops.core.errors import ImageNotBuilt
 from hubops.core.params import Loaded
 from hubops.core.paths import IMAGES
 from hubops.core.result import Result
 from hubops.hub import hubdb
-from hubops.stages import images
+from hubops.stages import images, pinned_service
 
 log = logging.getLogger("hubops")
 STAGE = "70-storage"
 KIND = "postgres"
 DATA_TARGET = "/var/lib/postgresql/hubops"
 NS = 1_000_000_000
-SPEC_DIGEST = "hubops.spec-digest"
 
 
 def image_ref(p: Loaded, clients: Clients) -> str:
@@ -86,34 +83,20 @@ def ensure_db(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result:
     else:
         secrets.ensure_generated(clients.manager, p, r, role=hubdb.ROLE, stage=STAGE)
         if p.storage.hub.pg.path is None:
-            _ensure_volume(p, clients, r)
+            pinned_service.ensure_volume(p, clients[p.db_node], p.db_node, p.db_volume, r, stage=STAGE, role="db-data",
+                                         what="the hub database's PostgreSQL data")
         _ensure_service(p, clients, r, ref)
     if dry_run:
         return r
-    r.facts["ready_after_s"] = hubdb.wait_ready(p, clients, ref)
+    r.facts["ready_after_s"], version = hubdb.wait_ready(p, clients, ref)
+    r.facts["server_version"] = f"{version // 10000}.{version % 10000}"
+    warning = hubdb.backup_warning(p, version)
+    if warning:
+        log.warning("%s", warning)
+        r.facts["warning"] = warning
     r.check("login", f"{hubdb.conn(p)['user']} logs in to {hubdb.conn(p)['db']} from the overlay network "
             f"{p.network_name}")
     return r
-
-
-def _ensure_volume(p: Loaded, clients: Clients, r: Result) -> None:
-    node, name = p.db_node, p.db_volume
-    c = clients[node]
-    with docker_op(f"inspect volume {name}", node):
-        try:
-            vol = c.volumes.get(name)
-        except docker.errors.NotFound:
-            vol = None
-    if vol is not None:
-        if not L.owned_by(vol.attrs.get("Labels"), p.deployment):
-            raise ConflictError(f"volume {name} on {node} exists but was not created by hubops for deployment "
-                                f"{p.deployment}; remove or rename it")
-        r.keep(f"volume {name}", f"on {node}: the hub database's PostgreSQL data")
-        return
-    r.change("create", f"volume {name}", f"local volume on {node} for the hub database's PostgreSQL data")
-    if not r.dry_run:
-        with docker_op(f"create volume {name}", node):
-            c.volumes.create(name=name, driver="local", labels=L.labels(p.deployment, STAGE, role="db-data"))
 
 
 def service_spec(p: Loaded, *, image: str, secret_ref) -> dict:
@@ -134,20 +117,10 @@ def service_spec(p: Loaded, *, image: str, secret_ref) -> dict:
         labels=L.labels(p.deployment, STAGE, role="db"),
         stop_signal="SIGINT", stop_grace_period=30 * NS,
     )
-    task = docker.types.TaskTemplate(
-        container_spec=container,
-        restart_policy=docker.types.RestartPolicy(condition="any", delay=2 * NS, max_attempts=0),
-        placement=docker.types.Placement(constraints=constraints),
-        networks=[docker.types.NetworkAttachmentConfig(p.network_name)],
-    )
-    return {
-        "name": p.db_service,
-        "task_template": task,
-        "endpoint_spec": docker.types.EndpointSpec(mode=p.network.endpoint_mode),
-        # One server on its data at a time.
-        "update_config": docker.types.UpdateConfig(parallelism=1, order="stop-first", failure_action="rollback"),
-        "mode": docker.types.ServiceMode("replicated", replicas=1),
-    }
+    # One server on its data at a time; a failed update goes back to the server that worked.
+    return pinned_service.service_spec(p.db_service, container, constraints=constraints, network=p.network_name,
+                                       endpoint_mode=p.network.endpoint_mode, restart_delay_s=2,
+                                       failure_action="rollback")
 
 
 def _ensure_service(p: Loaded, clients: Clients, r: Result, image: str) -> None:
@@ -156,26 +129,8 @@ def _ensure_service(p: Loaded, clients: Clients, r: Result, image: str) -> None:
     ref = (docker.types.SecretReference(sec.id, sec.name, filename="hubops-db-password", uid="0", gid="0", mode=0o400)
            if sec is not None else None)
     spec = service_spec(p, image=image, secret_ref=ref)
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=lambda o: dict(o)).encode()).hexdigest()[:16]
-    spec["labels"] = {**L.labels(p.deployment, STAGE, role="db"), SPEC_DIGEST: digest}
-    with docker_op(f"look up service {p.db_service}"):
-        found = [s for s in c.services.list(filters={"name": p.db_service}) if s.name == p.db_service]
-    svc = found[0] if found else None
+    spec["labels"] = L.labels(p.deployment, STAGE, role="db")
     where = str(p.storage.hub.pg.path) if p.storage.hub.pg.path else f"volume {p.db_volume} on {p.db_node}"
-    if svc is None:
-        r.change("create", f"service {p.db_service}", f"PostgreSQL 15, data in {where}")
-        if not r.dry_run:
-            with docker_op(f"create service {p.db_service}"):
-                c.api.create_service(**spec)
-        return
-    if not L.owned_by(svc.attrs["Spec"].get("Labels"), p.deployment):
-        raise HubopsError(f"service {p.db_service} exists but was not created by hubops for deployment "
-                          f"{p.deployment}; remove it or choose another deployment name")
-    if (svc.attrs["Spec"].get("Labels") or {}).get(SPEC_DIGEST) == digest:
-        r.keep(f"service {p.db_service}", f"PostgreSQL, data in {where}; spec unchanged")
-        return
-    r.change("update", f"service {p.db_service}", f"spec changed (image {image}, data in {where})")
-    if not r.dry_run:
-        with docker_op(f"update service {p.db_service}"):
-            svc.reload()
-            c.api.update_service(svc.id, svc.version, **spec)
+    pinned_service.ensure_service(p, c, r, spec, created=f"PostgreSQL 15, data in {where}",
+                                  updated=f"spec changed (image {image}, data in {where})",
+                                  kept=f"PostgreSQL, data in {where}; spec unchanged")

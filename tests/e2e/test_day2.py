@@ -74,30 +74,42 @@ def day2(tmp_path_factory):
     node_local.write_text(shared.read_text().split("storage:")[0] + params_text(
         users, backups, "{mode: node-local}", "{timeout: 3600}"))
     assert not labelled_objects(), f"deployment {DEPLOYMENT} exists already: {labelled_objects()}"
-    t0 = time.monotonic()
-    cold = hubops_cli("deploy", "-p", str(shared), outputs=outputs)
-    print(f"\ndeploy with shared-path homes: {time.monotonic() - t0:.1f} s")
-    assert cold.returncode == 0, cold.stderr[-4000:]
-    run_dir = next(outputs.glob(f"*-{DEPLOYMENT}-deploy"))
-    rec = read_record(json.loads((run_dir / "70-storage.ipynb").read_text()))
-    checks = {i["target"]: i["detail"] for r in rec["results"] for i in r["items"]}
-    assert checks[f"{users} on local"].startswith("exists and is writable by root"), checks  # 70-storage probed it
     state = {"tmp": tmp, "users": users, "backups": backups, "outputs": outputs, "params": shared,
              "node_local": node_local, "p": load_params(shared)}
-    yield state
-    p = state["p"]
-    down = hubops_cli("ops", "teardown", "-p", str(state["params"]), "--set", "confirm=true",
-                      "--set", "remove_volumes=true", "--set", "remove_user_data=true", outputs=outputs)
-    left = labelled_objects()
-    if down.returncode != 0 or left:
-        teardown.teardown(p, Clients(p), remove_volumes=True, remove_user_data=True)
-    for img in (BROKEN, NEXT):
+    try:  # a deploy that fails half-way is torn down too
+        t0 = time.monotonic()
+        cold = hubops_cli("deploy", "-p", str(shared), outputs=outputs)
+        print(f"\ndeploy with shared-path homes: {time.monotonic() - t0:.1f} s")
+        assert cold.returncode == 0, cold.stderr[-4000:]
+        run_dir = next(outputs.glob(f"*-{DEPLOYMENT}-deploy"))
+        rec = read_record(json.loads((run_dir / "70-storage.ipynb").read_text()))
+        checks = {i["target"]: i["detail"] for r in rec["results"] for i in r["items"]}
+        assert checks[f"{users} on local"].startswith("exists and is writable by root"), checks  # 70-storage probed it
+        yield state
+    finally:
+        p = state["p"]
         try:
-            docker.from_env().images.remove(img, force=True)
-        except docker.errors.ImageNotFound:
-            pass
+            down = hubops_cli("ops", "teardown", "-p", str(state["params"]), "--set", "confirm=true",
+                              "--set", "remove_volumes=true", "--set", "remove_user_data=true", outputs=outputs)
+            left = labelled_objects()
+            if down.returncode != 0 or left:
+                teardown.teardown(p, Clients(p), remove_volumes=True, remove_user_data=True)
+        finally:  # the upgrade images the tests build, whatever became of the deployment
+            remove_test_images()
     assert down.returncode == 0, down.stderr[-3000:]
     assert not left, f"teardown left {left}"
+
+
+def remove_test_images() -> list[str]:
+    """The images this module's tests build (named after this run), removed; the names it removed."""
+    c, gone = docker.from_env(), []
+    for img in (BROKEN, NEXT, NO_SPAWNER):
+        try:
+            c.images.remove(img, force=True)
+            gone.append(img)
+        except docker.errors.ImageNotFound:
+            pass
+    return gone
 
 
 def api_for(p) -> HubAPI:

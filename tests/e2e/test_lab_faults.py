@@ -154,7 +154,7 @@ def api_at(p, address: str | None = None) -> HubAPI:
 
 def spawn(api: HubAPI, user: str) -> None:
     if api.user(user) is None:
-        create_user(api.p, user)
+        create_user(api.p, user, base=api.base)  # where the hub answers now
     api.request("POST", f"/hub/api/users/{user}/server", ok=(201, 202))
     api.wait_server(user, ready=True, timeout=180)
 
@@ -232,6 +232,12 @@ def hub_node(p, c) -> str:
     return running_node(p, c, p.hub_service)
 
 
+def hub_address(cluster) -> str:
+    """The address of the manager whose hub answers now (Swarm may have moved it: a failover test)."""
+    p = cluster["p"]
+    return cluster["lab"].node(hub_node(p, Clients(p).manager)).address
+
+
 def ensure_deployed(cluster) -> None:
     """The later tests need a deployed hub, also when the first test failed before it finished."""
     if cluster.get("deployed"):
@@ -298,7 +304,8 @@ def test_runner_killed_in_80_deploy_then_resume_finishes_without_duplicates(clus
     assert cli("record", "verify", run["run_id"], outputs=outputs).returncode == 0
 
     objs = deployment_objects(p, clients.manager)
-    assert objs["services"] == [p.hub_service], objs
+    # One of each: the hub, its Docker API door and the network policy's agent; no duplicate from the resume.
+    assert objs["services"] == sorted([p.hub_service, f"{p.prefix}-apiproxy", f"{p.prefix}-netpolicy"]), objs
     assert objs["networks"] == [p.network_name], objs
     for kind in ("secrets", "configs"):
         roles = [role_of(n, p) for n in objs[kind]]
@@ -475,15 +482,15 @@ def test_backup_and_restore_with_the_hubs_data_on_shared_storage(cluster):
     t0 = time.monotonic()
     r = cli("ops", "backup", "-p", str(cluster["params"]), "--set", "reason=faults", outputs=outputs)
     assert r.returncode == 0, r.stderr[-3000:]
-    api = api_at(p)
-    create_user(api.p, "dave")  # made after the backup: the restore drops it
+    api = api_at(p, hub_address(cluster))  # the hub may run on another manager since the failover test
+    create_user(api.p, "dave", base=api.base)  # made after the backup: the restore drops it
     r = cli("ops", "restore", "-p", str(cluster["params"]), "--set", "backup=latest", "--set", "confirm=true",
             outputs=outputs)
     assert r.returncode == 0, r.stderr[-3000:]
     timing("backup, then restore onto the shared path (hub down and up again)", time.monotonic() - t0)
     text = notebook_text(outputs / runs(outputs)[-1]["run_id"] / "restore.ipynb")
     assert f"{p.storage.hub.path} (storage.hub.path)" in text, text[:3000]
-    api = api_at(p)
+    api = api_at(p, hub_address(cluster))
     users = {u["name"]: u for u in api.request("GET", "/hub/api/users").json()}
     assert "dave" not in users and {"alice", "bob"} <= set(users)
     for user in ("alice", "bob"):

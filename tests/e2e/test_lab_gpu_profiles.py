@@ -181,8 +181,8 @@ def test_a_waiting_gpu_user_starts_when_the_gpu_frees(cluster):
     assert node == f"{NAME}-node0"
 
 
-def test_preflight_refuses_a_profile_no_node_can_satisfy(cluster, tmp_path):
-    two = tmp_path / "two.yaml"
+def test_preflight_refuses_a_profile_no_node_can_satisfy(cluster):
+    two = cluster["tmp"] / "two.yaml"  # beside the lab's userlist, which the file names by a relative path
     two.write_text(cluster["params"].read_text().replace("generic_resources: {NVIDIA-GPU: 1}, when_full: refuse",
                                                          "generic_resources: {NVIDIA-GPU: 2}, when_full: refuse"))
     p = load_params(two)

@@ -12,42 +12,30 @@ Chromium.
 - No secret (users' passwords, the admin password, generated secrets) under the records, in the
   hub's log or in the hub image.
 
-Deployment `lgnative` (hub on port 18608, overlay 10.166.3.0/24). About 4 minutes with warm images.
+Deployment `lgnative-RUN`, its port and overlay subnet from tests/helpers (tests/e2e/logins.py deploys
+it). About 4 minutes with warm images.
 """
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import textwrap
 import time
-from pathlib import Path
 
 import docker
 import pytest
 
-from hubops.core.engine import Clients
-from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
-from hubops.ops import teardown
-from tests import browser as chrome, helpers
-from tests.helpers import hubops_cli, runs, stage_record
+from tests import browser as chrome
+from tests.e2e import logins
+from tests.helpers import free_port, free_subnet, run_name, runs, stage_record
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]
-PROJECT = Path(__file__).resolve().parents[2]
-DEPLOYMENT = "lgnative"
-PORT = 18608
-SUBNET = "10.166.3.0/24"
+DEPLOYMENT = run_name("lgnative")
+PORT = free_port()
+SUBNET = free_subnet()
 USERS = "teacher admin\nalice\ncarol\n"
 PASSWORDS = {u: f"{u}-{os.urandom(8).hex()}" for u in ("alice", "carol", "mallory")}
 FIGURES: dict[str, float] = {}
-
-
-def labelled() -> list[str]:
-    client = docker.from_env()
-    colls = {"service": client.services, "secret": client.secrets, "config": client.configs}
-    return sorted(f"{k} {o.name}" for k, coll in colls.items()
-                  for o in coll.list(filters={"label": f"hubops.deployment={DEPLOYMENT}"}))
 
 
 @pytest.fixture(scope="module")
@@ -58,43 +46,13 @@ def browser():
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lgnative")
-    (tmp / "userlist").write_text(USERS)
-    params = tmp / f"{DEPLOYMENT}.yaml"
-    params.write_text(textwrap.dedent(f"""
-        deployment: {DEPLOYMENT}
-        operator_dir: {tmp / 'operator'}
-        hosts:
-          managers:
-            - {{name: local, url: "unix:///var/run/docker.sock", advertise_addr: 127.0.0.1}}
-        hub: {{public_name: localhost, https_port: {PORT}}}
-        network: {{subnet: {SUBNET}}}
-        auth:
-          mode: native
-          userlist: userlist
-          native: {{minimum_password_length: 12}}
-        images: {{dir: {PROJECT / 'images'}}}
-    """))
-    outputs = tmp / "outputs"
-    p = load_params(params)
-    try:
-        t0 = time.monotonic()
-        cold = hubops_cli("deploy", "-p", str(params), outputs=outputs)
-        FIGURES["cold_deploy_s"] = round(time.monotonic() - t0, 1)
-        yield {"params": params, "tmp": tmp, "outputs": outputs, "p": p, "cold": cold}
-    finally:
-        print(f"\nfigures: {json.dumps(FIGURES)}")
-        try:
-            teardown.teardown(p, Clients(p), remove_volumes=True)
-        except Exception as e:  # a loaded machine: the hub's API may time out once; teardown again
-            print(f"teardown failed once ({e.__class__.__name__}: {str(e)[:200]}); again")
-            teardown.teardown(p, Clients(p), remove_volumes=True)
-        left = labelled()
-        assert not left, f"teardown left {left}"
-
-
-def page_for(browser):
-    return browser.new_context(ignore_https_errors=True).new_page()  # the hub's CA is hubops's own
+    with logins.deployed(tmp_path_factory.mktemp("lgnative"), DEPLOYMENT, port=PORT, subnet=SUBNET, users=USERS,
+                         figures=FIGURES, auth="""
+            mode: native
+            userlist: userlist
+            native: {minimum_password_length: 12}
+            """) as d:
+        yield d
 
 
 def sign_up(*args, **kwargs):
@@ -103,7 +61,7 @@ def sign_up(*args, **kwargs):
 
 def _sign_up(d, browser, user: str, password: str) -> str:
     """`user` signs up in a browser; the message the sign-up page shows."""
-    page = page_for(browser)
+    page = logins.page_for(browser)
     chrome.goto(page, f"{d['p'].hub_url}/hub/signup")
     page.fill("input[name=username]", user)
     page.fill("input[name=signup_password]", password)
@@ -115,24 +73,10 @@ def _sign_up(d, browser, user: str, password: str) -> str:
     return text
 
 
-def log_in(*args, **kwargs):
-    return chrome.again(_log_in, *args, **kwargs)
-
-
-def _log_in(d, browser, user: str, password: str, *, next_path: str = "/hub/home"):
+def log_in(d, browser, user: str, password: str, *, next_path: str = "/hub/home"):
     """`user` logs in with the hub's login form; (page, status of the POST /hub/login: 302 when let in;
     NativeAuthenticator answers a refused login with its login page and 200)."""
-    hub = d["p"].hub_url
-    page = page_for(browser)
-    chrome.goto(page, f"{hub}/hub/login?next={next_path}")
-    page.fill("#username_input", user)
-    page.fill("#password_input", password)
-    with page.expect_response(lambda r: r.url.startswith(f"{hub}/hub/login") and r.request.method == "POST") as posted:
-        page.click("#login_submit")
-    page.wait_for_load_state()
-    if posted.value.status >= 500:
-        print(chrome.hub_log_tail(d["p"].hub_service))
-    return page, posted.value.status
+    return logins.form_log_in(d, browser, user, password, next_path=next_path)
 
 
 def admin_password(d) -> str:
@@ -198,13 +142,11 @@ def test_removed_from_the_userlist_cannot_log_in_and_their_server_is_stopped(dep
     assert status == 302
     api.wait_server("carol", ready=True, timeout=180)
     page.context.close()
-    (deployed["tmp"] / "userlist").write_text("teacher admin\nalice\n")
-    out = hubops_cli("deploy", "-p", str(deployed["params"]), "--only", "50-auth", "--only", "80-deploy",
-                     outputs=deployed["outputs"])
+    out = logins.redeploy_auth(deployed, "teacher admin\nalice\n")
     assert out.returncode == 0, out.stderr[-4000:]
     rec = stage_record(deployed["outputs"], runs(deployed["outputs"])[-1], "80-deploy")
     assert rec["results"][0]["facts"]["users_removed"] == [{"user": "carol", "server_stopped": True}]
-    assert not docker.from_env().services.list(filters={"name": "hubops-lgnative-user-carol"})
+    assert not docker.from_env().services.list(filters={"name": f"{deployed['p'].prefix}-user-carol"})
     page, status = log_in(deployed, browser, "carol", PASSWORDS["carol"])
     assert status != 302, status
     assert HubAPI(deployed["p"]).user("carol") is None
@@ -212,14 +154,5 @@ def test_removed_from_the_userlist_cannot_log_in_and_their_server_is_stopped(dep
 
 
 def test_no_secret_in_the_records_the_hub_log_or_the_image(deployed):
-    p = deployed["p"]
-    client = docker.from_env()
-    values = helpers.deployment_secrets(p, client)
-    values.update({f"password of {u}": pw for u, pw in PASSWORDS.items()})
-    log = subprocess.run(["docker", "service", "logs", "--raw", p.hub_service], capture_output=True,
-                         text=True, timeout=60)
-    image = client.services.get(p.hub_service).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
-    history = subprocess.run(["docker", "history", "--no-trunc", image], capture_output=True, text=True, timeout=60)
-    hits = helpers.secret_hits(values, [deployed["outputs"]], {"hub log": log.stdout + log.stderr,
-                                                               f"image {image} history": history.stdout})
+    hits = logins.secret_hits(deployed, {f"password of {u}": pw for u, pw in PASSWORDS.items()})
     assert not hits, hits

@@ -13,47 +13,34 @@
   an allowed group at the provider is refused at their next login.
 - No secret (client secret, generated secrets, tokens) under the records or in the hub's log.
 
-Deployment `lgoidc` (hub on port 18601, overlay 10.166.1.0/24), provider on port 18602; the
-module tears everything down at the end. Takes about 5 minutes (a cold deploy, warm images).
+Deployment `lgoidc-RUN`, its ports and overlay subnet from tests/helpers (tests/e2e/logins.py deploys
+it); the module tears everything down at the end. Takes about 5 minutes (a cold deploy, warm images).
 """
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import textwrap
 import time
-from pathlib import Path
 
 import docker
 import pytest
 
-from hubops.core.engine import Clients
-from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
-from hubops.ops import teardown
 from tests import browser as chrome, helpers
-from tests.helpers import hubops_cli, runs, stage_record
+from tests.e2e import logins
+from tests.helpers import free_port, free_subnet, run_name, runs, stage_record
 from tests.peers_oidc import OIDCProvider
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]
-PROJECT = Path(__file__).resolve().parents[2]
-DEPLOYMENT = "lgoidc"
-PORT = 18601
-PROVIDER_PORT = 18602
-SUBNET = "10.166.1.0/24"
-CLIENT_ID = "hubops-lgoidc"
+DEPLOYMENT = run_name("lgoidc")
+PORT = free_port()
+PROVIDER_PORT = free_port(avoid=(PORT,))
+SUBNET = free_subnet()
+CLIENT_ID = f"hubops-{DEPLOYMENT}"
 USERS = "opadmin admin\ncarol @students\n"
 ACCOUNTS = {"alice": ["students"], "bob": ["students"], "prof": ["staff"], "dora": ["hubadmins"],
             "mallory": ["visitors"], "carol": [], "opadmin": []}
 FIGURES: dict[str, float] = {}
-
-
-def labelled() -> list[str]:
-    client = docker.from_env()
-    colls = {"service": client.services, "secret": client.secrets, "config": client.configs}
-    return sorted(f"{k} {o.name}" for k, coll in colls.items()
-                  for o in coll.list(filters={"label": f"hubops.deployment={DEPLOYMENT}"}))
 
 
 @pytest.fixture(scope="module")
@@ -75,109 +62,37 @@ def browser():
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory, provider):
     tmp = tmp_path_factory.mktemp("lgoidc")
-    (tmp / "userlist").write_text(USERS)
     secret = tmp / "oidc-client-secret"
     secret.write_text(provider.client_secret + "\n")
     secret.chmod(0o600)
-    params = tmp / f"{DEPLOYMENT}.yaml"
-    params.write_text(textwrap.dedent(f"""
-        deployment: {DEPLOYMENT}
-        operator_dir: {tmp / 'operator'}
-        hosts:
-          managers:
-            - {{name: local, url: "unix:///var/run/docker.sock", advertise_addr: 127.0.0.1}}
-        hub: {{public_name: localhost, https_port: {PORT}}}
-        network: {{subnet: {SUBNET}}}
-        auth:
-          mode: oidc
-          userlist: userlist
-          oidc:
-            issuer: {provider.issuer}
-            client_id: {CLIENT_ID}
-            client_secret: {{file: oidc-client-secret}}
-            scopes: [openid, profile, groups]
-            allowed_groups: [students, staff]
-            admin_groups: [hubadmins]
-            ca_bundle: {provider.ca}
-          roles:
-            - name: teaching
-              groups: [staff]
-              scopes: ["access:servers!group=students", "admin:servers!group=students", "read:users!group=students"]
-        images: {{dir: {PROJECT / 'images'}}}
-    """))
-    outputs = tmp / "outputs"
-    p = load_params(params)
-    try:
-        t0 = time.monotonic()
-        cold = hubops_cli("deploy", "-p", str(params), outputs=outputs)
-        FIGURES["cold_deploy_s"] = round(time.monotonic() - t0, 1)
-        yield {"params": params, "tmp": tmp, "outputs": outputs, "p": p, "cold": cold, "provider": provider}
-    finally:
-        print(f"\nfigures: {json.dumps(FIGURES)}")
-        try:
-            teardown.teardown(p, Clients(p), remove_volumes=True)
-        except Exception as e:  # a loaded machine: the hub's API may time out once; teardown again
-            print(f"teardown failed once ({e.__class__.__name__}: {str(e)[:200]}); again")
-            teardown.teardown(p, Clients(p), remove_volumes=True)
-        left = labelled()
-        assert not left, f"teardown left {left}"
+    with logins.deployed(tmp, DEPLOYMENT, port=PORT, subnet=SUBNET, users=USERS, figures=FIGURES, provider=provider,
+                         auth=f"""
+            mode: oidc
+            userlist: userlist
+            oidc:
+              issuer: {provider.issuer}
+              client_id: {CLIENT_ID}
+              client_secret: {{file: oidc-client-secret}}
+              scopes: [openid, profile, groups]
+              allowed_groups: [students, staff]
+              admin_groups: [hubadmins]
+              ca_bundle: {provider.ca}
+            roles:
+              - name: teaching
+                groups: [staff]
+                scopes: ["access:servers!group=students", "admin:servers!group=students", "read:users!group=students"]
+            """) as d:
+        yield d
 
 
 # -- the browser ----------------------------------------------------------------------------------
-def log_in(*args, **kwargs):
-    return chrome.again(_log_in, *args, **kwargs)
-
-
-def _log_in(d, browser, user: str, *, next_path: str = "/hub/home"):
-    """`user` logs in in a fresh browser: the hub's login, the provider's login page and consent
-    page, back to the hub. Returns (page, status of the hub's answer at /hub/oauth_callback)."""
-    hub = d["p"].hub_url
-    # The hub's certificate (hubops's self-signed CA) and the provider's (the test CA) are not in
-    # Chromium's store; hubops and the hub verify both against their CAs.
-    ctx = browser.new_context(ignore_https_errors=True)
-    page = ctx.new_page()
-    statuses: dict[str, int] = {}
-    page.on("response", lambda r: statuses.__setitem__("callback", r.status) if "/hub/oauth_callback" in r.url else None)
-    chrome.goto(page, f"{hub}/hub/oauth_login?next={next_path}")
-    assert page.url.startswith(d["provider"].issuer + "/interaction/"), page.url  # the provider's login page
-    page.fill("input[name=login]", user)
-    page.fill("input[name=password]", "any")
-    page.click("button[type=submit]")
-    page.wait_for_url(d["provider"].issuer + "/interaction/**")  # the consent page
-    assert "Authorize" in page.content() or "consent" in page.content().lower(), page.content()[:500]
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: url.startswith(hub) and "oauth_callback" not in url or "callback" in statuses,
-                      timeout=120_000)
-    page.wait_for_load_state()
-    if (statuses.get("callback") or 0) >= 500:
+def log_in(d, browser, user: str, *, next_path: str = "/hub/home"):
+    """`user` logs in in a fresh browser through the provider's login and consent pages
+    (tests/peers_oidc.py); (page, status of the hub's answer at /hub/oauth_callback)."""
+    page, status = d["provider"].browser_login(browser, d["p"].hub_url, user, next_path=next_path)
+    if (status or 0) >= 500:
         print(chrome.hub_log_tail(d["p"].hub_service))
-    return page, statuses.get("callback")
-
-
-def open_server_of(page, d, owner: str) -> int:
-    """Open `owner`'s server as the page's user: its page first (the server's OAuth round with the hub,
-    with JupyterHub's confirmation page when the server is not the user's own), then its API.
-    The HTTP status the browser ends with: the hub's 403 when the user may not access it."""
-    hub = d["p"].hub_url
-    resp = chrome.goto(page, f"{hub}/user/{owner}/")
-    if "/hub/api/oauth2/authorize" in page.url and resp and resp.status == 200:
-        with page.expect_navigation():  # "Authorize access": the user confirms
-            page.click("input[type=submit], button[type=submit]")
-    elif resp and resp.status >= 400:
-        return resp.status
-    resp = chrome.goto(page, f"{hub}/user/{owner}/api/status")
-    return resp.status if resp else 0
-
-
-def ensure_server(d, browser, user: str) -> None:
-    api = HubAPI(d["p"])
-    u = api.user(user)
-    if u and ((u.get("servers") or {}).get("") or {}).get("ready"):
-        return
-    page, status = log_in(d, browser, user, next_path="/hub/spawn")
-    assert status == 302, status
-    api.wait_server(user, ready=True, timeout=180)
-    page.context.close()
+    return page, status
 
 
 # -- the tests -------------------------------------------------------------------------------------
@@ -195,7 +110,8 @@ def test_cold_deploy_reads_the_discovery_document(deployed):
         "access:servers!group=students", "admin:servers!group=students", "read:users!group=students"]}}
     assert facts["groups"] == {"students": ["carol"]}
     changes = "\n".join(rec["changes"])
-    assert "create secret hubops-lgoidc-oidc-client-secret-" in changes and "create config hubops-lgoidc-oidc-ca-" in changes
+    assert f"create secret {deployed['p'].prefix}-oidc-client-secret-" in changes \
+        and f"create config {deployed['p'].prefix}-oidc-ca-" in changes
     assert any("answers with a valid discovery document" in k for k in rec["kept"]), rec["kept"]
     assert deployed["provider"].requests_seen("/.well-known/openid-configuration") >= 2  # 50-auth and 80-deploy
 
@@ -210,7 +126,7 @@ def test_student_logs_in_in_a_browser_and_reaches_their_server(deployed, browser
     page.wait_for_url(f"{p.hub_url}/user/alice/**", timeout=180_000)
     FIGURES["login_to_own_server_s"] = round(time.monotonic() - t0, 1)
     page.screenshot(path=str(helpers.screenshot_path("oidc-alice-server.png")))
-    assert open_server_of(page, deployed, "alice") == 200
+    assert logins.open_server_of(page, deployed, "alice") == 200
     assert "started" in json.loads(page.inner_text("body"))
     u = HubAPI(p).user("alice")
     assert u["groups"] == ["students"] and u["admin"] is False
@@ -237,15 +153,15 @@ def test_admin_group_makes_an_admin_and_userlist_groups_are_groups(deployed, bro
 
 
 def test_staff_opens_a_students_server_and_a_student_cannot_open_anothers(deployed, browser):
-    ensure_server(deployed, browser, "alice")
+    logins.ensure_server(deployed, "alice", lambda u, **k: log_in(deployed, browser, u, **k))
     page, status = log_in(deployed, browser, "prof")
     assert status == 302 and HubAPI(deployed["p"]).user("prof")["groups"] == ["staff"]
-    assert open_server_of(page, deployed, "alice") == 200, page.content()[:500]
+    assert logins.open_server_of(page, deployed, "alice") == 200, page.content()[:500]
     assert "started" in json.loads(page.inner_text("body"))
     page.context.close()
     page, status = log_in(deployed, browser, "bob")
     assert status == 302
-    code = open_server_of(page, deployed, "alice")
+    code = logins.open_server_of(page, deployed, "alice")
     assert code == 403, (code, page.url, page.content()[:500])
     page.screenshot(path=str(helpers.screenshot_path("oidc-bob-refused-alices-server.png")))
     page.context.close()
@@ -258,12 +174,10 @@ def test_removed_from_the_userlist_cannot_log_in_and_their_server_is_stopped(dep
     page.context.close()
     api.request("POST", "/hub/api/users/carol/server", ok=(201, 202))
     api.wait_server("carol", ready=True, timeout=180)
-    assert docker.from_env().services.list(filters={"name": "hubops-lgoidc-user-carol"})
-    ensure_server(deployed, browser, "alice")
+    assert docker.from_env().services.list(filters={"name": f"{p.prefix}-user-carol"})
+    logins.ensure_server(deployed, "alice", lambda u, **k: log_in(deployed, browser, u, **k))
     started = api.request("GET", "/user/alice/api/status").json()["started"]
-    (deployed["tmp"] / "userlist").write_text("opadmin admin\n")  # carol off
-    out = hubops_cli("deploy", "-p", str(deployed["params"]), "--only", "50-auth", "--only", "80-deploy",
-                     outputs=deployed["outputs"])
+    out = logins.redeploy_auth(deployed, "opadmin admin\n")  # carol off
     assert out.returncode == 0, out.stderr[-4000:]
     run = runs(deployed["outputs"])[-1]
     rec = stage_record(deployed["outputs"], run, "80-deploy")
@@ -271,7 +185,7 @@ def test_removed_from_the_userlist_cannot_log_in_and_their_server_is_stopped(dep
     assert "remove user carol" in changes and "their running server was stopped" in changes, changes
     facts = rec["results"][0]["facts"]
     assert facts["users_removed"] == [{"user": "carol", "server_stopped": True}]
-    assert not docker.from_env().services.list(filters={"name": "hubops-lgoidc-user-carol"})
+    assert not docker.from_env().services.list(filters={"name": f"{p.prefix}-user-carol"})
     assert api.user("carol") is None
     page, status = log_in(deployed, browser, "carol")
     assert status == 403, status
@@ -288,17 +202,9 @@ def test_removed_from_the_group_at_the_provider_is_refused_at_next_login(deploye
 
 
 def test_no_secret_in_the_records_or_the_hub_log(deployed):
-    p = deployed["p"]
-    client = docker.from_env()
-    values = helpers.deployment_secrets(p, client)
-    values["oidc client secret"] = deployed["provider"].client_secret
-    assert any("oidc-client-secret" in k for k in values), sorted(values)
-    log = subprocess.run(["docker", "service", "logs", "--raw", p.hub_service], capture_output=True,
-                         text=True, timeout=60)
-    image = client.services.get(p.hub_service).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
-    history = subprocess.run(["docker", "history", "--no-trunc", image], capture_output=True, text=True, timeout=60)
-    inspect = subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True, timeout=60)
-    hits = helpers.secret_hits(values, [deployed["outputs"]], {
-        "hub log": log.stdout + log.stderr, f"image {image} history": history.stdout, f"image {image}": inspect.stdout})
+    issued = deployed["provider"].issued_tokens()  # every authorization code, access token and ID token
+    assert len(issued) >= 3 * 5, len(issued)
+    hits = logins.secret_hits(deployed, {"oidc client secret": deployed["provider"].client_secret,
+                                         **{f"issued code or token #{i}": v for i, v in enumerate(issued)}})
     assert len(runs(deployed["outputs"])) >= 2
     assert not hits, hits

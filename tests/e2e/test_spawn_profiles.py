@@ -84,10 +84,10 @@ def deployed(tmp_path_factory):
     finally:
         print(f"\nfigures: {json.dumps(FIGURES)}")
         try:
-            teardown.teardown(p, Clients(p), remove_volumes=True)
+            teardown.teardown(p, Clients(p), remove_volumes=True, remove_user_data=True)
         except Exception as e:  # a loaded machine: the hub's API may time out once
             print(f"teardown failed once ({e.__class__.__name__}: {str(e)[:200]}); again")
-            teardown.teardown(p, Clients(p), remove_volumes=True)
+            teardown.teardown(p, Clients(p), remove_volumes=True, remove_user_data=True)
 
 
 def service_of(p, user: str):

@@ -162,16 +162,9 @@ def test_the_shared_password_no_longer_logs_in(switched):
 
 def test_alice_logs_in_through_the_provider_and_finds_her_server_and_file(switched, browser):
     p = switched["p"]
-    ctx = browser.new_context(ignore_https_errors=True)
-    page = ctx.new_page()
-    chrome.goto(page, f"{p.hub_url}/hub/oauth_login?next=/hub/home")
-    assert page.url.startswith(switched["provider"].issuer + "/interaction/"), page.url
-    page.fill("input[name=login]", "alice")
-    page.fill("input[name=password]", "any")
-    page.click("button[type=submit]")
-    page.wait_for_url(switched["provider"].issuer + "/interaction/**")
-    page.click("button[type=submit]")  # consent
-    page.wait_for_url(f"{p.hub_url}/hub/**", timeout=120_000)
+    page, status = switched["provider"].browser_login(browser, p.hub_url, "alice")  # login and consent pages
+    assert status == 302, status
+    ctx = page.context
     # Her server first (its own OAuth round with the hub), then its API, as a browser would.
     resp = chrome.goto(page, f"{p.hub_url}/user/alice/")
     if "/hub/api/oauth2/authorize" in page.url and resp and resp.status == 200:
@@ -192,5 +185,7 @@ def test_no_secret_of_either_mode_under_the_records(switched):
     values = helpers.deployment_secrets(p, docker.from_env())
     values["shared-password"] = switched["before"]["shared_password"]
     values["oidc-client-secret"] = switched["provider"].client_secret
+    values.update({f"issued by the provider #{i}": t for i, t in enumerate(switched["provider"].issued_tokens())})
+    assert switched["provider"].issued_tokens(), "alice's login above made the provider issue codes and tokens"
     hits = helpers.secret_hits(values, [switched["outputs"]], {})
     assert not hits, hits

@@ -1,5 +1,5 @@
 """Upgrades across JupyterHub's database schema migration, on the local single-node swarm, run the way
-an operator runs them (`hubops deploy`, `hubops ops upgrade`). One deployment, `j6up`, on JupyterHub
+an operator runs them (`hubops deploy`, `hubops ops upgrade`). One deployment, `j6up-RUN`, on JupyterHub
 5.5.4 (parameter images.jupyterhub_version), with a running user server, a user's API token, a group,
 an extra admin and the idle culler polling every 10 s; in order:
 
@@ -34,13 +34,13 @@ from hubops.core.params import load_params
 from hubops.core.record import read_record
 from hubops.hub.running import HubAPI
 from hubops.ops import teardown, upgrade
-from tests.helpers import admin_session, hubops_cli, make_params
+from tests.helpers import admin_session, free_port, free_subnet, hubops_cli, make_params, run_name
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]
-DEPLOYMENT = "j6up"
-PORT = 18310
-SUBNET = "10.163.1.0/24"
-FAILS_AFTER_MIGRATION = "hubops-j6up-fails-after-migration:test"
+DEPLOYMENT = run_name("j6up")
+PORT = free_port()
+SUBNET = free_subnet()
+FAILS_AFTER_MIGRATION = f"hubops-{DEPLOYMENT}-fails-after-migration:test"
 V5_SCHEMA, V6_SCHEMA = "4621fec11365", "f460b0348206"
 
 

@@ -81,29 +81,33 @@ def setup(tmp_path_factory):
                "api": docker.APIClient(base_url=f"unix://{sock}", version="auto", timeout=60)}
     finally:
         door.log.removeHandler(handler)
-        if "task" in serving:
-            async def stop():  # the server and every open connection's handler
-                for t in asyncio.all_tasks():
-                    if t is not asyncio.current_task():
-                        t.cancel()
-            asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
-            thread.join(10)
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.close()
-        mine = {"label": f"hubops.deployment={p.deployment}"}
-        for svc in client.services.list(filters=mine):
-            svc.remove()
-        for _ in range(60):
-            if not client.containers.list(all=True, filters=mine):
-                break
-            time.sleep(0.5)
-        for net in client.networks.list(filters=mine):
-            net.remove()
-        client.images.remove(image, force=True)
-        clients.close()
-        client.close()
+        try:
+            if "task" in serving:
+                async def stop():  # the server and every open connection's handler
+                    for t in asyncio.all_tasks():
+                        if t is not asyncio.current_task():
+                            t.cancel()
+                asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+                thread.join(10)
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.close()
+        finally:  # what this module made on the engine goes, however the door stopped
+            mine = {"label": f"hubops.deployment={p.deployment}"}
+            try:
+                for svc in client.services.list(filters=mine):
+                    svc.remove()
+                for _ in range(60):
+                    if not client.containers.list(all=True, filters=mine):
+                        break
+                    time.sleep(0.5)
+                for net in client.networks.list(filters=mine):
+                    net.remove()
+            finally:
+                client.images.remove(image, force=True)
+                clients.close()
+                client.close()
 
 
 @pytest.fixture(autouse=True)

@@ -15,15 +15,17 @@ from hubops.core import certs as tls
 from hubops.stages import auth_ldap as ldap_dir
 from hubops.core.errors import IdentityProviderError, ParameterError
 from hubops.core.params import load_params
+from tests.helpers import free_port
 from tests.peers_ldap import SERVICE_DN, Slapd, group_dn
 
-PORT, TLS_PORT = 18620, 18621
+PORT = free_port()
+TLS_PORT = free_port(avoid=(PORT,))
 
 
 @pytest.fixture(scope="module")
 def slapd(tmp_path_factory):
-    s = Slapd(tmp_path_factory.mktemp("slapd"), "127.0.0.1", PORT, TLS_PORT, users={"alice": "alice-pw-1"},
-              groups={"students": ["alice"], "staff": ["alice"]}, service_password="svc-pw-" + "7" * 12,
+    s = Slapd(tmp_path_factory.mktemp("slapd"), "127.0.0.1", PORT, TLS_PORT, users={"alice": "alice-pw-1", "bob": "bob-pw-2"},
+              groups={"students": ["alice"], "staff": ["alice"], "ta": ["bob", "alice"]}, service_password="svc-pw-" + "7" * 12,
               root_password="root-pw-" + "9" * 12).start()
     yield s
     s.stop()
@@ -70,10 +72,10 @@ def test_bad_directories_are_refused(slapd, tmp_path):
     free.close()
     cases = [
         (dict(url=slapd.url, starttls=True, ca=tmp_path / "other-ca.pem"),
-         r"auth.ldap.url: TLS with ldap://127.0.0.1:18620 \(StartTLS\) failed: the server's certificate does not "
+         rf"auth.ldap.url: TLS with ldap://127.0.0.1:{PORT} \(StartTLS\) failed: the server's certificate does not "
          r"verify against the CA in auth.ldap.ca_bundle"),
         (dict(url=slapd.ldaps_url, starttls=False, ca=None),
-         r"auth.ldap.url: TLS with ldaps://127.0.0.1:18621 failed: the server's certificate does not verify against the system CAs"),
+         rf"auth.ldap.url: TLS with ldaps://127.0.0.1:{TLS_PORT} failed: the server's certificate does not verify against the system CAs"),
         (dict(url=slapd.ldaps_url, starttls=False, ca=slapd.ca, password="wrong-password"),
          r"auth.ldap.bind_dn: the server refused the bind of 'cn=jupyterhub,ou=services,dc=hubops,dc=test'"),
         (dict(url=slapd.url, starttls=True, ca=slapd.ca, groups=("students", "studnets")),
@@ -94,3 +96,12 @@ def test_plain_ldap_and_inline_password_are_refused(slapd, tmp_path):
         load_params(params(tmp_path, slapd, url=slapd.url, starttls=False, ca=slapd.ca))
     with pytest.raises(ParameterError, match=r"auth.ldap.bind_password: a secret written inline is refused"):
         load_params(params(tmp_path, slapd, url=slapd.url, starttls=True, ca=slapd.ca, inline=True))
+
+
+def test_group_members_are_read_as_the_hub_matches_them(slapd, tmp_path):
+    """removal.py asks the directory who is in the allowed groups now (80-deploy takes out the others):
+    members by DN, named by their uid; someone taken out of a group is no longer listed."""
+    p = load_params(params(tmp_path, slapd, url=slapd.url, starttls=True, ca=slapd.ca, groups=("students", "ta")))
+    assert ldap_dir.group_members(p) == {"alice", "bob"}
+    slapd.remove_member("ta", "bob")  # (groupOfNames keeps at least one member: alice stays in it)
+    assert ldap_dir.group_members(p) == {"alice"}

@@ -7,13 +7,20 @@ pointed at nb2.yaml and `dry_run = True`, executed. The test checks that it stil
 runbook cell by cell, then executes it again and compares every output with volatile values masked
 (times, digests, IDs, addresses, this machine's name, temporary paths, engine versions).
 
-The expected notebooks hold no value of the machine they were recorded on: every output (text, HTML
-and the stage's record) and the notebook's metadata are masked when they are written (`scrub`), and
+The expected notebooks hold no value of the machine they were recorded on: every output (text, HTML,
+an error's message and the stage's record) and the notebook's metadata are masked when they are
+written (`scrub`; an error's traceback is dropped), and
 the values of this machine's state (the swarm's and the node's IDs, the engine's ID, name and
 version, the host name, the user, the home and project folders, CPU and memory figures) are masked
 in the fresh run wherever they appear, beside the patterns below. The fixed state includes a swarm:
 the local engine is put in a single-node swarm when it is in none, as the other integration tests do,
-its node carries `hubops.managed=true` as after any deployment, and the base image exists.
+its node carries `hubops.managed=true` as after any deployment, and the base image and the
+network-policy agent's image (65-netpolicy plans to deliver it, or to build it when it is missing) exist.
+
+A runbook that refuses this state records its refusal instead of a plan (REFUSED): ops/migrate-db
+with nb2's SQLite parameters stops at its first check, and the cells after it fail for want of the
+plan. The expected notebook keeps those errors (their names and messages are compared; tracebacks are
+not) and the test checks that the first is the refusal named in REFUSED.
 
 After a deliberate change to a runbook or to what a plan says, regenerate and review the diff:
     .venv/bin/pytest tests/integration/test_runbook_plans.py --nb-force-regen
@@ -32,15 +39,19 @@ import nbformat
 import pytest
 
 from hubops.core.nodes import update_node
-from hubops.stages import images
+from hubops.stages import images, netpolicy
 from tests.helpers import ensure_swarm
 
 pytestmark = pytest.mark.engine
 PROJECT = Path(__file__).resolve().parents[2]
 DATA = PROJECT / "tests" / "data" / "runbook-plans"
 PARAMS = "tests/data/runbook-plans/nb2.yaml"
-RUNBOOKS = ["20-swarm", "30-network", "40-tls", "50-auth", "70-storage", "80-deploy", "90-verify", "ops/teardown"]
-OUTPUTS = ("/cells/*/outputs/*/text", "/cells/*/outputs/*/data/text/plain", "/cells/*/outputs/*/data/text/html")
+RUNBOOKS = ["20-swarm", "30-network", "40-tls", "50-auth", "65-netpolicy", "70-storage", "80-deploy", "90-verify",
+            "ops/migrate-db", "ops/teardown"]
+# Runbooks whose answer to the fixed state is a refusal: (the exception's name, words of its message).
+REFUSED = {"ops/migrate-db": ("MigrationRefused", "storage.hub.mode is volume: refused, nothing was changed")}
+OUTPUTS = ("/cells/*/outputs/*/text", "/cells/*/outputs/*/data/text/plain", "/cells/*/outputs/*/data/text/html",
+           "/cells/*/outputs/*/evalue")
 MASKS = [
     # The swarm's ID, wherever it stands: "swarm ID", "swarm_id: ID", "<td>swarm_id</td><td><code>ID".
     (r"\b(swarm_id\b\W*(?:<[^>]*>\W*)*|swarm )[0-9a-z]{10,25}\b", r"\1SWARM-ID"),
@@ -109,6 +120,9 @@ def scrub(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     for cell in nb.cells:
         if "outputs" in cell:
             cell.outputs = nbformat.from_dict(walk(cell.outputs))
+            for out in cell.outputs:
+                if out.output_type == "error":  # not compared; colour codes hide its paths from the masks
+                    out.traceback = []
         cell.metadata = nbformat.from_dict(walk(cell.metadata))
     nb.metadata = nbformat.from_dict(walk(nb.metadata))
     return nb
@@ -133,6 +147,9 @@ def fixed_state():
     # The plans name the images 60-images would build (80-deploy: hubops-hub:DIGEST): their tags come
     # from the base image, made here when the engine has none (pulled, or debootstrapped: ~1 min).
     images.ensure_base_image(client)
+    # 65-netpolicy's plan keeps the agent image when it exists and plans to build it when not: the
+    # fixed state has it (content-addressed, shared with every deployment: built once per machine).
+    images.ensure_image_built(client, netpolicy.KIND, images_dir=images.PROJECT_IMAGES, deployment="nb2")
     # A node any hubops deployment has used carries hubops.managed=true (teardown keeps it); the plans
     # are recorded against such a node, whether or not an earlier test or deploy labelled it.
     node = client.nodes.get(client.info()["Swarm"]["NodeID"])
@@ -163,8 +180,9 @@ def test_runbook_plan_matches(runbook, fixed_state, nb_regression, request):
     nb_regression.exec_cwd = str(PROJECT)
     nb_regression.exec_timeout = 180
     nb_regression.exec_env = {"HUBOPS_HEADLESS": "1"}
+    nb_regression.exec_allow_errors = runbook in REFUSED
     nb_regression.diff_ignore = ("/metadata", "/cells/*/metadata", "/cells/*/execution_count",
-                                 "/cells/*/outputs/*/execution_count",
+                                 "/cells/*/outputs/*/execution_count", "/cells/*/outputs/*/traceback",
                                  "/cells/*/outputs/*/data/application/vnd.hubops.record+json")
     nb_regression.diff_replace = tuple((where, rx, sub) for where in OUTPUTS for rx, sub in masks())
     try:
@@ -172,6 +190,14 @@ def test_runbook_plan_matches(runbook, fixed_state, nb_regression, request):
     finally:
         if regen:  # what pytest-notebook wrote holds this machine's values: keep it masked
             nbformat.write(scrub(nbformat.read(path, as_version=4)), path)
+    errors = [o for c in nbformat.read(path, as_version=4).cells for o in c.get("outputs", [])
+              if o.output_type == "error"]
+    if runbook in REFUSED:
+        name, words = REFUSED[runbook]
+        assert errors and errors[0].ename == name and words in errors[0].evalue, \
+            f"{path.name}: the first error is not the refusal {name} ({words!r}): {errors[:1]}"
+    else:
+        assert errors == [], f"{path.name} records errors: {[(e.ename, e.evalue) for e in errors]}"
 
 
 def test_expected_notebooks_hold_no_value_of_this_machine():

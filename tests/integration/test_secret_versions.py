@@ -1,4 +1,4 @@
-"""Swarm secret versions on the real engine's swarm, with deployments of their own (hdgen, hdver):
+"""Swarm secret versions on the real engine's swarm, with deployments of their own (hdgen-RUN, hdver-RUN):
 
 - every generated secret (cookie secret, proxy token, crypt key) is known to the redactor (issue 13,
   item 5);
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from hubops.core.params import load_params
-from tests.helpers import make_params
+from tests.helpers import make_params, run_name
 
 
 @pytest.mark.parametrize("role", ["cookie-secret", "proxy-token", "crypt-key"])
@@ -22,7 +22,7 @@ def test_every_generated_secret_is_known_to_the_redactor(role, tmp_path, docker_
     from hubops.audit.redact import known_secrets
     from hubops.core.result import Result
 
-    p = load_params(make_params(tmp_path, "hdgen", port=18404, subnet="10.164.4.0/24"))
+    p = load_params(make_params(tmp_path, run_name("hdgen"), port=18404, subnet="10.164.4.0/24"))
     try:
         r = Result("test")
         name = secrets.ensure_generated(docker_client, p, r, role=role, stage="80-deploy", hex_value=True)
@@ -42,7 +42,7 @@ def test_every_generated_secret_is_known_to_the_redactor(role, tmp_path, docker_
         assert newer != name and once.changed and kept.read_text().strip() in known_secrets(p)
     finally:
         for kind in (docker_client.secrets,):
-            for o in kind.list(filters={"label": "hubops.deployment=hdgen"}):
+            for o in kind.list(filters={"label": f"hubops.deployment={p.deployment}"}):
                 o.remove()
 
 
@@ -53,7 +53,7 @@ def test_version_names_are_keyed_and_old_names_rotate_once(tmp_path, docker_clie
     from hubops.core import secrets
     from hubops.core.result import Result
 
-    p = load_params(make_params(tmp_path, "hdver", port=18405, subnet="10.164.5.0/24"))
+    p = load_params(make_params(tmp_path, run_name("hdver"), port=18405, subnet="10.164.5.0/24"))
     value = b"operator-chosen-password"
     bare = f"{p.prefix}-user-password-{hashlib.sha256(b'user-password' + bytes([0]) + value).hexdigest()[:12]}"
     try:
@@ -76,9 +76,9 @@ def test_version_names_are_keyed_and_old_names_rotate_once(tmp_path, docker_clie
         secrets.prune_unused(docker_client, p, pruned, keep={name})
         assert [o.name for o in secrets.versions(docker_client, p, "user-password")] == [name]
         # Another deployment with the same value gets an unrelated name (its own key).
-        q = load_params(make_params(tmp_path / "other", "hdver2", port=18406, subnet="10.164.6.0/24")) \
+        q = load_params(make_params(tmp_path / "other", run_name("hdver2"), port=18406, subnet="10.164.6.0/24")) \
             if (tmp_path / "other").mkdir() is None else None
         assert secrets.versioned_name(q, "user-password", value).split("-")[-1] != name.split("-")[-1]
     finally:
-        for o in docker_client.secrets.list(filters={"label": "hubops.deployment=hdver"}):
+        for o in docker_client.secrets.list(filters={"label": f"hubops.deployment={p.deployment}"}):
             o.remove()

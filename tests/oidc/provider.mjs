@@ -39,9 +39,24 @@ const provider = new Provider(cfg.issuer, {
     };
   },
 });
+// With CONFIG.token_log (a file): every authorization code, access token and ID token issued is
+// appended to it, one per line, so that a test can look for them where they must not be.
+function keepTokens(ctx) {
+  if (!cfg.token_log) return;
+  const found = [];
+  const location = ctx.response.get('Location') || '';
+  const code = /[?&]code=([^&#]+)/.exec(location);
+  if (code) found.push(decodeURIComponent(code[1]));
+  const body = ctx.body;
+  if (ctx.path === '/token' && body && typeof body === 'object' && !Buffer.isBuffer(body)) {
+    for (const k of ['access_token', 'id_token', 'refresh_token']) if (body[k]) found.push(body[k]);
+  }
+  if (found.length) fs.appendFileSync(cfg.token_log, found.map((v) => `${v}\n`).join(''), { mode: 0o600 });
+}
 provider.use(async (ctx, next) => {
   await next();
   console.log(`${ctx.method} ${ctx.path} ${ctx.status}`);
+  keepTokens(ctx);
 });
 provider.on('server_error', (ctx, err) => console.log(`server_error ${err}`));
 

@@ -273,7 +273,13 @@ def test_native_config(tmp_path, monkeypatch):
             created[name] = Info(name)
             return created[name]
 
-    monkeypatch.setitem(sys.modules, "nativeauthenticator", types.SimpleNamespace(NativeAuthenticator=NativeAuthenticator))
+    class LoginHandler:  # as on JupyterHub 6: no `statsd` (its base handler dropped it)
+        pass
+
+    handlers = types.SimpleNamespace(LoginHandler=LoginHandler)
+    monkeypatch.setitem(sys.modules, "nativeauthenticator", types.SimpleNamespace(NativeAuthenticator=NativeAuthenticator,
+                                                                                  handlers=handlers))
+    monkeypatch.setitem(sys.modules, "nativeauthenticator.handlers", handlers)
     monkeypatch.setitem(sys.modules, "nativeauthenticator.orm", types.SimpleNamespace(
         UserInfo=types.SimpleNamespace(all_users=lambda db: list(created.values()))))
     c = load(src, d, ul, monkeypatch)
@@ -284,5 +290,8 @@ def test_native_config(tmp_path, monkeypatch):
     a = cls(enable_signup=False)
     assert created["operator"].is_authorized and a.enable_signup is False  # restored
     assert a.get_authed_users() == {"operator"}  # alice, listed, is not approved in advance
+    # NativeAuthenticator's login times itself with the handler's statsd, which JupyterHub 6 removed:
+    # the config gives its LoginHandler one that does nothing.
+    LoginHandler.statsd.timer("login.authenticate").start().stop(send=False)
     assert hubconfig.secret_roles(p)[-1] == "admin-password"
     assert "generated-admin-password" not in src

@@ -142,3 +142,16 @@ def test_probe_refuses_an_address_that_does_not_answer(tmp_path, monkeypatch):
                          f"password: {{env: HUBOPS_TEST_PG_PW}}, ca: {tmp_path / 'ca.pem'}}}}}}}")
     with pytest.raises(PreflightError, match="does not answer.*Nothing was changed"):
         hubdb.probe_tls(p, timeout=2)
+
+
+def test_a_server_newer_than_hubops_pg_dump_is_named_at_deploy(tmp_path, monkeypatch):
+    """hubops's pg_dump (images/postgres) refuses a newer server: 70-storage says so at deploy (the
+    hub works), not the first `ops backup`."""
+    write_cert_pair(tmp_path / "ca.pem", tmp_path / "ca-key.pem")
+    monkeypatch.setenv("HUBOPS_TEST_PG_PW", "s3cret-value")
+    p = params(tmp_path, "{hub: {mode: postgres, postgres: {url: 'postgresql://jh@db.example.org:6543/hubdb', "
+                         f"password: {{env: HUBOPS_TEST_PG_PW}}, ca: {tmp_path / 'ca.pem'}}}}}}}")
+    assert hubdb.backup_warning(p, 150014) is None and hubdb.backup_warning(p, 90624) is None
+    warning = hubdb.backup_warning(p, 170002)
+    assert "PostgreSQL 17" in warning and f"pg_dump {hubdb.PG_DUMP_MAJOR}" in warning and "db.example.org" in warning
+    assert "s3cret" not in warning

@@ -259,3 +259,28 @@ def test_lab_nodes_advertise_fake_generic_resources(tmp_path):
 def test_the_example_profile_folder_builds_from_the_single_user_image():
     text = (PROJECT / "images/example-profile/Dockerfile").read_text()
     assert "FROM ${BASE}" in text and "ARG BASE" in text
+
+
+def test_gpu_profiles_keep_the_overlay_attached_on_every_node(tmp_path):
+    """stages/attachments.py: with a profile asking for generic resources, a global service keeps the
+    deployment's network attached on every node (a spawn must not update a GPU node: swarmkit's
+    constraint enforcer then rejects its GPU tasks); without one, no service is wanted."""
+    from hubops.stages import attachments
+
+    p = params(tmp_path)
+    assert attachments.wanted(p)
+    spec = attachments.service_spec(p, image="hubops-singleuser:abc")
+    assert spec["name"] == f"{p.prefix}-attach"
+    assert spec["mode"].mode == "global"
+    task = spec["task_template"]
+    assert [n["Target"] for n in task["Networks"]] == [p.network_name]
+    cs = task["ContainerSpec"]
+    assert (cs["Image"], cs["Command"], cs["User"], cs["ReadOnly"]) == ("hubops-singleuser:abc", ["sleep", "infinity"],
+                                                                         "1000:100", True)
+    assert cs["CapabilityDrop"] == ["ALL"]
+    assert task["Resources"]["Limits"]["MemoryBytes"] == 16 * 1024 * 1024
+    assert spec["labels"]["hubops.role"] == attachments.ROLE
+    assert spec["update_config"]["Order"] == "start-first"  # the node keeps its attachment through an update
+    (tmp_path / "b").mkdir()
+    no_gpu = params(tmp_path / "b", extra=PROFILES.replace("    generic_resources: {NVIDIA-GPU: 1}\n", ""))
+    assert not attachments.wanted(no_gpu)

@@ -42,3 +42,15 @@ def test_the_lock_is_released_when_a_run_ends_or_fails(p):
         renew.renew_tls(p, clients=None)  # type: ignore[arg-type]
     with open(p.operator_path / "renew-tls.lock") as f:  # free again
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_the_servers_checked_around_a_renewal_include_named_ones():
+    """renew-tls checks that every server that answered before answers after: named servers too
+    (their path is USER/NAME), stopped or pending ones not."""
+    users = [
+        {"name": "alice", "servers": {"": {"ready": True}, "gpu": {"ready": True}, "old": {"ready": False}}},
+        {"name": "bob", "servers": {"": {"ready": False, "pending": "spawn"}}},
+        {"name": "carol", "servers": {"big": {"ready": True}}},
+        {"name": "dan"},  # no servers key: a token without read:servers, or none at all
+    ]
+    assert renew.ready_servers(users) == ["alice", "alice/gpu", "carol/big"]

@@ -1,0 +1,144 @@
+"""Keeps the deployment's overlay network attached on every node while a profile asks for GPUs
+(or any Swarm generic resource); part of 80-deploy.
+
+Why. Swarm gives a node its attachment to an overlay network (the node's own address on it) when
+the first task on that network lands there, and takes it back when the last one leaves; each is an
+update of the node. On every node update, swarmkit's constraint enforcer checks the node's tasks
+again, and its check of generic resources is inverted: a task is rejected when the node *still
+has* the resource it was given (`constraint_enforcer.go`, `genericresource.HasResource`; unchanged in
+the swarmkit of Docker 28). Measured on the lab (Docker 20.10, one fake GPU): the first GPU server on
+a node never started. Its task was assigned, the node got its attachment (an update), the
+enforcer rejected the task ("assigned node no longer meets constraints"), the attachment went
+away with it (another update, "node is missing network attachments" for the next task), and
+so on until the spawn timed out.
+
+What. A global service, `hubops-DEPLOYMENT-attach`, runs on every node as a small
+member of the network: the single-user image (already on every node, 60-images) running `sleep`,
+as its user, with no capability, a read-only root and 16 MiB. The attachment then stays for the
+life of the deployment, so a spawn no longer updates the node. Without any profile with
+generic resources the service is not there (a later deploy removes it).
+
+What it cannot fix: any other update of a GPU node (a label changed by hand, `docker node update
+--availability`, the node's engine reporting new resources) still makes Swarm reject and restart
+the GPU servers running there (their files stay; their kernels restart). README, GPUs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import docker
+import docker.types
+
+from hubops.core import labels as L
+from hubops.core.engine import Clients, docker_op
+from hubops.core.errors import DockerOpError, HubopsError
+from hubops.core.params import Loaded
+from hubops.core.result import Result
+
+STAGE = "80-deploy"
+ROLE = "network-attachment"
+SPEC_DIGEST = "hubops.spec-digest"
+
+
+def service_name(p: Loaded) -> str:
+    return f"{p.prefix}-attach"
+
+
+def wanted(p: Loaded) -> bool:
+    """Whether the deployment needs the service: some profile asks for generic resources."""
+    return any(prof.generic_resources for prof in p.profiles)
+
+
+def service_spec(p: Loaded, *, image: str) -> dict[str, Any]:
+    """Keyword arguments for `create_service` / `update_service` (pure)."""
+    lbl = L.labels(p.deployment, STAGE, role=ROLE)
+    container = docker.types.ContainerSpec(
+        image=image, command=["sleep", "infinity"], user="1000:100", read_only=True,
+        cap_drop=["ALL"], labels=lbl,
+        # `sleep` ignores SIGTERM as PID 1; nothing is lost by not waiting for it.
+        stop_signal="SIGKILL",
+    )
+    task = docker.types.TaskTemplate(
+        container_spec=container,
+        restart_policy=docker.types.RestartPolicy(condition="any", delay=5 * 10**9, max_attempts=0),
+        networks=[docker.types.NetworkAttachmentConfig(p.network_name)],
+        resources=docker.types.Resources(mem_limit=16 * 1024 * 1024),
+    )
+    return {"name": service_name(p), "task_template": task,
+            "endpoint_spec": docker.types.EndpointSpec(mode="dnsrr"),
+            "mode": docker.types.ServiceMode("global"),
+            # start-first: a new image's task joins the network before the old one leaves, so the
+            # node keeps its attachment through the update too.
+            "update_config": docker.types.UpdateConfig(parallelism=0, order="start-first"),
+            "labels": lbl}
+
+
+def _digest(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in spec.items() if k != "labels"}, sort_keys=True,
+                                     default=lambda o: dict(o)).encode()).hexdigest()[:16]
+
+
+def ensure(p: Loaded, clients: Clients, r: Result, *, image: str, wait: bool = True, timeout: float = 120) -> None:
+    """Create, update or remove the service as the profiles require; with `wait`, until a task of it
+    runs on every node that is ready and active."""
+    c = clients.manager
+    name = service_name(p)
+    with docker_op(f"look up service {name}", p.hub_host.name):
+        svc = next((s for s in c.services.list(filters={"name": name}) if s.name == name), None)
+    if svc is not None and not L.owned_by(svc.attrs["Spec"].get("Labels"), p.deployment):
+        raise HubopsError(f"service {name} exists but was not created by hubops for deployment {p.deployment}; "
+                          "remove it or choose another deployment name")
+    if not wanted(p):
+        if svc is not None:
+            r.change("remove", f"service {name}", "no profile asks for generic resources any more")
+            if not r.dry_run:
+                with docker_op(f"remove service {name}", p.hub_host.name):
+                    svc.remove()
+        return
+    spec = service_spec(p, image=image)
+    digest = _digest(spec)
+    spec["labels"] = {**spec["labels"], SPEC_DIGEST: digest}
+    if svc is None:
+        r.change("create", f"service {name}", "keeps the overlay attached on every node while profiles ask for "
+                 "generic resources (GPUs): a spawn must not update a GPU node (stages/attachments.py)")
+    elif (svc.attrs["Spec"].get("Labels") or {}).get(SPEC_DIGEST) != digest:
+        r.change("update", f"service {name}", "its image changed")
+    else:
+        r.keep(f"service {name}", "spec unchanged")
+        return
+    if r.dry_run:
+        return
+    if svc is None:
+        with docker_op(f"create service {name}", p.hub_host.name):
+            c.api.create_service(**spec)
+    else:
+        with docker_op(f"update service {name}", p.hub_host.name):
+            svc.reload()
+            c.api.update_service(svc.id, svc.version, **spec)
+    if wait:
+        r.facts["network attachment on nodes"] = wait_running(p, clients, timeout=timeout)
+
+
+def wait_running(p: Loaded, clients: Clients, *, timeout: float = 120) -> int:
+    """Until a task of the service runs on every ready, active node; returns how many nodes."""
+    c = clients.manager
+    name = service_name(p)
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        with docker_op(f"read the nodes and the tasks of {name}", p.hub_host.name):
+            nodes = {n["ID"] for n in c.api.nodes()
+                     if n["Status"]["State"] == "ready" and n["Spec"].get("Availability") == "active"}
+            tasks = c.api.tasks(filters={"service": name, "desired-state": "running"})
+        on = {t["NodeID"] for t in tasks if t["Status"]["State"] == "running"}
+        if nodes and nodes <= on:
+            return len(nodes)
+        last = "; ".join(sorted({f"{t['Status']['State']} {t['Status'].get('Err', '')}".strip() for t in tasks})) \
+            or "no task yet"
+        if time.monotonic() > deadline:
+            raise DockerOpError(f"service {name} does not run on every node after {timeout:.0f} s ({last}); "
+                                f"see `docker service ps {name}`")
+        time.sleep(0.5)
