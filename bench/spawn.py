@@ -3,9 +3,13 @@
 side by side with this machine's floor. Prints a table and writes JSON (bench/results/*.json).
 
     python bench/spawn.py [--lab bench] [--spawns 20] [--burst 20] [--keep]
+    python bench/spawn.py --engines 20.10,28 [--spawns 10 --burst 10 --floor 5]
 
 Brings the lab up (and the deployment, warm if it exists), measures, and takes both down unless
---keep. Needs root (the lab). Figures, not assertions: see bench/README.md.
+--keep. `--engines` does it on one lab per engine in turn (all nodes on that engine), in the
+same run, and prints one table with a column per engine. The machine's load average is recorded
+before and after each lab's measurements. Needs root (the lab). Figures, not assertions: see
+bench/README.md.
 """
 from __future__ import annotations
 
@@ -79,37 +83,25 @@ def delivery(p, clients: Clients) -> dict:
             "ratio_all_to_one": round(t_all / t_one, 2)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--lab", default="bench")
-    ap.add_argument("--subnet", default="10.81.0.0/24")
-    ap.add_argument("--spawns", type=int, default=20)
-    ap.add_argument("--burst", type=int, default=20)
-    ap.add_argument("--floor", type=int, default=10)
-    ap.add_argument("--overlay-subnet", default="10.243.0.0/24")
-    ap.add_argument("--engine", default=None,
-                    help="the lab nodes' Docker engine (`hubops lab up --engine`): 20.10 (default), 26, 28 or per node")
-    ap.add_argument("--keep", action="store_true", help="leave the lab and deployment up")
-    ap.add_argument("--skip-delivery", action="store_true")
-    args = ap.parse_args()
-    params = PROJECT / "bench" / "results" / f"{args.lab}.yaml"
+def measure(args, lab_name: str, engine: str | None, subnet: str, overlay: str) -> dict:
+    """One lab on `engine`: up, deploy (cold, warm, warm without prestarted kernels), the floor,
+    spawns, a burst and image delivery; down unless --keep. The figures as a dict."""
+    params = PROJECT / "bench" / "results" / f"{lab_name}.yaml"
     params.parent.mkdir(exist_ok=True)
-    res: dict = {"machine": {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                             "kernel": platform.release()}, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    up = lab.lab_up(name=args.lab, workers=2, subnet=args.subnet, params_out=params,
-                    overlay_subnet=args.overlay_subnet, engines=args.engine)
-    print("engines: " + ", ".join(f"{n.name} Docker {n.engine_version}" for n in up.nodes))
+    res: dict = {"engine": engine or "20.10", "lab": lab_name, "load_before": [round(x, 2) for x in os.getloadavg()]}
+    up = lab.lab_up(name=lab_name, workers=2, subnet=subnet, params_out=params, overlay_subnet=overlay, engines=engine)
+    print("engines: " + ", ".join(f"{n.name} Docker {n.engine_version}" for n in up.nodes), flush=True)
     res["engines"] = {n.name: n.engine_version for n in up.nodes}
     try:
         t0 = time.monotonic()
         r = cli("deploy", "-p", str(params))
         res["deploy_first_s"] = round(time.monotonic() - t0, 1)
         if r.returncode:
-            sys.exit(r.stderr[-3000:])
+            raise RuntimeError(f"deploy on {lab_name} failed: {r.stderr[-3000:]}")
         t0 = time.monotonic()
         r = cli("deploy", "-p", str(params))
         res["deploy_warm_s"] = round(time.monotonic() - t0, 1)
-        runs = sorted((PROJECT / "outputs").glob(f"*-{args.lab}-deploy/run.json"))
+        runs = sorted((PROJECT / "outputs").glob(f"*-{lab_name}-deploy/run.json"))
         warm = json.loads(runs[-1].read_text())
         # Per stage: its wall time, the part its cells took, and the rest (kernel start, papermill).
         res["warm_stages"] = {s["name"]: {"total_s": s["duration_s"], "cells_s": s.get("cells_s"),
@@ -144,6 +136,8 @@ def main() -> None:
             done = [f.exception() for f in cf.as_completed(futs)]
         res["burst"] = {"users": len(users), "all_answered_s": round(time.monotonic() - t0, 1),
                         "failures": sum(e is not None for e in done)}
+        if res["burst"]["failures"]:  # what failed, in the JSON only (the table has the count)
+            res["burst_errors"] = sorted({f"{e.__class__.__name__}: {e}"[:300] for e in done if e is not None})
         for u in users:
             try:
                 stop(api, u)
@@ -151,6 +145,7 @@ def main() -> None:
                 pass
         if not args.skip_delivery:
             res["delivery"] = delivery(p, clients)
+        res["load_after"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         if not args.keep:
             try:
@@ -158,20 +153,110 @@ def main() -> None:
                 teardown.teardown(p, Clients(p), remove_volumes=True)
             except Exception as e:  # noqa: BLE001
                 print("teardown:", e, file=sys.stderr)
-            lab.lab_down(name=args.lab)
-    out = PROJECT / "bench" / "results" / f"spawn-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    out.write_text(json.dumps(res, indent=2) + "\n")
+            lab.lab_down(name=lab_name)
+    return res
+
+
+SECTIONS = ("floor", "spawn", "burst", "delivery")
+DEPLOY_ROWS = (("deploy_first_s", ""), ("deploy_warm_s", ""),
+               ("deploy_warm_no_prestart_s", "  (HUBOPS_KERNELS_AHEAD=0)"),
+               ("deploy_warm_in_stages_s", "  (the rest: CLI start, report)"))
+
+
+def print_one(res: dict) -> None:
     print(f"{'figure':<40} value")
-    for section in ("floor", "spawn", "burst", "delivery"):
+    for section in SECTIONS:
         for k, v in (res.get(section) or {}).items():
             print(f"{section + '.' + k:<40} {v}")
-    print(f"{'deploy_first_s':<40} {res.get('deploy_first_s')}")
-    print(f"{'deploy_warm_s':<40} {res.get('deploy_warm_s')}")
-    print(f"{'deploy_warm_no_prestart_s':<40} {res.get('deploy_warm_no_prestart_s')}  (HUBOPS_KERNELS_AHEAD=0)")
-    print(f"{'deploy_warm_in_stages_s':<40} {res.get('deploy_warm_in_stages_s')}  (the rest: CLI start, report)")
+    for k, note in DEPLOY_ROWS:
+        print(f"{k:<40} {res.get(k)}{note}")
     print(f"{'  warm stage':<40} total_s  cells_s  machinery_s")
     for k, v in res.get("warm_stages", {}).items():
         print(f"{'  ' + k:<40} {v['total_s']:>7}  {v['cells_s']:>7}  {v['machinery_s']:>11}")
+    print(f"{'load average (1, 5, 15 min) before':<40} {res.get('load_before')}")
+    print(f"{'load average (1, 5, 15 min) after':<40} {res.get('load_after')}")
+
+
+def comparison_rows(runs: dict[str, dict]) -> list[tuple[str, list[str]]]:
+    """(figure, one value per engine) for the table of `--engines` (pure)."""
+    def cell(v) -> str:
+        return "-" if v is None else (", ".join(str(x) for x in v) if isinstance(v, list) else str(v))
+
+    keys = list(runs)
+    rows: list[tuple[str, list[str]]] = [
+        ("engine version", [cell(sorted(set((r.get("engines") or {}).values())) or None) for r in runs.values()])]
+    for section in SECTIONS:
+        names = list(dict.fromkeys(k for r in runs.values() for k in (r.get(section) or {})))
+        rows += [(f"{section}.{k}", [cell((runs[e].get(section) or {}).get(k)) for e in keys]) for k in names]
+    rows += [(k, [cell(runs[e].get(k)) for e in keys]) for k, _ in DEPLOY_ROWS]
+    stages = list(dict.fromkeys(k for r in runs.values() for k in (r.get("warm_stages") or {})))
+    rows += [(f"  warm {k} total_s", [cell(((runs[e].get("warm_stages") or {}).get(k) or {}).get("total_s"))
+                                     for e in keys]) for k in stages]
+    rows += [("load average before", [cell(runs[e].get("load_before")) for e in keys]),
+             ("load average after", [cell(runs[e].get("load_after")) for e in keys]),
+             ("error", [cell(runs[e].get("error")[:60] if runs[e].get("error") else None) for e in keys])]
+    return [r for r in rows if r[0] != "error" or any(v != "-" for v in r[1])]
+
+
+def _shift(subnet: str, i: int) -> str:
+    import ipaddress
+
+    net = ipaddress.ip_network(subnet)
+    return str(ipaddress.ip_network((int(net.network_address) + i * net.num_addresses, net.prefixlen)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lab", default="bench")
+    ap.add_argument("--subnet", default="10.81.0.0/24")
+    ap.add_argument("--spawns", type=int, default=20)
+    ap.add_argument("--burst", type=int, default=20)
+    ap.add_argument("--floor", type=int, default=10)
+    ap.add_argument("--overlay-subnet", default="10.243.0.0/24")
+    ap.add_argument("--engine", default=None,
+                    help="the lab nodes' Docker engine (`hubops lab up --engine`): 20.10 (default), 26, 28 or per node")
+    ap.add_argument("--engines", default=None, metavar="V1,V2,...",
+                    help="one lab per engine (all its nodes on it), one after the other in this run, e.g. 20.10,28: "
+                         "one table with a column per engine")
+    ap.add_argument("--keep", action="store_true", help="leave the lab and deployment up")
+    ap.add_argument("--skip-delivery", action="store_true")
+    args = ap.parse_args()
+    machine = {"node": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+               "kernel": platform.release()}
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+    (PROJECT / "bench" / "results").mkdir(exist_ok=True)
+    if not args.engines:
+        res = {"machine": machine, "when": when, **measure(args, args.lab, args.engine, args.subnet, args.overlay_subnet)}
+        out = PROJECT / "bench" / "results" / f"spawn-{stamp}.json"
+        out.write_text(json.dumps(res, indent=2) + "\n")
+        print_one(res)
+        print(f"written: {out}")
+        return
+    from hubops.lab import engines as lab_engines
+
+    keys = [lab_engines.spec(v).key for v in args.engines.split(",") if v.strip()]  # unknown ones refused here
+    if args.engine or len(set(keys)) != len(keys) or len(keys) < 2:
+        sys.exit("--engines: give two or more different versions (e.g. 20.10,28), and no --engine")
+    runs: dict[str, dict] = {}
+    out = PROJECT / "bench" / "results" / f"spawn-engines-{stamp}.json"
+    for i, key in enumerate(keys):
+        name = f"{args.lab}-{key.replace('.', '')}"[:10]
+        print(f"== Docker {key}: lab {name} ==", flush=True)
+        t0 = time.monotonic()
+        try:
+            runs[key] = measure(args, name, key, _shift(args.subnet, i), _shift(args.overlay_subnet, i))
+        except Exception as e:  # noqa: BLE001 - the other engines are still measured
+            runs[key] = {"engine": key, "lab": name, "error": f"{e.__class__.__name__}: {e}"[:3000]}
+            print(f"Docker {key}: {runs[key]['error']}", file=sys.stderr)
+        runs[key]["wall_s"] = round(time.monotonic() - t0, 1)
+        out.write_text(json.dumps({"machine": machine, "when": when, "engines": keys, "runs": runs}, indent=2) + "\n")
+    rows = comparison_rows(runs)
+    heads = [f"Docker {k}" for k in keys]
+    widths = [max(len(h), *(len(r[1][j]) for r in rows)) for j, h in enumerate(heads)]
+    print(f"{'figure':<40} " + "  ".join(f"{h:>{w}}" for h, w in zip(heads, widths)))
+    for name, values in rows:
+        print(f"{name:<40} " + "  ".join(f"{v:>{w}}" for v, w in zip(values, widths)))
     print(f"written: {out}")
 
 

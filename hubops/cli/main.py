@@ -493,7 +493,7 @@ def lab() -> None:
 @click.option("--rebuild", is_flag=True, help="build the chosen engines' root file systems again")
 @click.option("--ssh", "ssh_nodes", default=None, metavar="all|NODE,...",
               help="reach these nodes over ssh:// (sshd in their namespaces, the lab's key, pinned host keys) "
-                   "instead of tcp+TLS; 20.10 nodes only")
+                   "instead of tcp+TLS; nodes of every engine (20.10: this machine's sshd; 26, 28: their root's)")
 @click.option("--generic-resource", "generic", multiple=True, metavar="NODE:KIND=ID",
               help="a fake generic resource a node's engine advertises to Swarm, as a GPU host's does "
                    "(e.g. node0:NVIDIA-GPU=gpu0; repeat for more)")

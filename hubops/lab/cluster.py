@@ -725,7 +725,10 @@ def lab_up(
     if rebuild:
         _refuse_rebuild_in_use({n.engine for n in nodes}, state_root, run_root)
     # Before the lab is made: a tree that cannot be built leaves no lab behind.
-    manifests = {key: lab_engines.ensure_rootfs(key, cache=cache_root, mirror=mirror, rebuild=rebuild, changes=changes)
+    # A tree an older hubops built (without sshd) is completed when no running node uses it.
+    manifests = {key: lab_engines.ensure_rootfs(key, cache=cache_root, mirror=mirror, rebuild=rebuild, changes=changes,
+                                                in_use=lambda key=key: nodes_on_tree(key, cache_root, state_root,
+                                                                                     run_root))
                  for key in dict.fromkeys(n.engine for n in nodes)}
     rootfs = {"cache": str(cache_root), "shared": list(shared)}
     if current is None:
@@ -768,6 +771,34 @@ def lab_up(
     else:
         log.info("lab %s already up: no change", name)
     return info
+
+
+def rootfs_cache(name: str, state_root: Path = STATE_ROOT) -> Path:
+    """The cache whose root file systems the lab `name`'s newer-engine nodes run from."""
+    data = _read_state(Path(state_root) / name) or {}
+    return Path((data.get("rootfs") or {}).get("cache") or lab_engines.CACHE_ROOT)
+
+
+def nodes_on_tree(key: str, cache: Path, state_root: Path = STATE_ROOT, run_root: Path = RUN_ROOT) -> list[str]:
+    """The running nodes (of every lab under `state_root`) whose engine runs from the cached tree
+    of engine `key` in `cache`: 'NODE (lab NAME)'."""
+    if lab_engines.ENGINES[key].host:
+        return []
+    want = os.path.realpath(cache)
+    out = []
+    for d in sorted(Path(state_root).glob("*/lab.json")):
+        try:
+            data = _read_state(d.parent) or {}
+        except HubopsError:
+            continue
+        theirs = os.path.realpath((data.get("rootfs") or {}).get("cache") or lab_engines.CACHE_ROOT)
+        if theirs != want:
+            continue
+        for n in data.get("nodes", []):
+            if n.get("engine", lab_engines.HOST) == key and _engine_pid(Path(run_root) / d.parent.name,
+                                                                         n["name"]) is not None:
+                out.append(f"{n['name']} (lab {d.parent.name})")
+    return out
 
 
 def _refuse_rebuild_in_use(keys: set[str], state_root: Path, run_root: Path) -> None:

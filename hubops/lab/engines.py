@@ -15,7 +15,15 @@ engine     suite       what it is
 The tree of a version is built into ``CACHE/rootfs/.build-VERSION-PID`` and renamed to
 ``CACHE/rootfs/docker-VERSION`` only when it is complete, so a failed build leaves nothing
 half-made (what a killed build left is removed by the next one). ``lab up --rebuild`` builds
-it again. CACHE is ``/var/cache/hubops-lab``; labs share it, ``lab down`` keeps it.
+it again. CACHE is ``/var/cache/hubops-lab`` (or the folder the environment variable
+``HUBOPS_LAB_CACHE`` names, read when hubops is imported); labs share it, ``lab down`` keeps it.
+
+Every tree holds Debian's ``openssh-server`` (``lab up --ssh`` runs the tree's own sshd in the
+node), with no host key of its own (each node gets one from the lab). A tree built before that
+(its manifest lists the packages it holds, or none for those first trees) is completed in place
+(``apt-get install`` of what it lacks, about 20 s) by the next ``lab up`` that needs its engine,
+when no running node uses it; when one does, it is left as it is (a node on it works, only
+without sshd) and ``--ssh`` on a node running from it is refused with what to do.
 
 A node on a built engine runs its dockerd with that tree as its root (`pivot_root`, not
 `chroot`: under a chroot, runc's `docker exec` lands in the host's root and exec healthchecks
@@ -37,17 +45,24 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from hubops.core.errors import HubopsError, PreflightError
 
 log = logging.getLogger("hubops")
 
-CACHE_ROOT = Path("/var/cache/hubops-lab")
+# HUBOPS_LAB_CACHE: another cache folder (a private one, to build and try trees without touching
+# the machine's shared one).
+CACHE_ROOT = Path(os.environ.get("HUBOPS_LAB_CACHE") or "/var/cache/hubops-lab")
 MIRROR = "http://deb.debian.org/debian"
 HOST = "20.10"
 # Host folders every node sees at the same path by default (storage shared by the lab's nodes).
 DEFAULT_SHARED = ("/tmp", "/srv", "/mnt", "/home")
-_PKGS = ("docker.io", "iptables", "ca-certificates")
+_PKGS = ("docker.io", "iptables", "ca-certificates", "openssh-server")
+# What trees held before their manifest listed it (built before openssh-server was added).
+_PKGS_FIRST = ("docker.io", "iptables", "ca-certificates")
+# Files that say a package is in the tree (checked on the tree itself, whatever its manifest says).
+_MARKS = {"openssh-server": "usr/sbin/sshd"}
 _SBIN = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -128,6 +143,24 @@ def manifest(cache: Path, key: str) -> dict | None:
         return None
 
 
+def missing_packages(m: dict | None, root: Path | None = None) -> list[str]:
+    """The packages of `_PKGS` a built tree lacks (pure when `root` is None): those its manifest
+    does not list as installed (a manifest without that list is a first tree: docker.io, iptables
+    and ca-certificates), and those whose mark file is missing from `root`."""
+    if m is None:
+        return list(_PKGS)
+    have = set(m.get("installed") or _PKGS_FIRST)
+    out = [p for p in _PKGS if p not in have]
+    if root is not None:
+        out += [p for p, mark in _MARKS.items() if p not in out and not (Path(root) / mark).exists()]
+    return out
+
+
+def has_sshd(root: Path) -> bool:
+    """Whether a node's root (a cached tree, or /proc/PID/root of its engine) has Debian's sshd."""
+    return (Path(root) / _MARKS["openssh-server"]).exists()
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL", "TZ", "http_proxy", "https_proxy")}
     env.update(PATH=_SBIN, DEBIAN_FRONTEND="noninteractive", HOME="/root")
@@ -175,8 +208,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def ensure_rootfs(key: str, *, cache: Path = CACHE_ROOT, mirror: str = MIRROR, rebuild: bool = False,
-                  changes: list[str] | None = None) -> dict | None:
-    """The cached root file system of engine `key`, built when missing (or `rebuild`).
+                  changes: list[str] | None = None, in_use: Callable[[], list[str]] | None = None) -> dict | None:
+    """The cached root file system of engine `key`, built when missing (or `rebuild`), completed
+    when it lacks packages hubops now puts in every tree (openssh-server) and `in_use()` (the
+    running nodes on it) is empty.
 
     Returns its manifest (None for this machine's own engine). Builds under a lock, into a
     temporary folder renamed into place only when complete; whatever fails removes that folder."""
@@ -197,6 +232,16 @@ def ensure_rootfs(key: str, *, cache: Path = CACHE_ROOT, mirror: str = MIRROR, r
         final = tree(cache, key)
         m = manifest(cache, key)
         if m is not None and not rebuild:
+            missing = missing_packages(m, final)
+            if missing:
+                users = in_use() if in_use is not None else []
+                if users:
+                    # Its files are the lower layer of running nodes: not changed under them.
+                    log.warning("lab: the Docker %s root file system %s lacks %s, but the running node(s) %s "
+                                "use it: left as it is (their nodes cannot have sshd)", key, final,
+                                ", ".join(missing), ", ".join(users))
+                else:
+                    m = _complete(s, final, m, missing, mirror, changes)
             return m
         t0 = time.monotonic()
         tmp = base / f".build-{s.dirname}-{os.getpid()}"
@@ -219,13 +264,9 @@ def ensure_rootfs(key: str, *, cache: Path = CACHE_ROOT, mirror: str = MIRROR, r
         return m
 
 
-def _build(s: EngineSpec, root: Path, mirror: str) -> dict:
-    what = f"building the Docker {s.key} root file system (Debian {s.suite})"
-    exe = shutil.which("debootstrap", path=_SBIN)
-    if exe is None:
-        raise PreflightError(f"{what}: debootstrap is missing; apt-get install -y debootstrap")
-    log.info("lab: %s from %s (about a minute)", what, mirror)
-    _run([exe, "--variant=minbase", s.suite, str(root), mirror], f"{what}: debootstrap {s.suite} from {mirror}", 900)
+def _apt_install(root: Path, pkgs: list[str] | tuple[str, ...], what: str) -> None:
+    """`apt-get install` of `pkgs` inside the tree `root` (chroot, /proc mounted in a mount
+    namespace of its own), with no service started and no host key left behind."""
     shutil.copyfile("/etc/resolv.conf", root / "etc" / "resolv.conf")
     # Packages' scripts must not start services in the tree.
     rc = root / "usr" / "sbin" / "policy-rc.d"
@@ -234,16 +275,63 @@ def _build(s: EngineSpec, root: Path, mirror: str) -> dict:
     # The mirror's sid Release file can be weeks old: apt would call it expired.
     apt = "apt-get -q -o Acquire::Check-Valid-Until=false"
     script = (f"mount -t proc proc {root}/proc && "
-              f"chroot {root} sh -c '{apt} update && {apt} install -y --no-install-recommends {' '.join(_PKGS)} "
+              f"chroot {root} sh -c '{apt} update && {apt} install -y --no-install-recommends {' '.join(pkgs)} "
               f"&& apt-get clean && rm -rf /var/lib/apt/lists/*'")
-    # A mount namespace of its own: /proc is gone with it, whatever happens.
-    _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-         f"{what}: apt-get install {' '.join(_PKGS)}", 900)
-    rc.unlink()
-    versions = {}
-    for pkg in ("docker.io", "containerd", "runc"):
-        out = _run(["chroot", str(root), "dpkg-query", "-W", "-f", "${Version}", pkg], f"{what}: {pkg}'s version", 60)
-        versions[pkg] = out.strip()
+    try:
+        # A mount namespace of its own: /proc is gone with it, whatever happens.
+        _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+             f"{what}: apt-get install {' '.join(pkgs)}", 900)
+    finally:
+        rc.unlink(missing_ok=True)
+    # openssh-server's postinst makes host keys: a tree every node shares must hold none (each
+    # node gets its own from the lab, STATE/NODE/ssh).
+    for key in (root / "etc" / "ssh").glob("ssh_host_*"):
+        key.unlink()
+
+
+def _versions(root: Path, what: str) -> dict[str, str]:
+    out = {}
+    for pkg in ("docker.io", "containerd", "runc", "openssh-server"):
+        cp = subprocess.run(["chroot", str(root), "dpkg-query", "-W", "-f", "${Version}", pkg],
+                            capture_output=True, text=True, env=_env(), timeout=60)
+        if cp.returncode == 0 and cp.stdout.strip():
+            out[pkg] = cp.stdout.strip()
+        elif pkg != "openssh-server":
+            raise HubopsError(f"{what}: {pkg} is not installed in {root}: {cp.stderr.strip()[:300]}")
+    return out
+
+
+def _complete(s: EngineSpec, root: Path, m: dict, missing: list[str], mirror: str, changes: list[str]) -> dict:
+    """Install what a tree built by an older hubops lacks, in place (no node runs on it)."""
+    what = f"completing the Docker {s.key} root file system {root} (Debian {s.suite}, built {m.get('built', '?')})"
+    log.info("lab: %s with %s", what, ", ".join(missing))
+    t0 = time.monotonic()
+    try:
+        _apt_install(root, missing, what)
+    except HubopsError as e:
+        raise HubopsError(f"{e}\nthe tree may be half-completed: build it anew with `hubops lab up --rebuild` "
+                          f"(and the same --engine) once no lab runs on it") from None
+    m = {**m, "packages": {**m.get("packages", {}), **_versions(root, what)}, "installed": list(_PKGS),
+         "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+         "complete_seconds": round(time.monotonic() - t0, 1)}
+    tmp = root / ".hubops-rootfs.json.tmp"
+    tmp.write_text(json.dumps(m, indent=2) + "\n")
+    os.replace(tmp, root / "hubops-rootfs.json")
+    changes.append(f"completed the root file system of Docker {m.get('docker', s.key)} {root} with "
+                   f"{', '.join(missing)} in {m['complete_seconds']} s")
+    log.info("lab: %s", changes[-1])
+    return m
+
+
+def _build(s: EngineSpec, root: Path, mirror: str) -> dict:
+    what = f"building the Docker {s.key} root file system (Debian {s.suite})"
+    exe = shutil.which("debootstrap", path=_SBIN)
+    if exe is None:
+        raise PreflightError(f"{what}: debootstrap is missing; apt-get install -y debootstrap")
+    log.info("lab: %s from %s (about a minute)", what, mirror)
+    _run([exe, "--variant=minbase", s.suite, str(root), mirror], f"{what}: debootstrap {s.suite} from {mirror}", 900)
+    _apt_install(root, _PKGS, what)
+    versions = _versions(root, what)
     docker = re.sub(r"\+.*|-.*", "", versions["docker.io"])
     if not docker.startswith(s.expect + ".") and docker != s.expect:
         raise HubopsError(f"{what}: Debian {s.suite} now carries docker.io {versions['docker.io']}, not "
@@ -251,7 +339,8 @@ def _build(s: EngineSpec, root: Path, mirror: str) -> dict:
     for d in ("proc", "sys", "dev", "run", ".oldroot"):
         (root / d).mkdir(exist_ok=True)
     return {"engine": s.key, "suite": s.suite, "mirror": mirror, "docker": docker,
-            "packages": versions, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "packages": versions, "installed": list(_PKGS),
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 # -- running a node's engine inside its tree -------------------------------------------------

@@ -1,15 +1,17 @@
 """Hosts reached over ssh, as most operators reach theirs (issue 12, item 5).
 
-A lab of one manager and one worker whose engines hubops reaches only through `ssh://root@NODE`:
-each node runs this machine's sshd inside its own namespaces (`hubops lab up --ssh all`), takes
-only the lab's key, and its host key is pinned in the parameters' `ssh.known_hosts`.
+A mixed lab whose engines hubops reaches only through `ssh://root@NODE` (`hubops lab up --engine
+node0=28 --ssh all`): the manager on this machine's Docker 20.10 runs this machine's sshd in its
+namespaces; the worker on Docker 28 (the lab's cached Debian sid root file system, built on first
+use) runs the sshd of its own root. Each takes only the lab's key, and its host key is pinned in the
+parameters' `ssh.known_hosts`.
 
-- `hubops check` accepts the file; a host key that is not the pinned one is refused by preflight
-  with what to do, before anything changes;
-- the whole deploy chain runs over ssh; preflight records how each node was reached; a user's
-  server lands on the worker and answers through the hub;
-- the ssh connection to the worker lost in the middle of 60-images (its sshd killed while the
-  single-user image streams to it): the stage fails with the host named, the run's record says so,
+- `hubops check` accepts the file; each node's sshd is its own root's; a host key that is not the
+  pinned one is refused by preflight with what to do, before anything changes;
+- the whole deploy chain runs over ssh; preflight records how each node was reached and its
+  engine; a user's server lands on the Docker 28 worker and answers through the hub;
+- the ssh connection to the Docker 28 worker lost in the middle of 60-images (its sshd killed
+  while the single-user image streams to it): the stage fails with the host named, the run's record says so,
   and `hubops deploy --resume` (sshd back) finishes the run;
 - no ssh process of hubops outlives the commands; `lab down` leaves nothing.
 """
@@ -84,7 +86,7 @@ def cluster(tmp_path_factory):
     try:
         t0 = time.monotonic()
         lab.lab_up(name=NAME, managers=1, workers=1, subnet=free_subnet(LAB_SUBNETS), overlay_subnet=free_subnet(),
-                   params_out=params)
+                   params_out=params, engines={"node0": "28"})
         changes = enable_ssh(NAME, params)
         print(f"\nlab up with ssh: {time.monotonic() - t0:.1f} s; {changes}")
         t0 = time.monotonic()
@@ -103,12 +105,27 @@ def test_the_parameter_file_reaches_every_node_over_ssh_with_pinned_keys(cluster
     assert out.returncode == 0, out.stderr[-2000:]
 
 
+def test_each_nodes_sshd_is_its_own_roots(cluster):
+    """The 20.10 manager's sshd is this machine's binary; the Docker 28 worker's is its Debian root's."""
+    host = os.stat("/usr/sbin/sshd")
+    seen = {}
+    for node in (MANAGER, WORKER):
+        pids = sshd_pids(node)
+        assert pids, f"no sshd runs in {node}'s namespace"
+        st = os.stat(f"/proc/{pids[0]}/root/usr/sbin/sshd")
+        seen[node] = (st.st_dev, st.st_ino) == (host.st_dev, host.st_ino)
+    assert seen == {MANAGER: True, WORKER: False}, seen
+    engines = {n.name: n.engine for n in lab.lab_status(name=NAME).nodes}
+    assert engines == {MANAGER: "20.10", WORKER: "28"}
+
+
 def test_deploy_chain_over_ssh_and_a_server_on_the_worker(cluster):
     assert cluster["deploy"].returncode == 0, cluster["deploy"].stderr[-4000:]
     run = runs(cluster["outputs"])[-1]
     assert run["status"] == "ok" and len(run["stages"]) == 11
     pre = stage_record(cluster["outputs"], run, "00-preflight")["results"][0]["facts"]
     assert pre[MANAGER]["reached"] == pre[WORKER]["reached"] == "ssh, host key pinned"
+    assert {h: e["engine"].split(".")[0] for h, e in run["engines"].items()} == {MANAGER: "20", WORKER: "28"}
     p = cluster["p"]
     api = HubAPI(p)
     if api.user("alice") is None:  # the lab's userlist has her; the hub knows her once she logged in
@@ -120,6 +137,7 @@ def test_deploy_chain_over_ssh_and_a_server_on_the_worker(cluster):
     task = next(t for t in svc.tasks(filters={"desired-state": "running"}) if t["Status"]["State"] == "running")
     node = clients.manager.nodes.get(task["NodeID"])
     assert (node.attrs["Spec"].get("Labels") or {}).get(f"hubops.{p.deployment}.host") == WORKER
+    assert node.attrs["Description"]["Engine"]["EngineVersion"].startswith("28.")
     assert api.s.get(f"{p.hub_url}/user/alice/api/status", timeout=30).status_code == 200
     clients.close()
 

@@ -45,3 +45,24 @@ def test_no_lab_is_made_when_its_engine_cannot_be_built(tmp_path):
     assert not (tmp_path / "lab.yaml").exists()
     assert _left(cache) == []
     assert lab.lab_status(name=name).exists is False
+
+
+def test_a_completion_that_fails_says_to_rebuild_and_leaves_the_manifest(tmp_path):
+    """A tree an older hubops built (no openssh-server in its manifest) whose completion fails (here:
+    a tree with no shell to run apt in): the error says what to do, the manifest still says what
+    the tree lacks (the next `lab up` tries again), and no policy-rc.d is left in it."""
+    import json
+
+    cache = tmp_path / "cache"
+    tree = lab_engines.tree(cache, "28")
+    for d in ("etc", "usr/sbin", "proc"):
+        (tree / d).mkdir(parents=True)
+    first = {"engine": "28", "suite": "sid", "docker": "28.5.2", "packages": {"docker.io": "28.5.2+dfsg4-5"}}
+    (tree / "hubops-rootfs.json").write_text(json.dumps(first))
+    changes: list[str] = []
+    with pytest.raises(HubopsError, match=r"(?s)completing the Docker 28 root file system .*--rebuild") as e:
+        lab_engines.ensure_rootfs("28", cache=cache, changes=changes, in_use=lambda: [])
+    print(f"\n{e.value}")
+    assert lab_engines.manifest(cache, "28") == first and changes == []
+    assert lab_engines.missing_packages(lab_engines.manifest(cache, "28"), tree) == ["openssh-server"]
+    assert not (tree / "usr" / "sbin" / "policy-rc.d").exists()
