@@ -217,37 +217,6 @@ def hub_spawn_times(p, clients: Clients, users: list[str]) -> dict:
             "max_s": r3(max(took))}
 
 
-def spawn_phases(p, clients: Clients, users: list[str]) -> dict:
-    """Where each of these users' last spawn spent its time, from the hub's log (INFO lines): service created
-    -> the server's first activity report (Swarm's task start and the server's own start), -> the hub's
-    "took S seconds to start" (its check of the server), from the spawn request's first log line."""
-    import datetime as dt
-    import re
-
-    try:
-        svc = clients.manager.services.get(p.hub_service)
-        raw = b"".join(svc.logs(stdout=True, stderr=True, tail=20000, timestamps=True)).decode(errors="replace")
-    except Exception as e:  # noqa: BLE001 - a figure missing, not a failure
-        return {"error": str(e)[:200]}
-
-    def when(line: str) -> float:
-        return dt.datetime.fromisoformat(line.split(" ", 1)[0][:26]).timestamp()
-
-    out = {}
-    for u in users:
-        marks: dict[str, float] = {}
-        for line in raw.splitlines():
-            for key, pat in (("created", rf"Created service \S+-user-{u} "),
-                             ("activity", rf"POST /hub/api/users/{u}/activity"),
-                             ("took", rf"User {u} took [0-9.]+ seconds to start")):
-                if re.search(pat, line):
-                    marks[key] = when(line)  # the last spawn's
-        if {"created", "activity", "took"} <= set(marks):
-            out[u] = {"created_to_server_active_s": r3(marks["activity"] - marks["created"]),
-                      "server_active_to_started_s": r3(marks["took"] - marks["activity"])}
-    return out
-
-
 def hub_api(p, users: list[str], n: int) -> dict:
     s = common.token_session(p)
     out = {}
@@ -342,7 +311,7 @@ def one_more_spawn(p, clients: Clients, extra: list[str], floor_n: int) -> dict:
         spawns.append(spawn_once(api, u))
         stop(api, u)
     floor = statistics.median(svc) + statistics.median(srv)
-    return {"phases": spawn_phases(p, clients, extra), "floor_service_running_p50_s": r3(statistics.median(svc)), "floor_server_answers_p50_s": r3(statistics.median(srv)),
+    return {"phases": common.spawn_phases(p, clients, extra), "floor_service_running_p50_s": r3(statistics.median(svc)), "floor_server_answers_p50_s": r3(statistics.median(srv)),
             "floor_s": r3(floor), "spawns_s": [r3(x) for x in spawns], "spawn_p50_s": r3(statistics.median(spawns)),
             "ratio_p50_to_floor": round(statistics.median(spawns) / floor, 2)}
 

@@ -126,6 +126,7 @@ class HubopsSpawner(SwarmSpawner):
     # state (get_state), and not cleared when the server stops, so later servers go there.
     home_node = Unicode(None, allow_none=True)
     _creating = False
+    _created_at = 0.0
     # Servers starting now (every HubopsSpawner of this hub), which paces the looks (paced()).
     _starting = 0
     _hubops_executor = None
@@ -342,6 +343,7 @@ class HubopsSpawner(SwarmSpawner):
             return await super().create_object()
         finally:
             self._creating = False
+            self._created_at = time.monotonic()
 
     def lock_down(self, task_template: dict) -> dict:
         """The service's task template with the lockdown settings (what docker-py's types have no
@@ -452,8 +454,14 @@ class HubopsSpawner(SwarmSpawner):
             if self.home_node:
                 constraints.append("node.id==" + self.home_node)
             self.extra_placement_spec = dict(spec, constraints=constraints)
+        t0 = self._created_at = time.monotonic()
         result = await super().start()
+        running = time.monotonic()
         await self.wait_until_answering(*result)
+        # Where this start's time went, for an operator asking why spawns are slow (ops diagnose, bench/).
+        self.log.info("hubops: %s's server: service created in %.3f s, its task running %.3f s later, "
+                      "the server answering %.3f s after that", self._log_name, self._created_at - t0,
+                      running - self._created_at, time.monotonic() - running)
         if mode == "node-local" and not self.home_node:
             task = await self.get_task()
             self.home_node = (task or {}).get("NodeID") or None
