@@ -224,6 +224,14 @@ def floor_singleuser(p, clients: Clients, image: str, n: int, prefix: str = "hub
     return out
 
 
+def hub_log(p, clients: Clients, tail: int = 20000, timestamps: bool = False) -> str:
+    """The running hub container's log (the service's log can hang on Docker 20.10: a stream that never ends)."""
+    from hubops.hub.running import hub_container
+
+    ctr = hub_container(p, clients)
+    return ctr.logs(stdout=True, stderr=True, tail=tail, timestamps=timestamps).decode(errors="replace")
+
+
 def spawn_phases(p, clients: Clients, users: list[str]) -> dict:
     """Where each of these users' last spawn spent its time, from the hub's log (INFO lines):
     - hubops's own line (hubops/inhub/spawner.py): the service's creation, its task running (Swarm), the
@@ -234,8 +242,7 @@ def spawn_phases(p, clients: Clients, users: list[str]) -> dict:
     import re
 
     try:
-        svc = clients.manager.services.get(p.hub_service)
-        raw = b"".join(svc.logs(stdout=True, stderr=True, tail=20000, timestamps=True)).decode(errors="replace")
+        raw = hub_log(p, clients, timestamps=True)
     except Exception as e:  # noqa: BLE001 - a figure missing, not a failure
         return {"error": str(e)[:200]}
 

@@ -204,8 +204,7 @@ def hub_spawn_times(p, clients: Clients, users: list[str]) -> dict:
     import re
 
     try:
-        svc = clients.manager.services.get(p.hub_service)
-        raw = b"".join(svc.logs(stdout=True, stderr=True, tail=5000)).decode(errors="replace")
+        raw = common.hub_log(p, clients, tail=5000)
     except Exception as e:  # noqa: BLE001 - a figure missing, not a failure
         return {"error": str(e)[:200]}
     mine = set(users)
