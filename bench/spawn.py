@@ -183,6 +183,8 @@ def measure(args, lab_name: str, engine: str | None, subnet: str, overlay: str) 
         api = HubAPI(p, timeout=30)
         su = images.desired_refs(p, images.builder(p, clients))["singleuser"]
 
+        if (api.user("benchuser") or {}).get("server"):  # left running by an interrupted run (--keep)
+            stop(api, "benchuser")
         rounds = [one_round(p, clients, api, su, args) for _ in range(args.rounds)]
         res["rounds"] = rounds
         svc = [x for r in rounds for x in r["service_running_s"]]
