@@ -305,6 +305,7 @@ def one_more_spawn(p, clients: Clients, extra: list[str], floor_n: int) -> dict:
     prefix = f"{p.prefix}-floor"
     svc = common.floor_service(p, clients, su, floor_n, prefix=prefix + "-svc")
     srv = common.floor_server(p, clients, su, floor_n, prefix=prefix + "-srv")
+    sus = common.floor_singleuser(p, clients, su, floor_n, prefix=prefix + "-su")
     spawns = []
     for u in extra:
         spawns.append(spawn_once(api, u))
@@ -312,7 +313,10 @@ def one_more_spawn(p, clients: Clients, extra: list[str], floor_n: int) -> dict:
     floor = statistics.median(svc) + statistics.median(srv)
     return {"phases": common.spawn_phases(p, clients, extra), "floor_service_running_p50_s": r3(statistics.median(svc)), "floor_server_answers_p50_s": r3(statistics.median(srv)),
             "floor_s": r3(floor), "spawns_s": [r3(x) for x in spawns], "spawn_p50_s": r3(statistics.median(spawns)),
-            "ratio_p50_to_floor": round(statistics.median(spawns) / floor, 2)}
+            "ratio_p50_to_floor": round(statistics.median(spawns) / floor, 2),
+            # the image's own jupyterhub-singleuser (with a stub hub) in place of its bare `jupyter server`
+            "floor_singleuser_answers_p50_s": r3(statistics.median(sus)),
+            "ratio_p50_to_singleuser_floor": round(statistics.median(spawns) / (statistics.median(svc) + statistics.median(sus)), 2)}
 
 
 def main() -> None:
@@ -448,6 +452,8 @@ def report(res: dict) -> None:
         ("hub API /users p50 / p95 (ms)", f"{(api.get('users') or {}).get('p50_ms')} / {(api.get('users') or {}).get('p95_ms')}"),
         ("hub API /users/NAME p50 / p95 (ms)", f"{(api.get('user') or {}).get('p50_ms')} / {(api.get('user') or {}).get('p95_ms')}"),
         ("spawn p50 (s) / floor (s) = ratio", f"{sp.get('spawn_p50_s')} / {sp.get('floor_s')} = {sp.get('ratio_p50_to_floor')}"),
+        ("  ratio to the singleuser floor", f"{sp.get('ratio_p50_to_singleuser_floor')} (singleuser answers "
+                                            f"{sp.get('floor_singleuser_answers_p50_s')} s)"),
         ("proxy added p50, kept-alive / new conn (ms)", f"{px.get('added_p50_ms_kept')} / {px.get('added_p50_ms_new')}"),
         ("  through proxy / direct, kept p50 (ms)", f"{(px.get('proxy_kept') or {}).get('p50_ms')} / {(px.get('direct_kept') or {}).get('p50_ms')}"),
         ("  public URL from here, kept p50 (ms)", (px.get("public_url_kept") or {}).get("p50_ms")),
