@@ -1,10 +1,12 @@
-"""One service of a deployment that keeps data on one node: its labelled local volume there, and a
-single-replica Swarm service placed by constraint where that data is (Prometheus beside the hub,
-hubops's own PostgreSQL on its manager).
+"""A Swarm service a stage owns for the deployment: created when missing, updated when its spec's
+digest changed (the digest is a label on it), else kept; one of the same name that is not the
+deployment's is refused. Also the pieces of a service that keeps data on one node: its labelled
+local volume there, and a single-replica spec placed by constraint where that data is.
 
-Shared by the stages that run such a service (monitoring, postgres); what each runs, and why,
-stays in its own module. Changes on the cluster: the volume (created, never removed here) and the
-service (created, or updated when its spec's digest changed; the digest is a label on it).
+Shared by the stages that run such services: monitoring (Prometheus beside the hub, a node exporter
+on every node), postgres (hubops's own PostgreSQL on its manager), attachments (a global service on
+every node); what each runs, and why, stays in its own module. Changes on the cluster: the volume
+(created, never removed here) and the service (created or updated).
 """
 from __future__ import annotations
 
