@@ -79,10 +79,20 @@ def spec_digest(spec: dict[str, Any]) -> str:
                                      default=lambda o: dict(o)).encode()).hexdigest()[:16]
 
 
-def find_service(c: docker.DockerClient, name: str):
-    """The service named `name` (exactly), or None."""
-    with docker_op(f"look up service {name}"):
+def find_service(c: docker.DockerClient, name: str, host: str = ""):
+    """The service named `name` (exactly), or None. `host` names the engine in errors."""
+    with docker_op(f"look up service {name}", host):
         return next((s for s in c.services.list(filters={"name": name}) if s.name == name), None)
+
+
+def find_owned_service(p: Loaded, c: docker.DockerClient, name: str, host: str = ""):
+    """The service named `name` when it is the deployment's, None when there is none; one of that
+    name that is not the deployment's is refused (HubopsError)."""
+    svc = find_service(c, name, host)
+    if svc is not None and not L.owned_by(svc.attrs["Spec"].get("Labels"), p.deployment):
+        raise HubopsError(f"service {name} exists but was not created by hubops for deployment {p.deployment}; "
+                          "remove it or choose another deployment name")
+    return svc
 
 
 def ensure_service(p: Loaded, c: docker.DockerClient, r: Result, spec: dict[str, Any], *, created: str,
@@ -93,10 +103,7 @@ def ensure_service(p: Loaded, c: docker.DockerClient, r: Result, spec: dict[str,
     name = spec["name"]
     digest = spec_digest(spec)
     spec = {**spec, "labels": {**spec["labels"], SPEC_DIGEST: digest}}
-    svc = find_service(c, name)
-    if svc is not None and not L.owned_by(svc.attrs["Spec"].get("Labels"), p.deployment):
-        raise HubopsError(f"service {name} exists but was not created by hubops for deployment {p.deployment}; "
-                          "remove it or choose another deployment name")
+    svc = find_owned_service(p, c, name, host)
     if svc is None:
         r.change("create", f"service {name}", created)
         if not r.dry_run:
