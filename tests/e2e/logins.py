@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import textwrap
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +22,7 @@ from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
 from hubops.ops import teardown
 from tests import browser as chrome, helpers
-from tests.helpers import PROJECT, hubops_cli
+from tests.helpers import hubops_cli
 
 
 def labelled(deployment: str) -> list[str]:
@@ -36,21 +35,9 @@ def labelled(deployment: str) -> list[str]:
 
 def write_params(tmp: Path, deployment: str, *, port: int, subnet: str, users: str, auth: str) -> Path:
     """The parameter file `tmp/DEPLOYMENT.yaml` of a one-node deployment on this machine's engine whose
-    `auth:` block is `auth` (YAML as it goes under `auth:`, any indentation), and its userlist."""
-    (tmp / "userlist").write_text(users)
-    params = tmp / f"{deployment}.yaml"
-    params.write_text(textwrap.dedent(f"""
-        deployment: {deployment}
-        operator_dir: {tmp / 'operator'}
-        hosts:
-          managers:
-            - {{name: local, url: "unix:///var/run/docker.sock", advertise_addr: 127.0.0.1}}
-        hub: {{public_name: localhost, https_port: {port}}}
-        network: {{subnet: {subnet}}}
-        images: {{dir: {PROJECT / 'images'}}}
-        auth:
-    """) + textwrap.indent(textwrap.dedent(auth).strip() + "\n", "  "))
-    return params
+    `auth:` block is `auth` (YAML as it goes under `auth:`, any indentation), and its userlist
+    (tests/helpers.make_params)."""
+    return helpers.make_params(tmp, deployment, port=port, subnet=subnet, users=users, auth=auth)
 
 
 @contextmanager
