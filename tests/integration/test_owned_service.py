@@ -121,3 +121,11 @@ def test_the_deployments_service_is_created_kept_and_removed(deployment, docker_
     attachments.ensure(q, clients, gone, image=image)
     assert [(i.action, i.target) for i in gone.items] == [("remove", f"service {name}")], gone.items
     assert owned_service.find_service(clients.manager, name) is None
+    # Its container goes a moment later (and with it the node's attachment, which the teardown's
+    # removal of the network waits for).
+    for _ in range(120):
+        if not docker_client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.name={name}"}):
+            break
+        time.sleep(0.25)
+    else:
+        raise AssertionError(f"the container of the removed service {name} is still there after 30 s")
