@@ -24,8 +24,6 @@ the GPU servers running there (their files stay; their kernels restart). README,
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from typing import Any
 
@@ -34,13 +32,13 @@ import docker.types
 
 from hubops.core import labels as L
 from hubops.core.engine import Clients, docker_op
-from hubops.core.errors import DockerOpError, HubopsError
+from hubops.core.errors import DockerOpError
 from hubops.core.params import Loaded
 from hubops.core.result import Result
+from hubops.stages import owned_service
 
 STAGE = "80-deploy"
 ROLE = "network-attachment"
-SPEC_DIGEST = "hubops.spec-digest"
 
 
 def service_name(p: Loaded) -> str:
@@ -76,49 +74,26 @@ def service_spec(p: Loaded, *, image: str) -> dict[str, Any]:
             "labels": lbl}
 
 
-def _digest(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps({k: v for k, v in spec.items() if k != "labels"}, sort_keys=True,
-                                     default=lambda o: dict(o)).encode()).hexdigest()[:16]
-
-
 def ensure(p: Loaded, clients: Clients, r: Result, *, image: str, wait: bool = True, timeout: float = 120) -> None:
-    """Create, update or remove the service as the profiles require; with `wait`, until a task of it
-    runs on every node that is ready and active."""
+    """Create, update or remove the service as the profiles require; with `wait`, after a create or
+    an update, until a task of it runs on every node that is ready and active."""
     c = clients.manager
     name = service_name(p)
-    with docker_op(f"look up service {name}", p.hub_host.name):
-        svc = next((s for s in c.services.list(filters={"name": name}) if s.name == name), None)
-    if svc is not None and not L.owned_by(svc.attrs["Spec"].get("Labels"), p.deployment):
-        raise HubopsError(f"service {name} exists but was not created by hubops for deployment {p.deployment}; "
-                          "remove it or choose another deployment name")
+    host = p.hub_host.name
     if not wanted(p):
+        svc = owned_service.find_owned_service(p, c, name, host)
         if svc is not None:
             r.change("remove", f"service {name}", "no profile asks for generic resources any more")
             if not r.dry_run:
-                with docker_op(f"remove service {name}", p.hub_host.name):
+                with docker_op(f"remove service {name}", host):
                     svc.remove()
         return
-    spec = service_spec(p, image=image)
-    digest = _digest(spec)
-    spec["labels"] = {**spec["labels"], SPEC_DIGEST: digest}
-    if svc is None:
-        r.change("create", f"service {name}", "keeps the overlay attached on every node while profiles ask for "
-                 "generic resources (GPUs): a spawn must not update a GPU node (stages/attachments.py)")
-    elif (svc.attrs["Spec"].get("Labels") or {}).get(SPEC_DIGEST) != digest:
-        r.change("update", f"service {name}", "its image changed")
-    else:
-        r.keep(f"service {name}", "spec unchanged")
-        return
-    if r.dry_run:
-        return
-    if svc is None:
-        with docker_op(f"create service {name}", p.hub_host.name):
-            c.api.create_service(**spec)
-    else:
-        with docker_op(f"update service {name}", p.hub_host.name):
-            svc.reload()
-            c.api.update_service(svc.id, svc.version, **spec)
-    if wait:
+    owned_service.ensure_service(
+        p, c, r, service_spec(p, image=image), host=host,
+        created="keeps the overlay attached on every node while profiles ask for generic resources (GPUs): a "
+                "spawn must not update a GPU node (stages/attachments.py)",
+        updated="its image changed", kept="spec unchanged")
+    if wait and not r.dry_run and r.items[-1].changed:
         r.facts["network attachment on nodes"] = wait_running(p, clients, timeout=timeout)
 
 
