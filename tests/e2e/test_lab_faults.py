@@ -304,8 +304,10 @@ def test_runner_killed_in_80_deploy_then_resume_finishes_without_duplicates(clus
     assert cli("record", "verify", run["run_id"], outputs=outputs).returncode == 0
 
     objs = deployment_objects(p, clients.manager)
-    # One of each: the hub, its Docker API door and the network policy's agent; no duplicate from the resume.
-    assert objs["services"] == sorted([p.hub_service, f"{p.prefix}-apiproxy", f"{p.prefix}-netpolicy"]), objs
+    # One of each: the hub, its Docker API door, the network policy's agent and the overlay's attach service
+    # (more than one host); no duplicate from the resume.
+    assert objs["services"] == sorted([p.hub_service, f"{p.prefix}-apiproxy", f"{p.prefix}-netpolicy",
+                                       f"{p.prefix}-attach"]), objs
     assert objs["networks"] == [p.network_name], objs
     for kind in ("secrets", "configs"):
         roles = [role_of(n, p) for n in objs[kind]]
