@@ -117,7 +117,7 @@ def ready_servers(users: list[dict]) -> list[str]:
 
 
 def _running_servers(api) -> list[str]:
-    return ready_servers(api.request("GET", "/hub/api/users").json())
+    return ready_servers(api.users())  # page by page: one answer holds at most 200 users
 
 
 def _answers(api, server: str) -> bool:

@@ -152,7 +152,7 @@ def _stop_servers_through_hub(p: Loaded, r: Result, dry_run: bool, timeout: floa
 
     try:
         api = running.HubAPI(p, timeout=5)
-        users = api.request("GET", "/hub/api/users").json()
+        users = api.users()  # page by page: one answer holds at most 200 users
     except Exception as e:  # no hub, no token, hub down: services are removed below anyway
         r.keep("users' servers through the hub", f"hub not reachable ({e.__class__.__name__}); services removed directly")
         return

@@ -32,7 +32,7 @@ def verify_spawn(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Resul
 
     info = api.request("GET", "/hub/api/").json()
     r.check(f"GET {api.base}/hub/api/", f"JupyterHub {info.get('version')}, certificate verified")
-    hub_users = {u["name"] for u in api.request("GET", "/hub/api/users").json()}
+    hub_users = {u["name"] for u in api.users()}  # page by page: one answer holds at most 200 users
     r.facts["hub_version"] = info.get("version")
 
     if api.user(user) is not None:

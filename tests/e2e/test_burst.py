@@ -9,7 +9,10 @@ at the end.
   Retry-After header;
 - every user's server answers through the proxy in the end (clients honour Retry-After);
 - the hub's container is the same one throughout (no task of the hub service ended), and its
-  healthcheck (hubops/inhub/health.py) says why it is healthy.
+  healthcheck (hubops/inhub/health.py) says why it is healthy;
+- then, with 450 more users made in one request (more than the 200 one answer of the hub's API
+  holds), `HubAPI.users()` lists every user exactly once, and what lists users' servers through
+  the hub (teardown, renew-tls) sees a server of a user on the third page.
 Figures (times, 429 counts) are printed, never asserted.
 """
 from __future__ import annotations
@@ -169,3 +172,56 @@ def test_five_users_at_once_with_a_limit_of_two(hub):
     print("healthcheck: " + health["Status"] + "; last: " + (health["Log"][-1]["Output"] or "").strip())
     assert health["Status"] == "healthy"
     assert health["Log"][-1]["Output"].startswith(("healthy: /hub/health answered", "healthy: busy")), health["Log"][-1]
+
+
+def test_users_pages_past_the_hubs_limit(hub):
+    """HubAPI.users() against a hub with more users than one answer holds (JupyterHub's
+    api_page_max_limit, 200): 450 more users made in one admin request, every user listed exactly
+    once."""
+    from collections import Counter
+
+    from hubops.hub.running import HubAPI
+    from tests.helpers import admin_session
+
+    p = hub["p"]
+    many = [f"many{i:03d}" for i in range(450)]
+    t0 = time.monotonic()
+    r = admin_session(p).post(f"{p.hub_url}/hub/api/users", json={"usernames": many}, timeout=600)
+    assert r.status_code == 201, r.text[:300]
+    print(f"\n{len(many)} users made in one request: {time.monotonic() - t0:.1f} s")
+    hubapi = HubAPI(p, timeout=120)
+    # One answer is capped whatever the client asks for: the paging is needed.
+    one = hubapi.request("GET", "/hub/api/users?limit=1000").json()
+    assert len(one) == 200, len(one)
+    t0 = time.monotonic()
+    listed = hubapi.users()
+    print(f"users(): {len(listed)} users in {time.monotonic() - t0:.1f} s")
+    counts = Counter(u["name"] for u in listed)
+    assert [n for n, k in counts.items() if k > 1] == []
+    assert set(counts) == {"operator", *USERS, *many}, sorted(set(counts) ^ {"operator", *USERS, *many})[:20]
+    # The hub lists users in the order they were made: the last one is on the third page.
+    assert [u["name"] for u in listed].index(many[-1]) >= 400
+
+
+def test_teardown_and_renew_tls_see_a_server_past_the_200th_user(hub):
+    """What lists users' servers through the hub pages too: a server of the last of the 450 users
+    (made by the test above, on the hub's third page) is among renew-tls's running servers and
+    among the servers teardown stops through the hub."""
+    from hubops.core.result import Result
+    from hubops.hub.running import HubAPI
+    from hubops.ops import renew_tls
+
+    p = hub["p"]
+    last = "many449"
+    hubapi = HubAPI(p, timeout=120)
+    assert hubapi.user(last) is not None, "the 450 users of the test above are not there"
+    hubapi.request("POST", f"/hub/api/users/{last}/server", ok=(201, 202), timeout=120)
+    hubapi.wait_server(last, ready=True, timeout=300)
+    running = renew_tls._running_servers(hubapi)
+    plan = Result("teardown", dry_run=True)
+    teardown._stop_servers_through_hub(p, plan, True, 60)
+    stopped = {i.target for i in plan.items if i.action == "remove"}
+    print(f"\nrenew-tls's running servers: {running}; teardown stops through the hub: {sorted(stopped)}")
+    assert {"renew-tls sees it": last in running, "teardown stops it": f"server {last}" in stopped} == \
+        {"renew-tls sees it": True, "teardown stops it": True}
+    assert stopped == {f"server {u['name']}" for u in hubapi.users() if u.get("servers")}, stopped
