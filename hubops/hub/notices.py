@@ -30,12 +30,13 @@ TABLE = "hubops_notices"
 # the login files in /tmp/hubops-db). argv[1] "read": prints {"table": bool, "notes": dict|None};
 # "write": stores /tmp/hubops-db/notes.json as the only row.
 _SCRIPT = """
-import json, sys
+import json, os, sys
 import sqlalchemy as sa
-c = json.load(open("/tmp/hubops-db/conn.json"))
-args = {"password": open("/tmp/hubops-db/pw").read().strip(), "sslmode": c["sslmode"], "connect_timeout": 10}
+D = os.environ.get("HUBOPS_TASK_DIR", "/tmp/hubops-db")  # another folder: tests run it against a local server
+c = json.load(open(D + "/conn.json"))
+args = {"password": open(D + "/pw").read().strip(), "sslmode": c["sslmode"], "connect_timeout": 10}
 if c["sslmode"] != "disable":
-    args["sslrootcert"] = "/tmp/hubops-db/ca.pem"
+    args["sslrootcert"] = D + "/ca.pem"
 host = "[%s]" % c["host"] if ":" in c["host"] else c["host"]
 eng = sa.create_engine("postgresql+psycopg2://%s@%s:%s/%s" % (c["user"], host, c["port"], c["db"]), connect_args=args)
 with eng.begin() as con:
@@ -43,7 +44,7 @@ with eng.begin() as con:
         con.execute(sa.text("CREATE TABLE IF NOT EXISTS TABLE (id integer PRIMARY KEY CHECK (id = 1), "
                             "notes text NOT NULL, updated timestamptz NOT NULL DEFAULT now())"))
         con.execute(sa.text("INSERT INTO TABLE (id, notes) VALUES (1, :n) ON CONFLICT (id) DO UPDATE "
-                            "SET notes = EXCLUDED.notes, updated = now()"), {"n": open("/tmp/hubops-db/notes.json").read()})
+                            "SET notes = EXCLUDED.notes, updated = now()"), {"n": open(D + "/notes.json").read()})
         print(json.dumps({"written": True}))
     elif "TABLE" in sa.inspect(con).get_table_names():
         row = con.execute(sa.text("SELECT notes FROM TABLE WHERE id = 1")).fetchone()
