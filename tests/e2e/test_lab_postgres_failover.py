@@ -81,7 +81,7 @@ def status_code(api: HubAPI, path: str, timeout: float = 5) -> int | str:
         return e.__class__.__name__
 
 
-NOTICE = f"Maintenance notice {NAME}: the hub may move"
+NOTICE = f"Maintenance notice {NAME}, the hub may move"
 
 
 def home_page(p, address: str) -> str:
