@@ -41,17 +41,17 @@ host = "[%s]" % c["host"] if ":" in c["host"] else c["host"]
 eng = sa.create_engine("postgresql+psycopg2://%s@%s:%s/%s" % (c["user"], host, c["port"], c["db"]), connect_args=args)
 with eng.begin() as con:
     if sys.argv[1] == "write":
-        con.execute(sa.text("CREATE TABLE IF NOT EXISTS TABLE (id integer PRIMARY KEY CHECK (id = 1), "
+        con.execute(sa.text("CREATE TABLE IF NOT EXISTS NOTICES_TABLE (id integer PRIMARY KEY CHECK (id = 1), "
                             "notes text NOT NULL, updated timestamptz NOT NULL DEFAULT now())"))
-        con.execute(sa.text("INSERT INTO TABLE (id, notes) VALUES (1, :n) ON CONFLICT (id) DO UPDATE "
+        con.execute(sa.text("INSERT INTO NOTICES_TABLE (id, notes) VALUES (1, :n) ON CONFLICT (id) DO UPDATE "
                             "SET notes = EXCLUDED.notes, updated = now()"), {"n": open(D + "/notes.json").read()})
         print(json.dumps({"written": True}))
-    elif "TABLE" in sa.inspect(con).get_table_names():
-        row = con.execute(sa.text("SELECT notes FROM TABLE WHERE id = 1")).fetchone()
+    elif "NOTICES_TABLE" in sa.inspect(con).get_table_names():
+        row = con.execute(sa.text("SELECT notes FROM NOTICES_TABLE WHERE id = 1")).fetchone()
         print(json.dumps({"table": True, "notes": json.loads(row[0]) if row else None}))
     else:
         print(json.dumps({"table": False, "notes": None}))
-""".replace("TABLE", TABLE)
+""".replace("NOTICES_TABLE", TABLE)
 
 
 def in_database(p: Loaded) -> bool:

@@ -59,8 +59,8 @@ def server():
     (data / "server.key").write_bytes(key)
     subprocess.run(["chown", "postgres:postgres", str(data / "server.crt"), str(data / "server.key")], check=True)
     os.chmod(data / "server.key", 0o600)
-    with open(data / "pg_hba.conf", "a") as f:
-        f.write("hostssl all all 127.0.0.1/32 scram-sha-256\n")
+    # The whole file: initdb's own lines reject 127.0.0.1 before anything appended could match.
+    (data / "pg_hba.conf").write_text("local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n")
     proc = subprocess.Popen(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", str(BIN / "postgres"),
                              "-D", str(data), "-c", "listen_addresses=127.0.0.1", "-c", f"port={port}",
                              "-c", f"unix_socket_directories={data}", "-c", "ssl=on"],
