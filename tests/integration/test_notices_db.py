@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,7 +76,9 @@ def server():
         assert r.returncode == 0, r.stderr + (tmp / "server.log").read_text()
         yield {"tmp": tmp, "port": port, "ca": tmp / "ca.pem", "data": data}
     finally:
-        proc.terminate()  # the server this fixture started, by its own handle
+        # Fast shutdown (SIGINT): the pools of the hub config's reader and of JupyterHub in this process
+        # still hold connections, which a smart shutdown (SIGTERM) would wait for. Its own handle.
+        proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
         shutil.rmtree(tmp, ignore_errors=True)
 
