@@ -4,10 +4,14 @@ state (free memory, load). Imported by bench/spawn.py, bench/burst.py and bench/
 """
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import platform
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -142,4 +146,129 @@ def floor_server(p, clients: Clients, image: str, n: int, prefix: str = "hubops-
             out.append(time.monotonic() - t0)
         finally:
             ctr.remove(force=True)
+    return out
+
+
+class _StubHub(http.server.BaseHTTPRequestHandler):
+    """What jupyterhub-singleuser asks of its hub while it starts: the API's version (GET /hub/api, which it
+    waits for before it listens) and its first activity report (POST .../activity)."""
+    version = "6.1.1"
+
+    def _answer(self) -> None:
+        body = json.dumps({"version": self.version}).encode()
+        self.send_response(200)
+        self.send_header("X-JupyterHub-Version", self.version)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = _answer
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._answer()
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+
+def address_towards(addr: str) -> str:
+    """This machine's own address on the way to `addr` (a lab node: the lab bridge's address)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((addr, 9))
+        return s.getsockname()[0]
+
+
+def floor_singleuser(p, clients: Clients, image: str, n: int, prefix: str = "hubops-bench-su",
+                     port: int = 18889, version: str = "6.1.1") -> list[float]:
+    """The image's own single-user server, as a spawn runs it (`jupyterhub-singleuser`, the image's command,
+    with JupyterHub's environment), on a worker: container start until it answers. Its hub is a stub on
+    this machine answering what the server asks while it starts (the API version, then activity), so the
+    figure is the server's own start plus one round trip to a hub that answers at once."""
+    worker = p.hosts.workers[0]
+    c = clients[worker.name]
+    _StubHub.version = version
+    stub = http.server.ThreadingHTTPServer(("0.0.0.0", 0), _StubHub)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    hub = f"http://{address_towards(worker.advertise_addr)}:{stub.server_address[1]}/hub"
+    env = {"JUPYTERHUB_API_TOKEN": "bench-floor-not-a-secret-" + "0" * 16, "JUPYTERHUB_API_URL": hub + "/api",
+           "JUPYTERHUB_BASE_URL": "/", "JUPYTERHUB_SERVICE_PREFIX": "/user/bench/", "JUPYTERHUB_USER": "bench",
+           "JUPYTERHUB_CLIENT_ID": "jupyterhub-user-bench", "JUPYTERHUB_OAUTH_CALLBACK_URL": "/user/bench/oauth_callback",
+           "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8888/user/bench/", "JUPYTERHUB_HOST": "",
+           "JUPYTERHUB_ACTIVITY_URL": hub + "/api/users/bench/activity", "JUPYTERHUB_SERVER_NAME": ""}
+    out = []
+    try:
+        for i in range(n):
+            t0 = time.monotonic()
+            ctr = c.containers.run(image, detach=True, environment=env, name=f"{prefix}-{i}",
+                                   ports={"8888/tcp": (worker.advertise_addr, port)})
+            try:
+                s = requests.Session()
+                s.trust_env = False
+                while True:
+                    try:
+                        if s.get(f"http://{worker.advertise_addr}:{port}/user/bench/api", timeout=1).status_code == 200:
+                            break
+                    except requests.RequestException:
+                        pass
+                    if time.monotonic() - t0 > 120:
+                        raise RuntimeError("jupyterhub-singleuser did not answer in 120 s: "
+                                           + ctr.logs(tail=20).decode(errors="replace"))
+                    time.sleep(0.02)
+                out.append(time.monotonic() - t0)
+            finally:
+                ctr.remove(force=True)
+    finally:
+        stub.shutdown()
+    return out
+
+
+def hub_log(p, clients: Clients, tail: int = 20000, timestamps: bool = False) -> str:
+    """The running hub container's log (the service's log can hang on Docker 20.10: a stream that never ends)."""
+    from hubops.hub.running import hub_container
+
+    ctr = hub_container(p, clients)
+    return ctr.logs(stdout=True, stderr=True, tail=tail, timestamps=timestamps).decode(errors="replace")
+
+
+def spawn_phases(p, clients: Clients, users: list[str]) -> dict:
+    """Where each of these users' last spawn spent its time, from the hub's log (INFO lines):
+    - hubops's own line (hubops/inhub/spawner.py): the service's creation, its task running (Swarm), the
+      server answering (the server's own start);
+    - then JupyterHub's "took S seconds to start" (its own check of the server), its route in the proxy
+      ("Adding user"), and the server's first activity report."""
+    import datetime as dt
+    import re
+
+    try:
+        raw = hub_log(p, clients, timestamps=True)
+    except Exception as e:  # noqa: BLE001 - a figure missing, not a failure
+        return {"error": str(e)[:200]}
+
+    def when(line: str) -> float:
+        return dt.datetime.fromisoformat(line.split(" ", 1)[0][:26]).timestamp()
+
+    out = {}
+    for u in users:
+        marks: dict[str, float] = {}
+        split = None
+        for line in raw.splitlines():
+            m = re.search(rf"hubops: {re.escape(u)}'s server: service created in ([0-9.]+) s, its task running "
+                          r"([0-9.]+) s later, the server answering ([0-9.]+) s after that", line)
+            if m:
+                marks = {"answering": when(line)}  # a new spawn: what came before was another's
+                split = [float(x) for x in m.groups()]
+            for key, pat in (("took", rf"User {re.escape(u)} took [0-9.]+ seconds to start"),
+                             ("route", rf"Adding user {re.escape(u)} to proxy"),
+                             ("activity", rf"POST /hub/api/users/{re.escape(u)}/activity")):
+                if re.search(pat, line) and marks and key not in marks:
+                    marks[key] = when(line)
+        if split:
+            one = {"service_created_s": round(split[0], 3), "task_running_s": round(split[1], 3),
+                   "server_answering_s": round(split[2], 3)}
+            for key, frm in (("took", "answering"), ("route", "took")):
+                if key in marks and frm in marks:
+                    one[f"{frm}_to_{key}_s"] = round(marks[key] - marks[frm], 3)
+            out[u] = one
     return out

@@ -204,8 +204,7 @@ def hub_spawn_times(p, clients: Clients, users: list[str]) -> dict:
     import re
 
     try:
-        svc = clients.manager.services.get(p.hub_service)
-        raw = b"".join(svc.logs(stdout=True, stderr=True, tail=5000)).decode(errors="replace")
+        raw = common.hub_log(p, clients, tail=5000)
     except Exception as e:  # noqa: BLE001 - a figure missing, not a failure
         return {"error": str(e)[:200]}
     mine = set(users)
@@ -215,37 +214,6 @@ def hub_spawn_times(p, clients: Clients, users: list[str]) -> dict:
         return {"n": 0}
     return {"n": len(took), "p50_s": r3(statistics.median(took)), "p95_s": r3(common.pct(took, 0.95)),
             "max_s": r3(max(took))}
-
-
-def spawn_phases(p, clients: Clients, users: list[str]) -> dict:
-    """Where each of these users' last spawn spent its time, from the hub's log (INFO lines): service created
-    -> the server's first activity report (Swarm's task start and the server's own start), -> the hub's
-    "took S seconds to start" (its check of the server), from the spawn request's first log line."""
-    import datetime as dt
-    import re
-
-    try:
-        svc = clients.manager.services.get(p.hub_service)
-        raw = b"".join(svc.logs(stdout=True, stderr=True, tail=20000, timestamps=True)).decode(errors="replace")
-    except Exception as e:  # noqa: BLE001 - a figure missing, not a failure
-        return {"error": str(e)[:200]}
-
-    def when(line: str) -> float:
-        return dt.datetime.fromisoformat(line.split(" ", 1)[0][:26]).timestamp()
-
-    out = {}
-    for u in users:
-        marks: dict[str, float] = {}
-        for line in raw.splitlines():
-            for key, pat in (("created", rf"Created service \S+-user-{u} "),
-                             ("activity", rf"POST /hub/api/users/{u}/activity"),
-                             ("took", rf"User {u} took [0-9.]+ seconds to start")):
-                if re.search(pat, line):
-                    marks[key] = when(line)  # the last spawn's
-        if {"created", "activity", "took"} <= set(marks):
-            out[u] = {"created_to_server_active_s": r3(marks["activity"] - marks["created"]),
-                      "server_active_to_started_s": r3(marks["took"] - marks["activity"])}
-    return out
 
 
 def hub_api(p, users: list[str], n: int) -> dict:
@@ -337,14 +305,18 @@ def one_more_spawn(p, clients: Clients, extra: list[str], floor_n: int) -> dict:
     prefix = f"{p.prefix}-floor"
     svc = common.floor_service(p, clients, su, floor_n, prefix=prefix + "-svc")
     srv = common.floor_server(p, clients, su, floor_n, prefix=prefix + "-srv")
+    sus = common.floor_singleuser(p, clients, su, floor_n, prefix=prefix + "-su")
     spawns = []
     for u in extra:
         spawns.append(spawn_once(api, u))
         stop(api, u)
     floor = statistics.median(svc) + statistics.median(srv)
-    return {"phases": spawn_phases(p, clients, extra), "floor_service_running_p50_s": r3(statistics.median(svc)), "floor_server_answers_p50_s": r3(statistics.median(srv)),
+    return {"phases": common.spawn_phases(p, clients, extra), "floor_service_running_p50_s": r3(statistics.median(svc)), "floor_server_answers_p50_s": r3(statistics.median(srv)),
             "floor_s": r3(floor), "spawns_s": [r3(x) for x in spawns], "spawn_p50_s": r3(statistics.median(spawns)),
-            "ratio_p50_to_floor": round(statistics.median(spawns) / floor, 2)}
+            "ratio_p50_to_floor": round(statistics.median(spawns) / floor, 2),
+            # the image's own jupyterhub-singleuser (with a stub hub) in place of its bare `jupyter server`
+            "floor_singleuser_answers_p50_s": r3(statistics.median(sus)),
+            "ratio_p50_to_singleuser_floor": round(statistics.median(spawns) / (statistics.median(svc) + statistics.median(sus)), 2)}
 
 
 def main() -> None:
@@ -480,6 +452,8 @@ def report(res: dict) -> None:
         ("hub API /users p50 / p95 (ms)", f"{(api.get('users') or {}).get('p50_ms')} / {(api.get('users') or {}).get('p95_ms')}"),
         ("hub API /users/NAME p50 / p95 (ms)", f"{(api.get('user') or {}).get('p50_ms')} / {(api.get('user') or {}).get('p95_ms')}"),
         ("spawn p50 (s) / floor (s) = ratio", f"{sp.get('spawn_p50_s')} / {sp.get('floor_s')} = {sp.get('ratio_p50_to_floor')}"),
+        ("  ratio to the singleuser floor", f"{sp.get('ratio_p50_to_singleuser_floor')} (singleuser answers "
+                                            f"{sp.get('floor_singleuser_answers_p50_s')} s)"),
         ("proxy added p50, kept-alive / new conn (ms)", f"{px.get('added_p50_ms_kept')} / {px.get('added_p50_ms_new')}"),
         ("  through proxy / direct, kept p50 (ms)", f"{(px.get('proxy_kept') or {}).get('p50_ms')} / {(px.get('direct_kept') or {}).get('p50_ms')}"),
         ("  public URL from here, kept p50 (ms)", (px.get("public_url_kept") or {}).get("p50_ms")),

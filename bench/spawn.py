@@ -36,7 +36,8 @@ from hubops.core.engine import Clients  # noqa: E402
 from hubops.core.params import load_params  # noqa: E402
 from hubops.hub.running import HubAPI  # noqa: E402
 
-from bench.common import admin_create, cli, floor_server, floor_service, pct  # noqa: E402
+from bench.common import (admin_create, cli, floor_server, floor_service, floor_singleuser, pct,  # noqa: E402
+                          spawn_phases)
 
 
 def spawn_once(api: HubAPI, user: str) -> float:
@@ -49,6 +50,53 @@ def spawn_once(api: HubAPI, user: str) -> float:
         if r.status_code == 200:
             return time.monotonic() - t0
         time.sleep(0.02)
+
+
+def burst(p, api: HubAPI, n: int) -> dict:
+    """n users ask at the same moment; until all answer through the proxy, and how many failed."""
+    users = [f"burst{i}" for i in range(n)]
+    t0 = time.monotonic()
+    with cf.ThreadPoolExecutor(len(users)) as pool:
+        futs = {pool.submit(spawn_once, HubAPI(p, timeout=60), u): u for u in users}
+        done = [f.exception() for f in cf.as_completed(futs)]
+    out = {"users": len(users), "all_answered_s": round(time.monotonic() - t0, 1),
+           "failures": sum(e is not None for e in done)}
+    if out["failures"]:  # what failed, in the JSON only (the table has the count)
+        out["errors"] = sorted({f"{e.__class__.__name__}: {e}"[:300] for e in done if e is not None})
+    for u in users:
+        try:
+            stop(api, u)
+        except Exception:  # noqa: BLE001 - the figures are taken; cleanup is best effort
+            pass
+    return out
+
+
+def one_round(p, clients: Clients, api: HubAPI, image: str, args) -> dict:
+    """One round: the floor (a bare service until its task runs; the image's `jupyter server` and its own
+    `jupyterhub-singleuser` until they answer), then `--spawns` spawns one after another, each split into
+    its phases from the hub's log."""
+    svc = floor_service(p, clients, image, args.floor)
+    srv = floor_server(p, clients, image, args.floor)
+    sus = floor_singleuser(p, clients, image, args.floor)
+    spawns, phases = [], []
+    for _ in range(args.spawns):
+        spawns.append(spawn_once(api, "benchuser"))
+        phases.append(spawn_phases(p, clients, ["benchuser"]).get("benchuser") or {})
+        stop(api, "benchuser")
+    floor = statistics.median(svc) + statistics.median(srv)
+    floor_su = statistics.median(svc) + statistics.median(sus)
+    out = {"service_running_s": svc, "server_answers_s": srv, "singleuser_answers_s": sus, "spawns_s": spawns,
+           "phases": phases, "ratio_to_floor": round(statistics.median(spawns) / floor, 3),
+           "ratio_to_singleuser_floor": round(statistics.median(spawns) / floor_su, 3)}
+    print(f"round: floor {floor:.2f} s (singleuser {floor_su:.2f} s), spawn p50 {statistics.median(spawns):.2f} s: "
+          f"{out['ratio_to_floor']:.2f}x ({out['ratio_to_singleuser_floor']:.2f}x); phases p50 {phases_p50(phases)}",
+          flush=True)
+    return out
+
+
+def phases_p50(phases: list[dict]) -> dict:
+    keys = list(dict.fromkeys(k for ph in phases for k in ph))
+    return {k: round(statistics.median(ph[k] for ph in phases if k in ph), 3) for k in keys}
 
 
 def stop(api: HubAPI, user: str) -> None:
@@ -83,6 +131,34 @@ def delivery(p, clients: Clients) -> dict:
             "ratio_all_to_one": round(t_all / t_one, 2)}
 
 
+def warm_deploys(res: dict, params: Path, lab_name: str) -> None:
+    """Two no-change deploys: as hubops runs them, then with every stage starting its own kernel."""
+    t0 = time.monotonic()
+    cli("deploy", "-p", str(params))
+    res["deploy_warm_s"] = round(time.monotonic() - t0, 1)
+    runs = sorted((PROJECT / "outputs").glob(f"*-{lab_name}-deploy/run.json"))
+    warm = json.loads(runs[-1].read_text())
+    # Per stage: its wall time, the part its cells took, and the rest (kernel start, papermill).
+    res["warm_stages"] = {s["name"]: {"total_s": s["duration_s"], "cells_s": s.get("cells_s"),
+                                      "machinery_s": round(s["duration_s"] - (s.get("cells_s") or 0), 2)}
+                          for s in warm["stages"]}
+    res["deploy_warm_in_stages_s"] = warm["duration_s"]
+    # The same no-change deploy with every stage starting its own kernel (hubops.audit.kernels off).
+    t0 = time.monotonic()
+    cli("deploy", "-p", str(params), env={"HUBOPS_KERNELS_AHEAD": "0"})
+    res["deploy_warm_no_prestart_s"] = round(time.monotonic() - t0, 1)
+
+
+def set_hub_log_level(params: Path, level: str) -> None:
+    """hub.log_level in the lab's parameter file (its comment header kept)."""
+    import yaml
+
+    header = "".join(ln + "\n" for ln in params.read_text().splitlines() if ln.startswith("#"))
+    data = yaml.safe_load(params.read_text())
+    data["hub"]["log_level"] = level
+    params.write_text(header + yaml.safe_dump(data, sort_keys=False))
+
+
 def measure(args, lab_name: str, engine: str | None, subnet: str, overlay: str) -> dict:
     """One lab on `engine`: up, deploy (cold, warm, warm without prestarted kernels), the floor,
     spawns, a burst and image delivery; down unless --keep. The figures as a dict."""
@@ -93,56 +169,44 @@ def measure(args, lab_name: str, engine: str | None, subnet: str, overlay: str) 
     print("engines: " + ", ".join(f"{n.name} Docker {n.engine_version}" for n in up.nodes), flush=True)
     res["engines"] = {n.name: n.engine_version for n in up.nodes}
     try:
+        if args.hub_log_level:
+            set_hub_log_level(params, args.hub_log_level)
         t0 = time.monotonic()
         r = cli("deploy", "-p", str(params))
         res["deploy_first_s"] = round(time.monotonic() - t0, 1)
         if r.returncode:
             raise RuntimeError(f"deploy on {lab_name} failed: {r.stderr[-3000:]}")
-        t0 = time.monotonic()
-        r = cli("deploy", "-p", str(params))
-        res["deploy_warm_s"] = round(time.monotonic() - t0, 1)
-        runs = sorted((PROJECT / "outputs").glob(f"*-{lab_name}-deploy/run.json"))
-        warm = json.loads(runs[-1].read_text())
-        # Per stage: its wall time, the part its cells took, and the rest (kernel start, papermill).
-        res["warm_stages"] = {s["name"]: {"total_s": s["duration_s"], "cells_s": s.get("cells_s"),
-                                          "machinery_s": round(s["duration_s"] - (s.get("cells_s") or 0), 2)}
-                              for s in warm["stages"]}
-        res["deploy_warm_in_stages_s"] = warm["duration_s"]
-        # The same no-change deploy with every stage starting its own kernel (hubops.audit.kernels off).
-        t0 = time.monotonic()
-        r = cli("deploy", "-p", str(params), env={"HUBOPS_KERNELS_AHEAD": "0"})
-        res["deploy_warm_no_prestart_s"] = round(time.monotonic() - t0, 1)
+        if not args.no_warm:
+            warm_deploys(res, params, lab_name)
         p = load_params(params)
         clients = Clients(p)
         api = HubAPI(p, timeout=30)
         su = images.desired_refs(p, images.builder(p, clients))["singleuser"]
 
-        svc = floor_service(p, clients, su, args.floor)
-        srv = floor_server(p, clients, su, args.floor)
-        spawns = []
-        for i in range(args.spawns):
-            spawns.append(spawn_once(api, "benchuser"))
+        if (api.user("benchuser") or {}).get("server"):  # left running by an interrupted run (--keep)
             stop(api, "benchuser")
-        floor = statistics.median(svc) + statistics.median(srv)
+        rounds = [one_round(p, clients, api, su, args) for _ in range(args.rounds)]
+        res["rounds"] = rounds
+        svc = [x for r in rounds for x in r["service_running_s"]]
+        srv = [x for r in rounds for x in r["server_answers_s"]]
+        sus = [x for r in rounds for x in r["singleuser_answers_s"]]
+        spawns = [x for r in rounds for x in r["spawns_s"]]
         res["floor"] = {"service_running_p50_s": round(statistics.median(svc), 2),
-                        "server_answers_p50_s": round(statistics.median(srv), 2), "sum_s": round(floor, 2)}
+                        "server_answers_p50_s": round(statistics.median(srv), 2),
+                        "singleuser_answers_p50_s": round(statistics.median(sus), 2),
+                        "sum_s": round(statistics.median(svc) + statistics.median(srv), 2),
+                        "sum_singleuser_s": round(statistics.median(svc) + statistics.median(sus), 2)}
         res["spawn"] = {"n": len(spawns), "p50_s": round(statistics.median(spawns), 2), "p95_s": round(pct(spawns, 0.95), 2),
-                        "ratio_p50_to_floor": round(statistics.median(spawns) / floor, 2)}
+                        # the median of the rounds' ratios (each round: its spawns' median over its own floor)
+                        "ratio_p50_to_floor": round(statistics.median(r["ratio_to_floor"] for r in rounds), 2),
+                        "ratio_p50_to_singleuser_floor": round(statistics.median(r["ratio_to_singleuser_floor"]
+                                                                                 for r in rounds), 2),
+                        "rounds_ratio_to_floor": [r["ratio_to_floor"] for r in rounds],
+                        "rounds_ratio_to_singleuser_floor": [r["ratio_to_singleuser_floor"] for r in rounds],
+                        "phases_p50_s": phases_p50([ph for r in rounds for ph in r["phases"]])}
 
-        users = [f"burst{i}" for i in range(args.burst)]
-        t0 = time.monotonic()
-        with cf.ThreadPoolExecutor(len(users)) as pool:
-            futs = {pool.submit(spawn_once, HubAPI(p, timeout=60), u): u for u in users}
-            done = [f.exception() for f in cf.as_completed(futs)]
-        res["burst"] = {"users": len(users), "all_answered_s": round(time.monotonic() - t0, 1),
-                        "failures": sum(e is not None for e in done)}
-        if res["burst"]["failures"]:  # what failed, in the JSON only (the table has the count)
-            res["burst_errors"] = sorted({f"{e.__class__.__name__}: {e}"[:300] for e in done if e is not None})
-        for u in users:
-            try:
-                stop(api, u)
-            except Exception:  # noqa: BLE001 - the figures are taken; cleanup is best effort
-                pass
+        if args.burst:
+            res["burst"] = burst(p, api, args.burst)
         if not args.skip_delivery:
             res["delivery"] = delivery(p, clients)
         res["load_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -212,6 +276,10 @@ def main() -> None:
     ap.add_argument("--spawns", type=int, default=20)
     ap.add_argument("--burst", type=int, default=20)
     ap.add_argument("--floor", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="rounds of the floor and the spawns (the ratio reported is the median of the rounds')")
+    ap.add_argument("--no-warm", action="store_true", help="skip the two no-change deploys")
+    ap.add_argument("--hub-log-level", default=None, help="the hub's log level (hub.log_level), e.g. DEBUG")
     ap.add_argument("--overlay-subnet", default="10.243.0.0/24")
     ap.add_argument("--engine", default=None,
                     help="the lab nodes' Docker engine (`hubops lab up --engine`): 20.10 (default), 26, 28 or per node")

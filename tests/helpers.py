@@ -8,10 +8,14 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 
 def make_params(tmp: Path, deployment: str, *, port: int, subnet: str, extra: str = "",
-                users: str = "operator admin\nalice\n") -> Path:
+                users: str = "operator admin\nalice\n",
+                auth: str = "{mode: shared-password, userlist: userlist}") -> Path:
     """A parameter file like parameters/local.yaml, for its own deployment name, port and subnet,
-    with its operator folder in `tmp`."""
+    with its operator folder in `tmp`. `auth` is its `auth:` block: YAML as it goes under `auth:`,
+    a flow mapping on one line (the default's) or a block in any indentation."""
     (tmp / "userlist").write_text(users)
+    body = textwrap.dedent(auth).strip()
+    auth_yaml = f"auth: {body}\n" if body.startswith("{") else "auth:\n" + textwrap.indent(body + "\n", "  ")
     f = tmp / f"{deployment}.yaml"
     f.write_text(textwrap.dedent(f"""
         deployment: {deployment}
@@ -21,7 +25,7 @@ def make_params(tmp: Path, deployment: str, *, port: int, subnet: str, extra: st
             - {{name: local, url: "unix:///var/run/docker.sock", advertise_addr: 127.0.0.1}}
         hub: {{public_name: localhost, https_port: {port}}}
         network: {{subnet: {subnet}}}
-        auth: {{mode: shared-password, userlist: userlist}}
+    """) + auth_yaml + textwrap.dedent(f"""\
         images: {{dir: {PROJECT / 'images'}}}
     """) + textwrap.dedent(extra))
     return f

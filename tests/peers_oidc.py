@@ -8,7 +8,9 @@ import os
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import requests
 
@@ -154,3 +156,17 @@ class OIDCProvider:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+@contextmanager
+def running_provider(workdir: Path, address: str, port: int, *, client_id: str, hub_url: str,
+                     accounts: dict[str, list[str]], secret_prefix: str) -> Iterator[OIDCProvider]:
+    """An OIDCProvider on https://ADDRESS:PORT, started, whose one client `client_id` has a new secret
+    (`secret_prefix` and 32 random hex digits) and redirects to the hub at `hub_url`
+    (HUB_URL/hub/oauth_callback); stopped at the end, also on failure."""
+    pr = OIDCProvider(workdir, address, port, client_id=client_id, client_secret=secret_prefix + os.urandom(16).hex(),
+                      redirect_uri=f"{hub_url}/hub/oauth_callback", accounts=accounts).start()
+    try:
+        yield pr
+    finally:
+        pr.stop()

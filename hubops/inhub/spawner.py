@@ -99,6 +99,10 @@ class HubopsSpawner(SwarmSpawner):
                              help="how many times to ask before leaving it to SwarmSpawner (which sleeps 1 s)")
     task_poll_interval = Float(0.1, config=True, help="seconds between looks at a starting task")
     answer_poll_interval = Float(0.1, config=True, help="seconds between tries of a started server's HTTP port")
+    answer_connect_timeout = Float(0.3, config=True,
+                                   help="how long one try waits for its connection: a try made before the overlay "
+                                        "knows the new container loses its SYN, and the kernel would resend it "
+                                        "only 1 s, then 3 s later, long after the server answers")
     stop_wait_timeout = Float(60, config=True, help="how long stop waits for the old container to go")
     stop_poll_interval = Float(0.5, config=True, help="seconds between looks at the old service's tasks")
     max_poll_interval = Float(1.0, config=True,
@@ -126,6 +130,7 @@ class HubopsSpawner(SwarmSpawner):
     # state (get_state), and not cleared when the server stops, so later servers go there.
     home_node = Unicode(None, allow_none=True)
     _creating = False
+    _created_at = 0.0
     # Servers starting now (every HubopsSpawner of this hub), which paces the looks (paced()).
     _starting = 0
     _hubops_executor = None
@@ -342,6 +347,7 @@ class HubopsSpawner(SwarmSpawner):
             return await super().create_object()
         finally:
             self._creating = False
+            self._created_at = time.monotonic()
 
     def lock_down(self, task_template: dict) -> dict:
         """The service's task template with the lockdown settings (what docker-py's types have no
@@ -392,14 +398,18 @@ class HubopsSpawner(SwarmSpawner):
 
     async def wait_until_answering(self, ip: str, port: int) -> None:
         """Return once the server answers HTTP at all. The hub's own check backs off exponentially
-        (0.2 s, 0.4 s, ... up to 5 s); answering here, in 0.1 s steps, makes its first try succeed."""
+        (0.2 s, 0.4 s, ... up to 5 s); answering here, in 0.1 s steps, makes its first try succeed.
+        Each try gives up its connection after answer_connect_timeout: on an overlay network the first
+        tries to a new container can lose their SYN (measured: the first try hung for its whole 2 s
+        while the server had answered for 1.2 s), and a new connection gets through at once."""
         base = getattr(getattr(self, "server", None), "base_url", None) or "/"
         url = "http://%s:%s%sapi" % (ip, port, base)
         client = AsyncHTTPClient()
         deadline = time.monotonic() + self.http_timeout
         while time.monotonic() < deadline:
             try:
-                await client.fetch(url, raise_error=False, request_timeout=2, follow_redirects=False)
+                await client.fetch(url, raise_error=False, connect_timeout=self.answer_connect_timeout,
+                                   request_timeout=2, follow_redirects=False)
                 return
             except Exception:  # noqa: BLE001 - not listening yet, or its name not yet in DNS
                 await asyncio.sleep(self.paced(self.answer_poll_interval))
@@ -452,8 +462,14 @@ class HubopsSpawner(SwarmSpawner):
             if self.home_node:
                 constraints.append("node.id==" + self.home_node)
             self.extra_placement_spec = dict(spec, constraints=constraints)
+        t0 = self._created_at = time.monotonic()
         result = await super().start()
+        running = time.monotonic()
         await self.wait_until_answering(*result)
+        # Where this start's time went, for an operator asking why spawns are slow (ops diagnose, bench/).
+        self.log.info("hubops: %s's server: service created in %.3f s, its task running %.3f s later, "
+                      "the server answering %.3f s after that", self._log_name, self._created_at - t0,
+                      running - self._created_at, time.monotonic() - running)
         if mode == "node-local" and not self.home_node:
             task = await self.get_task()
             self.home_node = (task or {}).get("NodeID") or None

@@ -32,7 +32,7 @@ def service_kind(role: str) -> str:
     if role in monitoring.ROLES:
         return "monitoring"
     return {"hub": "hub", netpolicy.ROLE: "network policy", "apiproxy": "Docker API door",
-            attachments.ROLE: "network attachment (GPU nodes)"}.get(role, role)
+            attachments.ROLE: "network attachment (every node)"}.get(role, role)
 
 
 def placements(p: Loaded, c: docker.DockerClient) -> list[dict[str, Any]]:

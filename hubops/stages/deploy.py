@@ -237,7 +237,8 @@ def ensure_hub(p: Loaded, clients: Clients, *, dry_run: bool = False, wait: bool
     if svc is None or svc.attrs["Spec"].get("Labels", {}).get(SPEC_DIGEST) != digest:
         apiproxy.ensure_data_owner(p, clients, r, image=door_image, data_mount=hub_data_mount(p))
     front.ensure(p, clients, r)  # the TLS front (front.enabled), or none; before the hub's port changes hands
-    # GPU profiles: the overlay stays attached on every node, so a spawn does not update a GPU node.
+    # More than one host, or GPU profiles: the overlay stays attached on every node, so a spawn neither
+    # waits for the node's attachment nor updates a GPU node.
     attachments.ensure(p, clients, r, image=refs["singleuser"])
     if svc is None:
         r.change("create", f"service {p.hub_service}", f"hub {refs['hub']} on {p.hub_host.name}, port {p.hub.https_port}")

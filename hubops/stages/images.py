@@ -703,7 +703,7 @@ def ensure_profile_images(p, clients, *, dry_run: bool = False) -> Result:
             if not built.changes:
                 res.keep(f"{prof.name}: {ref}", "an image with this context digest exists")
         elif image_or_none(source, ref) is None:
-            absent = [n for n in nodes if _id_or_error(clients[n], n, ref) is None]
+            absent = [n for n in nodes if _image_or_error(clients[n], n, ref) is None]
             if absent:
                 raise ImageNotBuilt(f"{p.source}: profiles[{i}] ({prof.name}).image: {ref} is on neither the building "
                                     f"engine nor the node(s) {', '.join(absent)} its placement allows; load it there "

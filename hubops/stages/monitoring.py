@@ -36,8 +36,8 @@ from hubops.core.params import Loaded
 from hubops.core.result import Result
 from hubops.hub import config as hubconfig
 from hubops.stages import images
-from hubops.stages import pinned_service
-from hubops.stages.pinned_service import find_service
+from hubops.stages import owned_service
+from hubops.stages.owned_service import find_service
 
 log = logging.getLogger("hubops")
 STAGE = M.STAGE
@@ -94,8 +94,8 @@ def ensure(p: Loaded, clients: Clients, r: Result) -> None:
                     for h in p.hosts.all}
         _merge(r, images.ensure_images_on_nodes(clients.all(), list(refs.values()), source=builder,
                                                 dry_run=r.dry_run, per_node=per_node))
-    pinned_service.ensure_volume(p, clients[prom_node], prom_node, M.data_volume(p), r, stage=STAGE, role="prometheus-data",
-                                 what="Prometheus's data", then=", then run 80-deploy again")
+    owned_service.ensure_volume(p, clients[prom_node], prom_node, M.data_volume(p), r, stage=STAGE, role="prometheus-data",
+                                what="Prometheus's data", then=", then run 80-deploy again")
     token = secrets.current(c, p, M.TOKEN_ROLE)
     secrets.ensure_versioned(c, p, r, role=CONFIG_ROLE, kind="config", stage=STAGE,
                              value=M.prometheus_config(p, hub_port=hubconfig.HUB_PORT).encode(),
@@ -110,8 +110,8 @@ def ensure(p: Loaded, clients: Clients, r: Result) -> None:
                           "80-deploy made them; run 80-deploy again")
     for spec in (prometheus_spec(p, image=refs["prometheus"], token=token, config=cfg),
                  node_exporter_spec(p, image=refs["node-exporter"])):
-        pinned_service.ensure_service(p, c, r, spec, created=_what(spec["name"], p), host=p.hub_host.name,
-                                      updated="its image, configuration or token changed", kept="spec unchanged")
+        owned_service.ensure_service(p, c, r, spec, created=_what(spec["name"], p), host=p.hub_host.name,
+                                     updated="its image, configuration or token changed", kept="spec unchanged")
     r.facts["monitoring"] = (f"Prometheus {M.prometheus_service(p)} on {prom_node} (data: volume {M.data_volume(p)}), "
                              f"node exporter on {len(p.hosts.all)} node(s); "
                              + (f"published on port {p.monitoring.publish_port}" if p.monitoring.publish_port
@@ -146,9 +146,9 @@ def prometheus_spec(p: Loaded, *, image: str, token, config) -> dict[str, Any]:
     )
     ports = ({p.monitoring.publish_port: (M.PROMETHEUS_PORT, "tcp", "host")} if p.monitoring.publish_port else None)
     # Its data volume is on the hub's manager; one Prometheus at a time owns its data directory (it locks it).
-    return pinned_service.service_spec(name, container, constraints=[f"node.labels.{p.hub_node_label}==true"],
-                                       network=p.network_name, endpoint_mode=p.network.endpoint_mode,
-                                       restart_delay_s=5, ports=ports, labels=lbl)
+    return owned_service.service_spec(name, container, constraints=[f"node.labels.{p.hub_node_label}==true"],
+                                      network=p.network_name, endpoint_mode=p.network.endpoint_mode,
+                                      restart_delay_s=5, ports=ports, labels=lbl)
 
 
 def node_exporter_spec(p: Loaded, *, image: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from hubops.core.params import Loaded
 from hubops.core.paths import IMAGES
 from hubops.core.result import Result
 from hubops.hub import hubdb
-from hubops.stages import images, pinned_service
+from hubops.stages import images, owned_service
 
 log = logging.getLogger("hubops")
 STAGE = "70-storage"
@@ -83,8 +83,8 @@ def ensure_db(p: Loaded, clients: Clients, *, dry_run: bool = False) -> Result:
     else:
         secrets.ensure_generated(clients.manager, p, r, role=hubdb.ROLE, stage=STAGE)
         if p.storage.hub.pg.path is None:
-            pinned_service.ensure_volume(p, clients[p.db_node], p.db_node, p.db_volume, r, stage=STAGE, role="db-data",
-                                         what="the hub database's PostgreSQL data")
+            owned_service.ensure_volume(p, clients[p.db_node], p.db_node, p.db_volume, r, stage=STAGE, role="db-data",
+                                        what="the hub database's PostgreSQL data")
         _ensure_service(p, clients, r, ref)
     if dry_run:
         return r
@@ -118,9 +118,9 @@ def service_spec(p: Loaded, *, image: str, secret_ref) -> dict:
         stop_signal="SIGINT", stop_grace_period=30 * NS,
     )
     # One server on its data at a time; a failed update goes back to the server that worked.
-    return pinned_service.service_spec(p.db_service, container, constraints=constraints, network=p.network_name,
-                                       endpoint_mode=p.network.endpoint_mode, restart_delay_s=2,
-                                       failure_action="rollback")
+    return owned_service.service_spec(p.db_service, container, constraints=constraints, network=p.network_name,
+                                      endpoint_mode=p.network.endpoint_mode, restart_delay_s=2,
+                                      failure_action="rollback")
 
 
 def _ensure_service(p: Loaded, clients: Clients, r: Result, image: str) -> None:
@@ -131,6 +131,6 @@ def _ensure_service(p: Loaded, clients: Clients, r: Result, image: str) -> None:
     spec = service_spec(p, image=image, secret_ref=ref)
     spec["labels"] = L.labels(p.deployment, STAGE, role="db")
     where = str(p.storage.hub.pg.path) if p.storage.hub.pg.path else f"volume {p.db_volume} on {p.db_node}"
-    pinned_service.ensure_service(p, c, r, spec, created=f"PostgreSQL 15, data in {where}",
-                                  updated=f"spec changed (image {image}, data in {where})",
-                                  kept=f"PostgreSQL, data in {where}; spec unchanged")
+    owned_service.ensure_service(p, c, r, spec, created=f"PostgreSQL 15, data in {where}",
+                                 updated=f"spec changed (image {image}, data in {where})",
+                                 kept=f"PostgreSQL, data in {where}; spec unchanged")

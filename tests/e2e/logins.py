@@ -1,7 +1,9 @@
 """What the login suites share (test_oidc_login, test_ldap_login, test_native_login): a deployment on
 this machine's engine with the mode's `auth:` block, deployed once per module and torn down at the
 end (nothing of it left), the browser steps every mode has (the hub's own login form, opening a
-server, starting one), and the secret scan of the records, the hub's log and the hub's image.
+server, starting one), and the secret scan of the records, the hub's log and the hub's image. And
+what the lab login suites share (test_lab_oidc_login, test_lab_acme_github): a lab of one manager
+and one worker, up for the module and down at the end, and a deployment on it.
 
 Not collected by pytest (no test_ prefix). Names, ports and subnets come from tests/helpers
 (run_name, free_port, free_subnet): two runs on one engine never meet.
@@ -10,20 +12,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import textwrap
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import docker
+import yaml
 
 from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
+from hubops.lab import cluster as lab
 from hubops.ops import teardown
 from tests import browser as chrome, helpers
-from tests.helpers import PROJECT, hubops_cli
+from tests.helpers import hubops_cli
 
 
 def labelled(deployment: str) -> list[str]:
@@ -36,21 +39,9 @@ def labelled(deployment: str) -> list[str]:
 
 def write_params(tmp: Path, deployment: str, *, port: int, subnet: str, users: str, auth: str) -> Path:
     """The parameter file `tmp/DEPLOYMENT.yaml` of a one-node deployment on this machine's engine whose
-    `auth:` block is `auth` (YAML as it goes under `auth:`, any indentation), and its userlist."""
-    (tmp / "userlist").write_text(users)
-    params = tmp / f"{deployment}.yaml"
-    params.write_text(textwrap.dedent(f"""
-        deployment: {deployment}
-        operator_dir: {tmp / 'operator'}
-        hosts:
-          managers:
-            - {{name: local, url: "unix:///var/run/docker.sock", advertise_addr: 127.0.0.1}}
-        hub: {{public_name: localhost, https_port: {port}}}
-        network: {{subnet: {subnet}}}
-        images: {{dir: {PROJECT / 'images'}}}
-        auth:
-    """) + textwrap.indent(textwrap.dedent(auth).strip() + "\n", "  "))
-    return params
+    `auth:` block is `auth` (YAML as it goes under `auth:`, any indentation), and its userlist
+    (tests/helpers.make_params)."""
+    return helpers.make_params(tmp, deployment, port=port, subnet=subnet, users=users, auth=auth)
 
 
 @contextmanager
@@ -83,6 +74,54 @@ def redeploy_auth(d: dict, users: str):
     """The userlist becomes `users`; `hubops deploy --only 50-auth --only 80-deploy`; the CLI's result."""
     (d["tmp"] / "userlist").write_text(users)
     return hubops_cli("deploy", "-p", str(d["params"]), "--only", "50-auth", "--only", "80-deploy", outputs=d["outputs"])
+
+
+# -- on a lab -------------------------------------------------------------------------------------
+@contextmanager
+def lab_running(tmp: Path, name: str, *, subnet: str, overlay: str, figures: dict) -> Iterator[dict]:
+    """The lab `name` (hubops.lab.cluster) of one manager and one worker, on the lab subnet `subnet`
+    with the overlay `overlay`, its parameter file `tmp/lab.yaml`; yields {info, tmp}. At the end, also
+    on failure: lab down, `figures` (lab_up_s, lab_down_s and the suite's own) printed, and nothing of
+    the lab left (asserted)."""
+    t0 = time.monotonic()
+    try:
+        info = lab.lab_up(name=name, managers=1, workers=1, subnet=subnet, overlay_subnet=overlay,
+                          params_out=tmp / "lab.yaml")
+        figures["lab_up_s"] = round(time.monotonic() - t0, 1)
+        yield {"info": info, "tmp": tmp}
+    finally:
+        t0 = time.monotonic()
+        lab.lab_down(name=name)
+        figures["lab_down_s"] = round(time.monotonic() - t0, 1)
+        print(f"\nfigures: {json.dumps(figures)}")
+        assert not lab.lab_status(name=name).exists, "lab down left the lab"
+
+
+def deploy_on_lab(lab_info: dict, deployment: str, *, users: str, hub: dict, auth: dict, secret_files: dict[str, str],
+                  figures: dict, **settings) -> dict:
+    """`hubops deploy` on the lab of `lab_info` (lab_running): its parameter file (hosts, engine TLS,
+    overlay) with `deployment`, an operator folder beside it, `hub`, the other top-level `settings`
+    (tls, ...) and `auth`, whose userlist `userlist` holds `users`; `secret_files` (name: value) are
+    written beside it, readable by their owner alone, for the {file:} references. figures:
+    cold_deploy_s. Returns {params, tmp, outputs, p, cold, lab}; the deployment goes with the lab."""
+    tmp = lab_info["tmp"]
+    (tmp / "userlist").write_text(users)
+    for name, value in secret_files.items():
+        secret = tmp / name
+        secret.write_text(value + "\n")
+        secret.chmod(0o600)
+    data = yaml.safe_load((tmp / "lab.yaml").read_text())
+    data.update({"deployment": deployment, "operator_dir": str(tmp / "operator"), "hub": hub, **settings, "auth": auth})
+    data["images"]["dir"] = str(helpers.PROJECT / "images")
+    params = tmp / f"{deployment}.yaml"
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+    outputs = tmp / "outputs"
+    t0 = time.monotonic()
+    cold = hubops_cli("deploy", "-p", str(params), outputs=outputs)
+    figures["cold_deploy_s"] = round(time.monotonic() - t0, 1)
+    print(f"\nlab deploy (cold): {figures['cold_deploy_s']} s\n{cold.stderr[-3000:]}")
+    return {"params": params, "tmp": tmp, "outputs": outputs, "p": load_params(params), "cold": cold,
+            "lab": lab_info["info"]}
 
 
 # -- the browser ----------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import json
 import os
 import shlex
 import socket
@@ -35,19 +34,16 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
-from hubops.lab import cluster as lab
 from hubops.stages import tls
 from hubops.core.engine import Clients
-from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
 from tests import helpers
+from tests.e2e import logins
 from tests.helpers import LAB_SUBNETS, RUN, free_port, free_subnet, hubops_cli, run_name, runs, stage_record
 from tests.peers import FakeGitHub, Pebble
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]  # `make test-all` only (see README: Tests)
-PROJECT = Path(__file__).resolve().parents[2]
 LAB = run_name("aclab")
 SUBNET = free_subnet(LAB_SUBNETS)
 BRIDGE_ADDR = SUBNET.rsplit(".", 1)[0] + ".1"  # the lab bridge's host-side address: what the lab's containers reach
@@ -65,19 +61,9 @@ FIGURES: dict[str, float] = {}
 # -- the lab, the peers, the deployment -------------------------------------------------------
 @pytest.fixture(scope="module")
 def lab_info(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("aclab")
-    t0 = time.monotonic()
-    try:
-        info = lab.lab_up(name=LAB, managers=1, workers=1, subnet=SUBNET, overlay_subnet=OVERLAY,
-                          params_out=tmp / "lab.yaml")
-        FIGURES["lab_up_s"] = round(time.monotonic() - t0, 1)
-        yield {"info": info, "tmp": tmp}
-    finally:
-        t0 = time.monotonic()
-        lab.lab_down(name=LAB)
-        FIGURES["lab_down_s"] = round(time.monotonic() - t0, 1)
-        print(f"\nfigures: {json.dumps(FIGURES)}")
-        assert not lab.lab_status(name=LAB).exists, "lab down left the lab"
+    with logins.lab_running(tmp_path_factory.mktemp("aclab"), LAB, subnet=SUBNET, overlay=OVERLAY,
+                            figures=FIGURES) as info:
+        yield info
 
 
 @pytest.fixture(scope="module")
@@ -122,34 +108,16 @@ def github(lab_info):
 
 @pytest.fixture(scope="module")
 def deployed(lab_info, hosts_entry, pebble, github):
-    tmp = lab_info["tmp"]
-    (tmp / "userlist").write_text(USERS)
-    secret = tmp / "github-client-secret"
-    secret.write_text(github.client_secret + "\n")
-    secret.chmod(0o600)
     # The lab's parameter file (hosts, engine TLS, overlay), with the hub's name, ACME and GitHub.
-    data = yaml.safe_load((tmp / "lab.yaml").read_text())
-    data.update({
-        "deployment": LAB,
-        "operator_dir": str(tmp / "operator"),
-        "hub": {"public_name": NAME, "https_port": PORT},
-        "tls": {"mode": "acme", "acme": {"directory_url": pebble.directory_url, "email": "hub-admin@aclab.test",
-                                         "ca_bundle": str(pebble.bundle)}},
-        "auth": {"mode": "github", "userlist": "userlist",
-                 "github": {"client_id": CLIENT_ID, "client_secret": {"file": "github-client-secret"},
-                            "enterprise_url": github.url}},
-    })
-    data["images"]["dir"] = str(PROJECT / "images")
-    params = tmp / f"{LAB}.yaml"
-    params.write_text(yaml.safe_dump(data, sort_keys=False))
-    outputs = tmp / "outputs"
-    t0 = time.monotonic()
-    cold = hubops_cli("deploy", "-p", str(params), outputs=outputs)
-    FIGURES["cold_deploy_s"] = round(time.monotonic() - t0, 1)
-    print(f"\nlab deploy (cold): {FIGURES['cold_deploy_s']} s\n{cold.stderr[-3000:]}")
-    p = load_params(params)
-    yield {"params": params, "tmp": tmp, "outputs": outputs, "p": p, "cold": cold, "pebble": pebble,
-           "github": github, "lab": lab_info["info"], "old_keys": []}
+    d = logins.deploy_on_lab(
+        lab_info, LAB, users=USERS, figures=FIGURES, secret_files={"github-client-secret": github.client_secret},
+        hub={"public_name": NAME, "https_port": PORT},
+        tls={"mode": "acme", "acme": {"directory_url": pebble.directory_url, "email": "hub-admin@aclab.test",
+                                      "ca_bundle": str(pebble.bundle)}},
+        auth={"mode": "github", "userlist": "userlist",
+              "github": {"client_id": CLIENT_ID, "client_secret": {"file": "github-client-secret"},
+                         "enterprise_url": github.url}})
+    yield {**d, "pebble": pebble, "github": github, "old_keys": []}
 
 
 # -- helpers ----------------------------------------------------------------------------------

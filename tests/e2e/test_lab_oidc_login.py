@@ -27,24 +27,19 @@ delivers the images to two engines, six logins, a partial redeploy, lab down).
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from hubops.core.engine import Clients
-from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
-from hubops.lab import cluster as lab
 from tests import browser as chrome, helpers
+from tests.e2e import logins
 from tests.helpers import LAB_SUBNETS, free_port, free_subnet, hubops_cli, run_name, runs, stage_record
-from tests.peers_oidc import OIDCProvider
+from tests.peers_oidc import running_provider
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]  # `make test-all` only (see README: Tests)
-PROJECT = Path(__file__).resolve().parents[2]
 LAB = run_name("oclab")
 SUBNET = free_subnet(LAB_SUBNETS)
 BRIDGE_ADDR = SUBNET.rsplit(".", 1)[0] + ".1"  # the lab bridge's host-side address: lab containers and Chromium reach it
@@ -61,31 +56,18 @@ FIGURES: dict[str, float] = {}
 # -- the lab, the provider, the deployment ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def lab_info(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("oclab")
-    t0 = time.monotonic()
-    try:
-        info = lab.lab_up(name=LAB, managers=1, workers=1, subnet=SUBNET, overlay_subnet=OVERLAY,
-                          params_out=tmp / "lab.yaml")
-        FIGURES["lab_up_s"] = round(time.monotonic() - t0, 1)
-        yield {"info": info, "tmp": tmp}
-    finally:
-        t0 = time.monotonic()
-        lab.lab_down(name=LAB)
-        FIGURES["lab_down_s"] = round(time.monotonic() - t0, 1)
-        print(f"\nfigures: {json.dumps(FIGURES)}")
-        assert not lab.lab_status(name=LAB).exists, "lab down left the lab"
+    with logins.lab_running(tmp_path_factory.mktemp("oclab"), LAB, subnet=SUBNET, overlay=OVERLAY,
+                            figures=FIGURES) as info:
+        yield info
 
 
 @pytest.fixture(scope="module")
 def provider(lab_info, tmp_path_factory):
     manager = lab_info["info"].managers[0]
-    pr = OIDCProvider(tmp_path_factory.mktemp("oidc-provider"), BRIDGE_ADDR, PROVIDER_PORT, client_id=CLIENT_ID,
-                      client_secret="oidc-lab-" + os.urandom(16).hex(),
-                      redirect_uri=f"https://{manager.address}:{PORT}/hub/oauth_callback", accounts=ACCOUNTS).start()
-    try:
+    with running_provider(tmp_path_factory.mktemp("oidc-provider"), BRIDGE_ADDR, PROVIDER_PORT, client_id=CLIENT_ID,
+                          hub_url=f"https://{manager.address}:{PORT}", accounts=ACCOUNTS,
+                          secret_prefix="oidc-lab-") as pr:
         yield pr
-    finally:
-        pr.stop()
 
 
 @pytest.fixture(scope="module")
@@ -96,34 +78,16 @@ def browser():
 
 @pytest.fixture(scope="module")
 def deployed(lab_info, provider):
-    tmp = lab_info["tmp"]
-    (tmp / "userlist").write_text(USERS)
-    secret = tmp / "oidc-client-secret"
-    secret.write_text(provider.client_secret + "\n")
-    secret.chmod(0o600)
-    # The lab's parameter file (hosts, engine TLS, overlay), with the hub's port and the OpenID provider.
-    data = yaml.safe_load((tmp / "lab.yaml").read_text())
-    data.update({
-        "deployment": LAB,
-        "operator_dir": str(tmp / "operator"),
-        "hub": {"public_name": lab_info["info"].managers[0].address, "https_port": PORT},
-        "auth": {"mode": "oidc", "userlist": "userlist",
-                 "oidc": {"issuer": provider.issuer, "client_id": CLIENT_ID,
-                          "client_secret": {"file": "oidc-client-secret"},
-                          "scopes": ["openid", "profile", "groups"],
-                          "allowed_groups": ["students"], "admin_groups": ["hubadmins"],
-                          "ca_bundle": str(provider.ca)}},
-    })
-    data["images"]["dir"] = str(PROJECT / "images")
-    params = tmp / f"{LAB}.yaml"
-    params.write_text(yaml.safe_dump(data, sort_keys=False))
-    outputs = tmp / "outputs"
-    t0 = time.monotonic()
-    cold = hubops_cli("deploy", "-p", str(params), outputs=outputs)
-    FIGURES["cold_deploy_s"] = round(time.monotonic() - t0, 1)
-    print(f"\nlab deploy (cold): {FIGURES['cold_deploy_s']} s\n{cold.stderr[-3000:]}")
-    yield {"params": params, "tmp": tmp, "outputs": outputs, "p": load_params(params), "cold": cold,
-           "provider": provider, "lab": lab_info["info"]}
+    d = logins.deploy_on_lab(
+        lab_info, LAB, users=USERS, figures=FIGURES, secret_files={"oidc-client-secret": provider.client_secret},
+        hub={"public_name": lab_info["info"].managers[0].address, "https_port": PORT},
+        auth={"mode": "oidc", "userlist": "userlist",
+              "oidc": {"issuer": provider.issuer, "client_id": CLIENT_ID,
+                       "client_secret": {"file": "oidc-client-secret"},
+                       "scopes": ["openid", "profile", "groups"],
+                       "allowed_groups": ["students"], "admin_groups": ["hubadmins"],
+                       "ca_bundle": str(provider.ca)}})
+    yield {**d, "provider": provider}
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ it); the module tears everything down at the end. Takes about 5 minutes (a cold 
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import docker
@@ -29,7 +28,7 @@ from hubops.hub.running import HubAPI
 from tests import browser as chrome, helpers
 from tests.e2e import logins
 from tests.helpers import free_port, free_subnet, run_name, runs, stage_record
-from tests.peers_oidc import OIDCProvider
+from tests.peers_oidc import running_provider
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]
 DEPLOYMENT = run_name("lgoidc")
@@ -46,11 +45,10 @@ FIGURES: dict[str, float] = {}
 @pytest.fixture(scope="module")
 def provider(tmp_path_factory):
     gw = docker.from_env().networks.get("docker_gwbridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    pr = OIDCProvider(tmp_path_factory.mktemp("oidc-provider"), gw, PROVIDER_PORT, client_id=CLIENT_ID,
-                      client_secret="oidc-e2e-" + os.urandom(16).hex(),
-                      redirect_uri=f"https://localhost:{PORT}/hub/oauth_callback", accounts=ACCOUNTS).start()
-    yield pr
-    pr.stop()
+    with running_provider(tmp_path_factory.mktemp("oidc-provider"), gw, PROVIDER_PORT, client_id=CLIENT_ID,
+                          hub_url=f"https://localhost:{PORT}", accounts=ACCOUNTS,
+                          secret_prefix="oidc-e2e-") as pr:
+        yield pr
 
 
 @pytest.fixture(scope="module")

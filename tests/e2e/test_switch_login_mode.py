@@ -16,7 +16,6 @@ warm images (two deploys).
 """
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from hubops.hub.running import HubAPI
 from hubops.ops import teardown
 from tests import browser as chrome, helpers
 from tests.helpers import ensure_swarm, free_port, free_subnet, hubops_cli, run_name, runs, stage_record
-from tests.peers_oidc import OIDCProvider
+from tests.peers_oidc import running_provider
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]
 PROJECT = Path(__file__).resolve().parents[2]
@@ -52,12 +51,10 @@ def labelled(role: str | None = None) -> list[str]:
 @pytest.fixture(scope="module")
 def provider(tmp_path_factory):
     gw = docker.from_env().networks.get("docker_gwbridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    pr = OIDCProvider(tmp_path_factory.mktemp("oidc-provider"), gw, PROVIDER_PORT, client_id=CLIENT_ID,
-                      client_secret="oidc-switch-" + os.urandom(16).hex(),
-                      redirect_uri=f"https://localhost:{PORT}/hub/oauth_callback",
-                      accounts={"alice": ["students"], "opadmin": []}).start()
-    yield pr
-    pr.stop()
+    with running_provider(tmp_path_factory.mktemp("oidc-provider"), gw, PROVIDER_PORT, client_id=CLIENT_ID,
+                          hub_url=f"https://localhost:{PORT}", accounts={"alice": ["students"], "opadmin": []},
+                          secret_prefix="oidc-switch-") as pr:
+        yield pr
 
 
 @pytest.fixture(scope="module")

@@ -295,3 +295,24 @@ def test_failing_debootstrap_reports_its_output(docker_client):
                              mirror="http://127.0.0.1:9/debian")
     assert "Last output" in str(exc.value)
     assert not docker_client.images.list(name="hubops-itest-nobase")
+
+
+def test_a_profile_image_on_no_allowed_node_is_refused_with_what_to_do(docker_client, tmp_path):
+    """A profile naming an image reference that neither the building engine nor any node its placement
+    allows holds: 60-images stops with the parameter's path and what to do (it raised a NameError once)."""
+    from hubops.core.engine import Clients
+    from hubops.core.params import load_params
+    from tests.helpers import free_port, free_subnet, make_params, run_name
+
+    f = make_params(tmp_path, run_name("imgref"), port=free_port(), subnet=free_subnet(),
+                    extra="profiles:\n  - {name: standard}\n  - {name: byref, image: 'hubops-no-such-image:never'}\n")
+    p = load_params(f)
+    clients = Clients(p)
+    with machine_lock("image-build"):
+        im.ensure_base(p, clients)
+        im.ensure_built(p, clients, "singleuser")
+    with pytest.raises(im.ImageNotBuilt) as e:
+        im.ensure_profile_images(p, clients)
+    msg = str(e.value)
+    assert "profiles[1] (byref).image: hubops-no-such-image:never is on neither the building engine" in msg, msg
+    assert "local" in msg and "docker load" in msg, msg

@@ -256,3 +256,33 @@ def test_a_healthy_hub_log_matches_no_signature():
 [I 2026-11-26 05:29:02.100 JupyterHub app:3600] JupyterHub is now running at https://:8000/
 [I 2026-11-26 05:29:09.000 JupyterHub log:192] 200 GET /hub/health (@127.0.0.1) 1.20ms"""
     assert diagnose.match(("hub log", ln) for ln in healthy.splitlines()) == []
+
+
+def test_the_hub_log_is_read_for_a_bounded_time():
+    """Docker 20.10's service log stream sometimes never ends: diagnose shows the lines that came and says
+    so, instead of hanging. The service here is the smallest stand-in for docker-py's Service (its
+    `logs` generator), one that gives two lines and then blocks like the engine's stream."""
+    import threading as th
+
+    from hubops.ops import diagnose
+
+    release = th.Event()
+
+    class Stuck:
+        def logs(self, **kwargs):
+            assert kwargs["tail"] == 5 and kwargs["timestamps"]
+            yield b"2026-12-02T01:00:02.000000000Z second line\n"
+            yield b"2026-12-02T01:00:01.000000000Z first line\n"
+            release.wait(30)
+
+    class Ends:
+        def logs(self, **kwargs):
+            yield b"2026-12-02T01:00:01.000000000Z only line\n"
+
+    lines = diagnose.hub_log(Stuck(), 5, timeout=0.5)
+    returned_while_blocked = not release.is_set()
+    release.set()
+    assert returned_while_blocked
+    assert lines[:2] == ["first line", "second line"], lines
+    assert "had not ended after 0.5 s" in lines[2], lines
+    assert diagnose.hub_log(Ends(), 5, timeout=5) == ["only line"]

@@ -264,7 +264,7 @@ def test_the_example_profile_folder_builds_from_the_single_user_image():
 def test_gpu_profiles_keep_the_overlay_attached_on_every_node(tmp_path):
     """stages/attachments.py: with a profile asking for generic resources, a global service keeps the
     deployment's network attached on every node (a spawn must not update a GPU node: swarmkit's
-    constraint enforcer then rejects its GPU tasks); without one, no service is wanted."""
+    constraint enforcer then rejects its GPU tasks); without one, only with more than one host."""
     from hubops.stages import attachments
 
     p = params(tmp_path)
@@ -281,6 +281,12 @@ def test_gpu_profiles_keep_the_overlay_attached_on_every_node(tmp_path):
     assert task["Resources"]["Limits"]["MemoryBytes"] == 16 * 1024 * 1024
     assert spec["labels"]["hubops.role"] == attachments.ROLE
     assert spec["update_config"]["Order"] == "start-first"  # the node keeps its attachment through an update
+    # Without GPU profiles: wanted while there is more than one host (a spawn on a node with no other server
+    # would first wait for the node's attachment), not with one host (the hub keeps that node attached).
     (tmp_path / "b").mkdir()
     no_gpu = params(tmp_path / "b", extra=PROFILES.replace("    generic_resources: {NVIDIA-GPU: 1}\n", ""))
-    assert not attachments.wanted(no_gpu)
+    assert len(no_gpu.hosts.all) == 3 and attachments.wanted(no_gpu)
+    (tmp_path / "c").mkdir()
+    one_host = PROFILES[PROFILES.index("profiles:"):].replace("    generic_resources: {NVIDIA-GPU: 1}\n", "")
+    one = params(tmp_path / "c", extra=one_host.replace('    placement: {gpu: "yes"}\n', ""))
+    assert len(one.hosts.all) == 1 and not attachments.wanted(one)

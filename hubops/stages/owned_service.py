@@ -1,10 +1,12 @@
-"""One service of a deployment that keeps data on one node: its labelled local volume there, and a
-single-replica Swarm service placed by constraint where that data is (Prometheus beside the hub,
-hubops's own PostgreSQL on its manager).
+"""A Swarm service a stage owns for the deployment: created when missing, updated when its spec's
+digest changed (the digest is a label on it), else kept; one of the same name that is not the
+deployment's is refused. Also the pieces of a service that keeps data on one node: its labelled
+local volume there, and a single-replica spec placed by constraint where that data is.
 
-Shared by the stages that run such a service (monitoring, postgres); what each runs, and why,
-stays in its own module. Changes on the cluster: the volume (created, never removed here) and the
-service (created, or updated when its spec's digest changed; the digest is a label on it).
+Shared by the stages that run such services: monitoring (Prometheus beside the hub, a node exporter
+on every node), postgres (hubops's own PostgreSQL on its manager), attachments (a global service on
+every node); what each runs, and why, stays in its own module. Changes on the cluster: the volume
+(created, never removed here) and the service (created or updated).
 """
 from __future__ import annotations
 
@@ -77,10 +79,20 @@ def spec_digest(spec: dict[str, Any]) -> str:
                                      default=lambda o: dict(o)).encode()).hexdigest()[:16]
 
 
-def find_service(c: docker.DockerClient, name: str):
-    """The service named `name` (exactly), or None."""
-    with docker_op(f"look up service {name}"):
+def find_service(c: docker.DockerClient, name: str, host: str = ""):
+    """The service named `name` (exactly), or None. `host` names the engine in errors."""
+    with docker_op(f"look up service {name}", host):
         return next((s for s in c.services.list(filters={"name": name}) if s.name == name), None)
+
+
+def find_owned_service(p: Loaded, c: docker.DockerClient, name: str, host: str = ""):
+    """The service named `name` when it is the deployment's, None when there is none; one of that
+    name that is not the deployment's is refused (HubopsError)."""
+    svc = find_service(c, name, host)
+    if svc is not None and not L.owned_by(svc.attrs["Spec"].get("Labels"), p.deployment):
+        raise HubopsError(f"service {name} exists but was not created by hubops for deployment {p.deployment}; "
+                          "remove it or choose another deployment name")
+    return svc
 
 
 def ensure_service(p: Loaded, c: docker.DockerClient, r: Result, spec: dict[str, Any], *, created: str,
@@ -91,10 +103,7 @@ def ensure_service(p: Loaded, c: docker.DockerClient, r: Result, spec: dict[str,
     name = spec["name"]
     digest = spec_digest(spec)
     spec = {**spec, "labels": {**spec["labels"], SPEC_DIGEST: digest}}
-    svc = find_service(c, name)
-    if svc is not None and not L.owned_by(svc.attrs["Spec"].get("Labels"), p.deployment):
-        raise HubopsError(f"service {name} exists but was not created by hubops for deployment {p.deployment}; "
-                          "remove it or choose another deployment name")
+    svc = find_owned_service(p, c, name, host)
     if svc is None:
         r.change("create", f"service {name}", created)
         if not r.dry_run:
