@@ -48,6 +48,7 @@ _STAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block extra_css -%}<link rel="icon" href="data:,">{%- endblock extra_css -%}
 {%- block body_header -%}{{ super() }}
 <p style="font-family:system-ui,sans-serif;margin:1em 0 0 1em"><a href="index.html">&larr; the run's summary</a></p>
+{{ resources.hubops_params_line }}
 {%- endblock body_header -%}
 """
 
@@ -63,14 +64,18 @@ def _exporter():
 
 
 def _stage_html(run: "Run", name: str, redactor: Optional["Redactor"] = None) -> str | None:
-    """Render one executed stage notebook to HTML beside it, without the injected-parameters cell."""
+    """Render one executed stage notebook to HTML beside it. The injected-parameters cell stays, under a
+    line naming the run's deployment and parameter file (see `paramnote`): the first code cell holds
+    the runbook's defaults, not what this run used."""
+    from hubops.audit.paramnote import page_line
+
     src = run.dir / f"{name}.ipynb"
     if not src.exists():
         return None
     nb = nbformat.read(src, as_version=4)
-    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
     nb.metadata.pop("widgets", None)  # widget state needs the widget manager from a CDN; the outputs say enough
-    body, _ = _exporter().from_notebook_node(nb, resources={"metadata": {"name": f"{run.id}: {name}"}})
+    body, _ = _exporter().from_notebook_node(nb, resources={"metadata": {"name": f"{run.id}: {name}"},
+                                                            "hubops_params_line": page_line(run.manifest)})
     out = run.dir / f"{name}.html"
     out.write_text(redactor.redact(body) if redactor is not None else body, encoding="utf-8")
     return out.name

@@ -26,12 +26,12 @@ from typing import Any, Callable, Optional
 
 import nbformat
 
-from hubops.audit import kernels, ledger
+from hubops.audit import kernels, ledger, paramnote
 from hubops.core.errors import HubopsError, ParameterError
 from hubops.core.params import Loaded, load_params
 from hubops.core.paths import OUTPUTS, PROJECT, RUNBOOKS
 from hubops.core.record import read_record
-from hubops.audit.redact import Redactor, known_secrets, session_redactor
+from hubops.audit.redact import MASK, Redactor, known_secrets, session_redactor
 
 log = logging.getLogger("hubops")
 
@@ -112,6 +112,7 @@ def recover_leftovers(run: "Run", redact: Optional[Redactor]) -> list[str]:
     found = []
     if d.is_dir():
         for work in sorted(d.glob("*.ipynb")):
+            paramnote.mark(work, run.manifest)  # the defaults cell says it is not what the run used
             _publish(work, run.dir / work.name, redact)
             found.append(work.name)
         for tmp in d.glob("*"):  # half-written temporary files of a redaction or a papermill save
@@ -209,6 +210,9 @@ class Run:
     def __init__(self, run_dir: Path, manifest: dict[str, Any]):
         self.dir = run_dir
         self.manifest = manifest
+        # A day-2 runbook's --set values as given, for this process only: the manifest keeps them
+        # redacted (a secret given as a runbook parameter must not reach run.json).
+        self.runbook_values: dict[str, Any] = {}
 
     @property
     def id(self) -> str:
@@ -289,6 +293,8 @@ def _seal_stage(run: Run, entry: dict[str, Any], out: Path, redact: Optional[Red
                 work: Optional[Path] = None) -> None:
     """Redact a finished (or stopped) stage's notebook and entry, then record the notebook's digest.
     With `work`, the notebook is redacted in its private working path and then moved to `out`."""
+    # The runbook's defaults cell says that this run's values are in the injected cell after it.
+    paramnote.mark(work if work is not None and work.exists() else out, run.manifest)
     if work is not None and work.exists():
         _publish(work, out, redact)
     elif redact is not None:
@@ -332,7 +338,8 @@ def execute_stage(run: Run, index: int, *, params_file: Path, dry_run: bool, tim
     try:
         pm.execute_notebook(
             str(src), str(work),
-            parameters={**run.manifest.get("runbook_parameters", {}), "params_file": str(params_file),
+            parameters={**run.manifest.get("runbook_parameters", {}), **run.runbook_values,
+                        "params_file": str(params_file),
                         "dry_run": dry_run},
             kernel_name=kernels.KERNEL,
             cwd=str(PROJECT),
@@ -437,6 +444,12 @@ def run_chain(
                 f"(sha256 {run.manifest['params_sha256'][:12]} then, {p.digest[:12]} now); start a new run instead"
             )
         dry_run = run.manifest["kind"] == "plan"
+        hidden = sorted(k for k, v in (run.manifest.get("runbook_parameters") or {}).items()
+                        if isinstance(v, str) and MASK in v)
+        if hidden:
+            raise HubopsError(f"run {resume}: the runbook parameter(s) {', '.join(hidden)} held a secret, which the "
+                              "record keeps redacted, so the run cannot be resumed with them; start a new run with "
+                              "the same --set values")
         # What a killed runner left unpublished is redacted into the record before anything runs.
         for name in recover_leftovers(run, redactor(p)):
             log.info("run %s: the notebook %s left by the stopped runner was redacted into the record", run.id, name)
@@ -446,7 +459,8 @@ def run_chain(
     elif runbook:
         path = ops_runbook(runbook)
         run = new_run(p, kind="plan" if dry_run else runbook, stages=[path])
-        run.manifest["runbook_parameters"] = dict(runbook_parameters or {})
+        run.runbook_values = dict(runbook_parameters or {})
+        run.manifest["runbook_parameters"] = redactor(p).redact_obj(dict(runbook_parameters or {}))
     else:
         stages = deploy_stages()
         if only:

@@ -15,7 +15,7 @@ from hubops.hub import hubdb
 from hubops.core import labels as L
 from hubops.core import monitoring
 from hubops.core.params import Loaded
-from hubops.hub import spawn_limits
+from hubops.hub import notices, spawn_limits
 
 CONFIG_PATH = "/srv/jupyterhub/jupyterhub_config.py"
 USERLIST_PATH = "/srv/jupyterhub/userlist"
@@ -159,11 +159,14 @@ def render(p: Loaded, *, singleuser_image: str, discovery: Any = None, node_cpus
         "import json",
         f'ANNOUNCEMENTS = Path(os.environ.get("HUBOPS_ANNOUNCEMENTS", {ANNOUNCEMENTS!r}))',
         "import time",
+        # storage.hub.mode postgres: read from the hub's database, which follows the hub (hubops/hub/notices.py).
+        *(notices.config_lines(p, "ANNOUNCEMENTS") if notices.in_database(p) else []),
         "def announcement(user):",
+        *(["    notes = read_notes()"] if notices.in_database(p) else [
         "    try:",
         "        notes = json.loads(ANNOUNCEMENTS.read_text())",
         "    except (OSError, ValueError):",
-        "        return ''",
+        "        return ''"]),
         "    def text(note):  # 'text', or {'text': ..., 'until': epoch} that expires",
         "        if isinstance(note, dict):",
         "            return note.get('text', '') if note.get('until', float('inf')) > time.time() else ''",

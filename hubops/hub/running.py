@@ -82,7 +82,22 @@ def hub_container(p: Loaded, clients: Clients):
 # -- notices on the hub's pages (ops/remove-node, announcements) ------------------------------
 def announcements(p: Loaded, clients: Clients) -> dict[str, Any]:
     """The notices the hub shows now: user name (or "*" for everyone) -> text, or
-    {"text": ..., "until": EPOCH} for one that expires. {} when there are none."""
+    {"text": ..., "until": EPOCH} for one that expires. {} when there are none.
+    Kept where they follow the hub (see `notices`): its PostgreSQL database, else its data folder."""
+    from hubops.hub import notices
+
+    if notices.in_database(p):
+        kept = notices.read(p, clients)
+        if kept is not None:
+            return kept
+        try:  # none in the database yet: those an older hubops wrote into the data folder
+            return _announcements_file(p, clients)
+        except HubNotRunning:
+            return {}
+    return _announcements_file(p, clients)
+
+
+def _announcements_file(p: Loaded, clients: Clients) -> dict[str, Any]:
     ctr = hub_container(p, clients)
     try:
         stream, _ = ctr.get_archive(hubconfig.ANNOUNCEMENTS)
@@ -105,6 +120,11 @@ def announcements(p: Loaded, clients: Clients) -> dict[str, Any]:
 def announce(p: Loaded, clients: Clients, notes: dict[str, Any]) -> None:
     """Show `notes` on the users' hub pages (user name or "*" for everyone -> text, or
     {"text": ..., "until": EPOCH}); the whole set is replaced, {} clears them all."""
+    from hubops.hub import notices
+
+    if notices.in_database(p):  # read by the hub on each page wherever it runs: no file to write
+        notices.write(p, clients, notes)
+        return
     data = json.dumps(notes, sort_keys=True).encode()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

@@ -1,8 +1,9 @@
 """ops/announce: a message on every user's hub pages (or on chosen users' pages), with an expiry;
 or the announcements taken down. remove-node uses the same notices to warn the users it moves.
 
-Changes on the cluster: the hub's announcements file in its data folder (read by the hub on each
-page; no restart, users' servers untouched). Undo: run it again with `clear=true`.
+Changes on the cluster: the hub's notices, in its data folder, or with storage.hub.mode postgres in
+its database so that they follow the hub (hubops/hub/notices.py); read by the hub on each page; no
+restart, users' servers untouched. Undo: run it again with `clear=true`.
 """
 from __future__ import annotations
 

@@ -3,7 +3,9 @@ reached over mutual TLS, no shared file system for the hub. hubops's own Postgre
 manager (storage.hub.postgres.node), the hub on the first; alice's server runs on the worker.
 
 The hub's manager loses power (every process of the node killed at once): Swarm starts the hub on
-another manager, it answers there, with alice and her running server, reached through the moved hub.
+another manager, it answers there, with alice and her running server, reached through the moved hub,
+and with the announcement made before the kill (kept in the hub's database, so it follows the hub),
+which `ops announce clear=true` then takes down with the first manager still dead.
 The time from the kill until the hub answers is printed beside the target (60 s; the shared-path
 figure is test_lab_faults.py's), never asserted.
 """
@@ -21,7 +23,7 @@ from hubops.core.engine import Clients
 from hubops.core.params import load_params
 from hubops.hub.running import HubAPI
 from hubops.lab import cluster as lab
-from tests.helpers import LAB_SUBNETS, create_user, free_subnet, run_name
+from tests.helpers import LAB_SUBNETS, admin_session, create_user, free_subnet, run_name
 from tests.helpers import hubops_cli as cli
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e, pytest.mark.slow]
@@ -79,6 +81,16 @@ def status_code(api: HubAPI, path: str, timeout: float = 5) -> int | str:
         return e.__class__.__name__
 
 
+NOTICE = f"Maintenance notice {NAME}, the hub may move"
+
+
+def home_page(p, address: str) -> str:
+    """The text of /hub/home for the admin, from the hub at `address`."""
+    port = "" if p.hub.https_port == 443 else f":{p.hub.https_port}"
+    base = f"https://{address}{port}"
+    return admin_session(p, base=base).get(f"{base}/hub/home", timeout=10).text
+
+
 def running_node(p, c, service: str) -> str:
     nodes = {n.id: (n.attrs["Spec"].get("Labels") or {}).get(f"hubops.{p.deployment}.host",
                                                             n.attrs["Description"]["Hostname"])
@@ -111,6 +123,13 @@ def test_the_hubs_manager_dies_and_the_hub_answers_on_another_manager_with_postg
     assert status_code(api, "/user/alice/api/status") == 200
     others = [m for m in cluster["lab"].managers if m.name != first]
 
+    # An announcement made while the hub runs on its first manager (kept in the hub's database, not in
+    # the data folder: that is a local volume of this manager, which is about to die).
+    shown = cli("ops", "announce", "-p", str(cluster["params"]), "--set", f"message={NOTICE}", "--set", "hours=2",
+                outputs=cluster["outputs"])
+    assert shown.returncode == 0, shown.stdout[-2000:] + shown.stderr[-3000:]
+    assert NOTICE in home_page(p, cluster["lab"].node(first).address), "the notice is not on the hub's page"
+
     t0 = time.monotonic()
     lab.kill_node(name=NAME, node=first)
     answered = None
@@ -138,4 +157,13 @@ def test_the_hubs_manager_dies_and_the_hub_answers_on_another_manager_with_postg
     assert last == 200, f"alice's server not reachable through the moved hub (last: {last})"
     timing("alice's server reachable through the moved hub after", time.monotonic() - t1)
     timing("kill -> alice's server reachable through the moved hub", time.monotonic() - t0)
+
+    # The announcement followed the hub: shown by the moved hub with no `ops announce` since the kill.
+    assert NOTICE in home_page(p, answered.address), "the moved hub does not show the announcement"
+    # Taken down through the moved hub, with the first manager still dead.
+    t2 = time.monotonic()
+    cleared = cli("ops", "announce", "-p", str(cluster["params"]), "--set", "clear=true", outputs=cluster["outputs"])
+    assert cleared.returncode == 0, cleared.stdout[-2000:] + cleared.stderr[-3000:]
+    timing("ops announce clear=true with the first manager dead", time.monotonic() - t2)
+    assert NOTICE not in home_page(p, answered.address), "the cleared notice is still shown"
     Path(cluster["tmp"] / "timings.json").write_text(json.dumps(TIMINGS))

@@ -116,7 +116,12 @@ def test_report_and_a_stage_page_render_in_a_browser(served, browser):
     expect(page.locator("i", has_text="hello from 00")).to_be_visible()
     expect(page.get_by_role("link", name="the run's summary")).to_be_visible()
     expect(page.locator("body")).to_contain_text("thing 00-first")
-    assert "injected-parameters" not in page.content() and "local.yaml" not in page.inner_text("body")
+    # The run's own parameters, above the runbook's defaults: the line under the link, the injected cell.
+    line = page.locator(".hubops-run-params")
+    expect(line).to_be_visible()
+    expect(line).to_contain_text(f"deployment local with parameters {PROJECT / 'parameters/local.yaml'}")
+    expect(page.locator("body")).to_contain_text("RUNBOOK DEFAULTS, NOT THIS RUN'S VALUES")
+    assert "injected-parameters" in page.content()
     stage_shot = screenshot_path("report-stage.png")
     page.screenshot(path=str(stage_shot), full_page=True)
     assert stage_shot.stat().st_size > 0

@@ -183,7 +183,7 @@ def test_report_shows_stages_changes_and_verdict_and_can_be_regenerated(run_dir)
     assert "intact" in page and "PLAN" not in page
     stage = (run_dir / "10-b.html").read_text()
     assert "thing 10-b" in stage
-    assert "injected-parameters" not in stage and "local.yaml" not in stage, "the injected cell stays hidden"
+    assert "injected-parameters" in stage and "local.yaml" in stage, "the injected cell shows this run's values"
     assert '<span class="n">params_file</span>' in stage, "the notebook's own parameters cell stays"
     assert "<script src=" not in stage, "stage pages load nothing from the network"
 
