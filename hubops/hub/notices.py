@@ -89,7 +89,7 @@ def write(p: Loaded, clients: Clients, notes: dict[str, Any]) -> None:
 
 def config_lines(p: Loaded, file_var: str) -> list[str]:
     """jupyterhub_config.py lines defining `read_notes()` for a deployment whose notices are in its
-    database (`in_database`): the notices as a dict, read afresh on each call (each page); `file_var`
+    database (`in_database`): the notices as a dict, read from the database at most every 5 s; `file_var`
     names the data folder's file, read while the table has no row. (Other deployments' configuration
     reads the file itself, as it always did.)"""
     from hubops.hub import hubdb
@@ -107,7 +107,17 @@ def config_lines(p: Loaded, file_var: str) -> list[str]:
     return lines + [
         "import sqlalchemy",
         "NOTES_DB = []",
+        # One read per NOTES_TTL seconds, not one per page: the query runs on the hub's event loop, and a
+        # hundred users' pages would each wait for the database. A new notice shows within that time.
+        "NOTES_TTL = 5.0",
+        "NOTES_SEEN = []  # [(monotonic time, notes)]",
         "def read_notes():",
+        "    if NOTES_SEEN and time.monotonic() - NOTES_SEEN[0][0] < NOTES_TTL:",
+        "        return NOTES_SEEN[0][1]",
+        "    notes = read_notes_fresh()",
+        "    NOTES_SEEN[:] = [(time.monotonic(), notes)]",
+        "    return notes",
+        "def read_notes_fresh():",
         "    try:",
         "        if not NOTES_DB:",
         f"            NOTES_DB.append(sqlalchemy.create_engine({hubdb.url(p)!r}, pool_pre_ping=True, pool_size=1,",

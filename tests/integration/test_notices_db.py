@@ -110,7 +110,11 @@ def deployment(server, tmp_path, monkeypatch):
         monkeypatch.delenv(k, raising=False)  # the generated config sets them in this process
     cfg = hub_config(p)
     os.environ["PGSSLROOTCERT"] = str(server["ca"])  # the hub finds its CA at /srv/jupyterhub/db-ca.pem
-    yield {"p": p, "task": task, "announcement": cfg.JupyterHub.template_vars["announcement"]}
+    announcement = cfg.JupyterHub.template_vars["announcement"]
+    # The hub reads the table at most every NOTES_TTL (5 s); here every call reads it.
+    assert announcement.__globals__["NOTES_TTL"] == 5.0
+    announcement.__globals__["NOTES_TTL"] = 0.0
+    yield {"p": p, "task": task, "announcement": announcement}
     for k in ("PGPASSWORD", "PGSSLMODE", "PGCONNECT_TIMEOUT", "PGSSLROOTCERT"):
         os.environ.pop(k, None)
     monkeypatch.undo()
