@@ -175,6 +175,9 @@ def test_a_lost_connection_fails_the_stage_and_resume_finishes(cluster):
     api = HubAPI(p)  # alice's server (on the worker) uses the image: stop it first
     api.request("DELETE", "/hub/api/users/alice/server", ok=(202, 204))
     api.wait_server("alice", ready=False, timeout=120)
+    # So does the attach service's task there (stages/attachments.py); 80-deploy makes it again on resume.
+    for svc in Clients(p).manager.services.list(filters={"name": f"{p.prefix}-attach"}):
+        svc.remove()
     deadline = time.monotonic() + 60
     while worker_engine.containers.list(filters={"label": "com.docker.swarm.service.name"}) and time.monotonic() < deadline:
         time.sleep(1)
