@@ -122,32 +122,43 @@ def floor_service(p, clients: Clients, image: str, n: int, prefix: str = "hubops
     return out
 
 
-def floor_server(p, clients: Clients, image: str, n: int, prefix: str = "hubops-bench-server",
-                 port: int = 18888) -> list[float]:
-    """The single-user server's own start on a worker: container start until /api/status answers."""
+def time_to_answer(p, clients: Clients, image: str, n: int, *, prefix: str, port: int, path: str,
+                   **run: object) -> list[float]:
+    """`n` times: a container of `image` started on the first worker with the container's port 8888 on
+    `port` there, until `path` answers 200 (looked at every 0.02 s; given up after 120 s); then removed."""
     worker = p.hosts.workers[0]
     c = clients[worker.name]
+    url = f"http://{worker.advertise_addr}:{port}{path}"
     out = []
     for i in range(n):
         t0 = time.monotonic()
-        ctr = c.containers.run(image, ["jupyter", "server", "--ip=0.0.0.0", "--port=8888", "--ServerApp.token=",
-                                       "--ServerApp.password="], detach=True,
-                               ports={"8888/tcp": (worker.advertise_addr, port)}, name=f"{prefix}-{i}")
+        ctr = c.containers.run(image, detach=True, name=f"{prefix}-{i}",
+                               ports={"8888/tcp": (worker.advertise_addr, port)}, **run)
         try:
             s = requests.Session()
             s.trust_env = False
             while True:
                 try:
-                    if s.get(f"http://{worker.advertise_addr}:{port}/api/status", timeout=1).status_code == 200:
+                    if s.get(url, timeout=1).status_code == 200:
                         break
                 except requests.RequestException:
                     pass
+                if time.monotonic() - t0 > 120:
+                    raise RuntimeError(f"{image} did not answer at {url} in 120 s: "
+                                       + ctr.logs(tail=20).decode(errors="replace"))
                 time.sleep(0.02)
             out.append(time.monotonic() - t0)
         finally:
             ctr.remove(force=True)
     return out
 
+
+def floor_server(p, clients: Clients, image: str, n: int, prefix: str = "hubops-bench-server",
+                 port: int = 18888) -> list[float]:
+    """The single-user server's own start on a worker: container start until /api/status answers."""
+    return time_to_answer(p, clients, image, n, prefix=prefix, port=port, path="/api/status",
+                          command=["jupyter", "server", "--ip=0.0.0.0", "--port=8888", "--ServerApp.token=",
+                                   "--ServerApp.password="])
 
 class _StubHub(http.server.BaseHTTPRequestHandler):
     """What jupyterhub-singleuser asks of its hub while it starts: the API's version (GET /hub/api, which it
@@ -187,7 +198,6 @@ def floor_singleuser(p, clients: Clients, image: str, n: int, prefix: str = "hub
     this machine answering what the server asks while it starts (the API version, then activity), so the
     figure is the server's own start plus one round trip to a hub that answers at once."""
     worker = p.hosts.workers[0]
-    c = clients[worker.name]
     _StubHub.version = version
     stub = http.server.ThreadingHTTPServer(("0.0.0.0", 0), _StubHub)
     threading.Thread(target=stub.serve_forever, daemon=True).start()
@@ -197,31 +207,10 @@ def floor_singleuser(p, clients: Clients, image: str, n: int, prefix: str = "hub
            "JUPYTERHUB_CLIENT_ID": "jupyterhub-user-bench", "JUPYTERHUB_OAUTH_CALLBACK_URL": "/user/bench/oauth_callback",
            "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8888/user/bench/", "JUPYTERHUB_HOST": "",
            "JUPYTERHUB_ACTIVITY_URL": hub + "/api/users/bench/activity", "JUPYTERHUB_SERVER_NAME": ""}
-    out = []
     try:
-        for i in range(n):
-            t0 = time.monotonic()
-            ctr = c.containers.run(image, detach=True, environment=env, name=f"{prefix}-{i}",
-                                   ports={"8888/tcp": (worker.advertise_addr, port)})
-            try:
-                s = requests.Session()
-                s.trust_env = False
-                while True:
-                    try:
-                        if s.get(f"http://{worker.advertise_addr}:{port}/user/bench/api", timeout=1).status_code == 200:
-                            break
-                    except requests.RequestException:
-                        pass
-                    if time.monotonic() - t0 > 120:
-                        raise RuntimeError("jupyterhub-singleuser did not answer in 120 s: "
-                                           + ctr.logs(tail=20).decode(errors="replace"))
-                    time.sleep(0.02)
-                out.append(time.monotonic() - t0)
-            finally:
-                ctr.remove(force=True)
+        return time_to_answer(p, clients, image, n, prefix=prefix, port=port, path="/user/bench/api", environment=env)
     finally:
         stub.shutdown()
-    return out
 
 
 def hub_log(p, clients: Clients, tail: int = 20000, timestamps: bool = False) -> str:
